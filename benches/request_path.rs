@@ -1,0 +1,72 @@
+//! Micro-benchmarks of the per-request work that does not touch the network: route lookup,
+//! version choice, auth, header hygiene, request ids. Run: `cargo bench --bench request_path`.
+
+use std::hint::black_box;
+use std::path::Path;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderMap, HeaderValue, header};
+use scoregate::metrics::Metrics;
+use scoregate::proxy::headers;
+use scoregate::routing::{RouteTable, parse_path};
+
+const CONFIG: &str = r#"
+[listen]
+http = "127.0.0.1:0"
+
+[[services]]
+name = "iris"
+primary_key = "bench-key-0123456789abcdef"
+
+[[services.versions]]
+name = "blue"
+traffic_percentile = 90
+replicas = ["127.0.0.1:5001", "127.0.0.1:5002"]
+
+[[services.versions]]
+name = "green"
+is_default = true
+replicas = ["127.0.0.1:5003"]
+"#;
+
+fn request_headers() -> HeaderMap {
+    let mut h = HeaderMap::new();
+    h.insert(header::HOST, HeaderValue::from_static("iris.example.com"));
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("58"));
+    h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer bench-key-0123456789abcdef"));
+    h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
+    h.insert("user-agent", HeaderValue::from_static("bench/1.0"));
+    h
+}
+
+fn bench(c: &mut Criterion) {
+    let config = scoregate::config::from_toml(CONFIG, Path::new(".")).expect("bench config is valid");
+    let metrics = Metrics::new().expect("registry");
+    let table = RouteTable::build(&config.services, &metrics);
+    let hdrs = request_headers();
+
+    c.bench_function("route_lookup_and_version_pick", |b| {
+        b.iter(|| {
+            let (name, _) = parse_path(black_box("/api/v1/service/iris/score")).expect("path");
+            let svc = table.get(name).expect("service");
+            black_box(svc.pick_version(None, black_box(42)).expect("version"))
+        })
+    });
+    c.bench_function("key_auth_check", |b| {
+        let svc = table.get("iris").expect("service");
+        b.iter(|| black_box(svc.auth.check(black_box(&hdrs)).is_ok()))
+    });
+    c.bench_function("header_hygiene", |b| {
+        b.iter(|| {
+            let mut h = hdrs.clone();
+            headers::strip_hop_by_hop(&mut h);
+            headers::set_forwarded(&mut h, "10.1.2.3".parse().expect("ip"), true);
+            h.insert(headers::REQUEST_ID, headers::request_id(&h));
+            black_box(h)
+        })
+    });
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);

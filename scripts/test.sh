@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Runs every check of the project: installs the real peers the tests talk to (Debian packages),
+# then rustfmt --check, clippy -D warnings and all tests. CI (.ci/run) runs exactly this.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v curl >/dev/null || need+=(curl)
+command -v openssl >/dev/null || need+=(openssl)
+{ command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
+if ((${#need[@]})); then
+  echo "installing test peers: ${need[*]}"
+  if [ "$(id -u)" != 0 ]; then
+    echo "not root: run 'sudo apt-get install -y --no-install-recommends ${need[*]}' first" >&2
+    exit 1
+  fi
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+cargo fmt --all -- --check
+cargo clippy --all-targets -- -D warnings
+cargo test --all-targets

@@ -1,0 +1,227 @@
+//! Configuration: the TOML file ([`raw`]) is parsed and validated in one pass ([`validate`]) into an
+//! immutable [`Config`]. Every problem is collected and reported at once, each naming its field and
+//! the allowed values, before any port is bound (`main` exits 64 on [`ConfigErrors`]).
+
+pub mod raw;
+mod validate;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use crate::tls::CertStore;
+
+pub use validate::{validate, validate_service_name};
+
+/// Azure ML's payload cap: 100 MB.
+pub const DEFAULT_MAX_BODY_BYTES: u64 = 100 * 1024 * 1024;
+
+/// The validated, effective configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: Listen,
+    pub tls: TlsSettings,
+    pub limits: Limits,
+    pub services: Vec<ServiceConfig>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct Listen {
+    pub tls: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+}
+
+#[derive(Debug, Clone)]
+pub struct TlsSettings {
+    /// The certificates to serve, validated; `None` when no TLS listener is configured.
+    pub store: Option<CertStore>,
+    pub allow_tls12: bool,
+}
+
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Limits {
+    pub max_body_bytes: u64,
+    pub max_header_bytes: usize,
+    #[serde(rename = "header_read_timeout_ms", with = "millis")]
+    pub header_read_timeout: Duration,
+    #[serde(rename = "handshake_timeout_ms", with = "millis")]
+    pub handshake_timeout: Duration,
+    #[serde(rename = "shutdown_grace_ms", with = "millis")]
+    pub shutdown_grace: Duration,
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_header_bytes: 64 * 1024,
+            header_read_timeout: Duration::from_secs(10),
+            handshake_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// One scoring service: its auth, its limits and its versions (deployments).
+#[derive(Debug, Clone)]
+pub struct ServiceConfig {
+    pub name: String,
+    pub auth: AuthConfig,
+    pub settings: ServiceSettings,
+    pub versions: Vec<VersionConfig>,
+    /// Index into `versions` of the version that receives unallocated traffic.
+    pub default_version: usize,
+}
+
+/// Per-service limits, with Azure ML's defaults.
+#[derive(Debug, Clone, Copy, serde::Serialize)]
+pub struct ServiceSettings {
+    #[serde(rename = "scoring_timeout_ms", with = "millis")]
+    pub scoring_timeout: Duration,
+    pub replica_max_concurrent_requests: u32,
+    #[serde(rename = "max_request_wait_time_ms", with = "millis")]
+    pub max_request_wait_time: Duration,
+    pub max_queued_requests: u32,
+}
+
+impl Default for ServiceSettings {
+    fn default() -> Self {
+        ServiceSettings {
+            scoring_timeout: Duration::from_millis(60_000),
+            replica_max_concurrent_requests: 1,
+            max_request_wait_time: Duration::from_millis(500),
+            max_queued_requests: 1_000,
+        }
+    }
+}
+
+#[derive(Clone)]
+pub enum AuthConfig {
+    None,
+    Key {
+        primary: String,
+        secondary: Option<String>,
+    },
+    Token(TokenConfig),
+}
+
+impl AuthConfig {
+    pub fn mode(&self) -> &'static str {
+        match self {
+            AuthConfig::None => "none",
+            AuthConfig::Key { .. } => "key",
+            AuthConfig::Token(_) => "token",
+        }
+    }
+}
+
+// Keys never reach a log line, not even through `{:?}`.
+impl fmt::Debug for AuthConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "AuthConfig({})", self.mode())
+    }
+}
+
+#[derive(Clone)]
+pub struct TokenConfig {
+    pub algorithm: jsonwebtoken::Algorithm,
+    pub key: jsonwebtoken::DecodingKey,
+    pub audience: String,
+    pub issuer: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Protocol {
+    Http1,
+    H2c,
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionConfig {
+    pub name: String,
+    pub traffic_percentile: u8,
+    pub replicas: Vec<SocketAddr>,
+    pub protocol: Protocol,
+}
+
+/// One problem in the configuration: where, and what is allowed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FieldError {
+    pub field: String,
+    pub message: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.field, self.message)
+    }
+}
+
+/// Every problem found in one pass over the configuration.
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ConfigErrors(pub Vec<FieldError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "invalid configuration ({} problem{}):",
+            self.0.len(),
+            if self.0.len() == 1 { "" } else { "s" }
+        )?;
+        for e in &self.0 {
+            writeln!(f, "  - {e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl ConfigErrors {
+    fn one(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigErrors(vec![FieldError {
+            field: field.into(),
+            message: message.into(),
+        }])
+    }
+}
+
+/// Read, parse and validate a configuration file. Relative paths in it are taken from its folder.
+pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors::one(
+            "--config",
+            format!(
+                "cannot read {}: {e}; pass an existing TOML file",
+                path.display()
+            ),
+        )
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    from_toml(&text, base)
+}
+
+/// Parse and validate configuration text; `base` resolves relative file paths.
+pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
+        let field = e
+            .span()
+            .map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_else(|| "file".to_string());
+        ConfigErrors::one(field, e.message().trim().to_string())
+    })?;
+    validate(raw, base)
+}
+
+mod millis {
+    use serde::Serializer;
+    use std::time::Duration;
+
+    pub fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+    }
+}

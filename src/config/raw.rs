@@ -1,0 +1,92 @@
+//! The configuration file exactly as written: serde types, every table `deny_unknown_fields`.
+//! Nothing here is trusted; `super::validate` turns it into a [`super::Config`].
+
+use serde::Deserialize;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    pub listen: RawListen,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub services: Vec<RawService>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListen {
+    pub tls: Option<String>,
+    pub http: Option<String>,
+    pub admin: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    #[serde(default)]
+    pub certificates: Vec<RawCertificate>,
+    /// Names for a generated self-signed certificate (development only).
+    pub self_signed: Option<Vec<String>>,
+    /// Lowest protocol version offered: "1.2" (default) or "1.3".
+    pub min_version: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<u64>,
+    pub max_header_bytes: Option<u64>,
+    pub header_read_timeout_ms: Option<u64>,
+    pub handshake_timeout_ms: Option<u64>,
+    pub shutdown_grace_ms: Option<u64>,
+    pub max_connections: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawService {
+    pub name: String,
+    pub auth_enabled: Option<bool>,
+    pub token_auth_enabled: Option<bool>,
+    pub primary_key: Option<String>,
+    pub secondary_key: Option<String>,
+    pub token: Option<RawToken>,
+    pub scoring_timeout_ms: Option<u64>,
+    pub replica_max_concurrent_requests: Option<u64>,
+    /// Milliseconds a request may wait for a free replica (Azure's name and unit).
+    pub max_request_wait_time: Option<u64>,
+    pub max_queued_requests: Option<u64>,
+    #[serde(default)]
+    pub versions: Vec<RawVersion>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawToken {
+    pub algorithm: String,
+    pub secret: Option<String>,
+    pub public_key_file: Option<String>,
+    pub audience: String,
+    pub issuer: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawVersion {
+    pub name: String,
+    pub traffic_percentile: Option<u64>,
+    pub is_default: Option<bool>,
+    #[serde(default)]
+    pub replicas: Vec<String>,
+    pub protocol: Option<String>,
+}

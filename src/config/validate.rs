@@ -1,0 +1,526 @@
+//! One pass from [`RawConfig`] to [`Config`]: every rule checked, every failure collected.
+
+use std::collections::HashSet;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use super::raw::{RawConfig, RawLimits, RawService, RawTls, RawToken, RawVersion};
+use super::{
+    AuthConfig, Config, ConfigErrors, FieldError, Limits, Listen, Protocol, ServiceConfig,
+    ServiceSettings, TlsSettings, TokenConfig, VersionConfig,
+};
+use crate::tls::{self, CertStore};
+
+/// Shortest accepted auth key: Azure's generated keys have 32 characters.
+const MIN_KEY_LEN: usize = 16;
+/// Shortest HS256 secret (RFC 7518 §3.2: at least the hash size).
+const MIN_HS256_SECRET: usize = 32;
+
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, field: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError {
+            field: field.into(),
+            message: message.into(),
+        });
+    }
+
+    /// `value` (or `default`) when inside `min..=max`, else an error naming the range.
+    fn range(&mut self, field: &str, value: Option<u64>, min: u64, max: u64, default: u64) -> u64 {
+        match value {
+            None => default,
+            Some(v) if (min..=max).contains(&v) => v,
+            Some(v) => {
+                self.push(
+                    field,
+                    format!("{v} is out of range; allowed {min}..={max} (default {default})"),
+                );
+                default
+            }
+        }
+    }
+}
+
+pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
+    let mut errs = Errors(Vec::new());
+    let listen = listen(&raw, &mut errs);
+    let limits = limits(&raw.limits, &mut errs);
+    let tls = tls_settings(&raw.tls, listen.tls.is_some(), base, &mut errs);
+    let services = services(&raw.services, base, &mut errs);
+    if errs.0.is_empty() {
+        Ok(Config {
+            listen,
+            tls,
+            limits,
+            services,
+        })
+    } else {
+        Err(ConfigErrors(errs.0))
+    }
+}
+
+fn addr(field: &str, value: &Option<String>, errs: &mut Errors) -> Option<SocketAddr> {
+    let v = value.as_ref()?;
+    match v.parse::<SocketAddr>() {
+        Ok(a) => Some(a),
+        Err(_) => {
+            errs.push(
+                field,
+                format!(
+                    "{v:?} is not an IP:port address; write e.g. \"0.0.0.0:8443\" or \"[::]:8443\""
+                ),
+            );
+            None
+        }
+    }
+}
+
+fn listen(raw: &RawConfig, errs: &mut Errors) -> Listen {
+    let l = Listen {
+        tls: addr("listen.tls", &raw.listen.tls, errs),
+        http: addr("listen.http", &raw.listen.http, errs),
+        admin: addr("listen.admin", &raw.listen.admin, errs),
+    };
+    if raw.listen.tls.is_none() && raw.listen.http.is_none() {
+        errs.push(
+            "listen",
+            "no serving listener; set listen.tls (e.g. \"0.0.0.0:8443\") and/or listen.http",
+        );
+    }
+    let mut seen = HashSet::new();
+    for (name, a) in [
+        ("listen.tls", l.tls),
+        ("listen.http", l.http),
+        ("listen.admin", l.admin),
+    ] {
+        if let Some(a) = a
+            && a.port() != 0
+            && !seen.insert(a)
+        {
+            errs.push(
+                name,
+                format!("{a} is already used by another listener; use distinct ports"),
+            );
+        }
+    }
+    l
+}
+
+fn limits(raw: &RawLimits, errs: &mut Errors) -> Limits {
+    let d = Limits::default();
+    let ms = |d: Duration| u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    Limits {
+        max_body_bytes: errs.range(
+            "limits.max_body_bytes",
+            raw.max_body_bytes,
+            1,
+            super::DEFAULT_MAX_BODY_BYTES,
+            d.max_body_bytes,
+        ),
+        max_header_bytes: usize::try_from(errs.range(
+            "limits.max_header_bytes",
+            raw.max_header_bytes,
+            8_192,
+            1_048_576,
+            d.max_header_bytes as u64,
+        ))
+        .unwrap_or(d.max_header_bytes),
+        header_read_timeout: Duration::from_millis(errs.range(
+            "limits.header_read_timeout_ms",
+            raw.header_read_timeout_ms,
+            100,
+            600_000,
+            ms(d.header_read_timeout),
+        )),
+        handshake_timeout: Duration::from_millis(errs.range(
+            "limits.handshake_timeout_ms",
+            raw.handshake_timeout_ms,
+            100,
+            600_000,
+            ms(d.handshake_timeout),
+        )),
+        shutdown_grace: Duration::from_millis(errs.range(
+            "limits.shutdown_grace_ms",
+            raw.shutdown_grace_ms,
+            0,
+            600_000,
+            ms(d.shutdown_grace),
+        )),
+        max_connections: usize::try_from(errs.range(
+            "limits.max_connections",
+            raw.max_connections,
+            1,
+            1_000_000,
+            d.max_connections as u64,
+        ))
+        .unwrap_or(d.max_connections),
+    }
+}
+
+fn tls_settings(raw: &RawTls, tls_listener: bool, base: &Path, errs: &mut Errors) -> TlsSettings {
+    let allow_tls12 = match raw.min_version.as_deref() {
+        None | Some("1.2") => true,
+        Some("1.3") => false,
+        Some(other) => {
+            errs.push(
+                "tls.min_version",
+                format!("{other:?} is not supported; allowed \"1.2\" (default) or \"1.3\""),
+            );
+            true
+        }
+    };
+    let mut candidates = Vec::new();
+    for (i, c) in raw.certificates.iter().enumerate() {
+        let field = format!("tls.certificates[{i}]");
+        match tls::load_pem_files(&base.join(&c.cert), &base.join(&c.key)) {
+            Ok(ck) => candidates.push(ck),
+            Err(e) => errs.push(field, format!("{e}")),
+        }
+    }
+    if let Some(names) = &raw.self_signed {
+        if names.is_empty() {
+            errs.push(
+                "tls.self_signed",
+                "needs at least one name, e.g. [\"localhost\", \"127.0.0.1\"]",
+            );
+        } else {
+            match tls::SelfSigned::generate(names) {
+                Ok(ss) => match ss.certified_key() {
+                    Ok(ck) => candidates.push(ck),
+                    Err(e) => errs.push("tls.self_signed", format!("{e}")),
+                },
+                Err(e) => errs.push("tls.self_signed", format!("{e}")),
+            }
+        }
+    }
+    let store = CertStore::new(candidates);
+    if store.is_none() && tls_listener {
+        errs.push(
+                "tls.certificates",
+            "listen.tls is set but no certificate is configured; add [[tls.certificates]] with cert and key PEM files, or tls.self_signed = [\"localhost\"] for development",
+        );
+    }
+    TlsSettings { store, allow_tls12 }
+}
+
+/// Azure ML's service name rule: 3 to 32 characters, lowercase letters, digits and `-`,
+/// starting with a letter and ending with a letter or digit.
+pub fn validate_service_name(name: &str) -> Result<(), String> {
+    let ok_chars = name
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if !(3..=32).contains(&name.len()) {
+        Err(format!("{name:?} must have 3 to 32 characters"))
+    } else if !ok_chars {
+        Err(format!(
+            "{name:?} may contain only lowercase letters, digits and '-'"
+        ))
+    } else if !name.starts_with(|c: char| c.is_ascii_lowercase()) {
+        Err(format!("{name:?} must start with a lowercase letter"))
+    } else if name.ends_with('-') {
+        Err(format!("{name:?} must end with a letter or digit"))
+    } else {
+        Ok(())
+    }
+}
+
+fn services(raw: &[RawService], base: &Path, errs: &mut Errors) -> Vec<ServiceConfig> {
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    for (i, s) in raw.iter().enumerate() {
+        let field = format!("services[{i}]");
+        if let Err(m) = validate_service_name(&s.name) {
+            errs.push(format!("{field}.name"), m);
+        }
+        if !names.insert(s.name.as_str()) {
+            errs.push(
+                format!("{field}.name"),
+                format!("{:?} is defined twice; service names are unique", s.name),
+            );
+        }
+        let auth = auth(s, &field, base, errs);
+        let settings = settings(s, &field, errs);
+        let (versions, default_version) = versions(&s.versions, &field, errs);
+        out.push(ServiceConfig {
+            name: s.name.clone(),
+            auth,
+            settings,
+            versions,
+            default_version,
+        });
+    }
+    out
+}
+
+fn settings(s: &RawService, field: &str, errs: &mut Errors) -> ServiceSettings {
+    let d = ServiceSettings::default();
+    ServiceSettings {
+        scoring_timeout: Duration::from_millis(errs.range(
+            &format!("{field}.scoring_timeout_ms"),
+            s.scoring_timeout_ms,
+            1,
+            300_000,
+            60_000,
+        )),
+        replica_max_concurrent_requests: errs.range(
+            &format!("{field}.replica_max_concurrent_requests"),
+            s.replica_max_concurrent_requests,
+            1,
+            1_000,
+            1,
+        ) as u32,
+        max_request_wait_time: Duration::from_millis(errs.range(
+            &format!("{field}.max_request_wait_time"),
+            s.max_request_wait_time,
+            0,
+            300_000,
+            500,
+        )),
+        max_queued_requests: errs.range(
+            &format!("{field}.max_queued_requests"),
+            s.max_queued_requests,
+            0,
+            1_000_000,
+            u64::from(d.max_queued_requests),
+        ) as u32,
+    }
+}
+
+fn auth(s: &RawService, field: &str, base: &Path, errs: &mut Errors) -> AuthConfig {
+    let key_auth = s
+        .auth_enabled
+        .unwrap_or(!s.token_auth_enabled.unwrap_or(false));
+    let token_auth = s.token_auth_enabled.unwrap_or(false);
+    if key_auth && token_auth {
+        errs.push(
+            format!("{field}.token_auth_enabled"),
+            "cannot set both token_auth_enabled and auth_enabled; enable one of them",
+        );
+        return AuthConfig::None;
+    }
+    let check_key = |errs: &mut Errors, name: &str, k: &str| {
+        if k.len() < MIN_KEY_LEN || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
+            errs.push(
+                format!("{field}.{name}"),
+                format!("must be at least {MIN_KEY_LEN} printable characters without spaces"),
+            );
+        }
+    };
+    if key_auth {
+        let Some(primary) = s.primary_key.clone() else {
+            errs.push(
+                format!("{field}.primary_key"),
+                "auth_enabled (the default) needs a primary_key; set one, or set auth_enabled = false",
+            );
+            return AuthConfig::None;
+        };
+        check_key(errs, "primary_key", &primary);
+        if let Some(sk) = &s.secondary_key {
+            check_key(errs, "secondary_key", sk);
+        }
+        if s.token.is_some() {
+            errs.push(
+                format!("{field}.token"),
+                "is only used with token_auth_enabled = true",
+            );
+        }
+        return AuthConfig::Key {
+            primary,
+            secondary: s.secondary_key.clone(),
+        };
+    }
+    if s.primary_key.is_some() || s.secondary_key.is_some() {
+        errs.push(
+            format!("{field}.primary_key"),
+            "keys are only used with auth_enabled = true; remove them or enable key auth",
+        );
+    }
+    if token_auth {
+        return match &s.token {
+            None => {
+                errs.push(
+                    format!("{field}.token"),
+                    "token_auth_enabled needs a [services.token] table with algorithm, secret or public_key_file, audience",
+                );
+                AuthConfig::None
+            }
+            Some(t) => token(t, &format!("{field}.token"), base, errs)
+                .map(AuthConfig::Token)
+                .unwrap_or(AuthConfig::None),
+        };
+    }
+    AuthConfig::None
+}
+
+fn token(t: &RawToken, field: &str, base: &Path, errs: &mut Errors) -> Option<TokenConfig> {
+    use jsonwebtoken::{Algorithm, DecodingKey};
+    if t.audience.is_empty() {
+        errs.push(format!("{field}.audience"), "must not be empty");
+    }
+    let key = match (t.algorithm.as_str(), &t.secret, &t.public_key_file) {
+        ("HS256", Some(secret), None) => {
+            if secret.len() < MIN_HS256_SECRET {
+                errs.push(
+                    format!("{field}.secret"),
+                    format!("must be at least {MIN_HS256_SECRET} bytes for HS256"),
+                );
+                return None;
+            }
+            (
+                Algorithm::HS256,
+                DecodingKey::from_secret(secret.as_bytes()),
+            )
+        }
+        (alg @ ("RS256" | "ES256"), None, Some(path)) => {
+            let pem = match std::fs::read(base.join(path)) {
+                Ok(p) => p,
+                Err(e) => {
+                    errs.push(
+                        format!("{field}.public_key_file"),
+                        format!("cannot read {path}: {e}"),
+                    );
+                    return None;
+                }
+            };
+            let parsed = if alg == "RS256" {
+                DecodingKey::from_rsa_pem(&pem).map(|k| (Algorithm::RS256, k))
+            } else {
+                DecodingKey::from_ec_pem(&pem).map(|k| (Algorithm::ES256, k))
+            };
+            match parsed {
+                Ok(k) => k,
+                Err(e) => {
+                    errs.push(
+                        format!("{field}.public_key_file"),
+                        format!("{path} is not a PEM public key for {alg}: {e}"),
+                    );
+                    return None;
+                }
+            }
+        }
+        ("HS256", _, _) => {
+            errs.push(
+                format!("{field}.secret"),
+                "HS256 needs secret (and no public_key_file)",
+            );
+            return None;
+        }
+        ("RS256" | "ES256", _, _) => {
+            errs.push(
+                format!("{field}.public_key_file"),
+                "RS256/ES256 need public_key_file (and no secret)",
+            );
+            return None;
+        }
+        (other, _, _) => {
+            errs.push(
+                format!("{field}.algorithm"),
+                format!("{other:?} is not supported; allowed \"HS256\", \"RS256\", \"ES256\""),
+            );
+            return None;
+        }
+    };
+    Some(TokenConfig {
+        algorithm: key.0,
+        key: key.1,
+        audience: t.audience.clone(),
+        issuer: t.issuer.clone(),
+    })
+}
+
+fn versions(raw: &[RawVersion], field: &str, errs: &mut Errors) -> (Vec<VersionConfig>, usize) {
+    if raw.is_empty() {
+        errs.push(
+            format!("{field}.versions"),
+            "a service needs at least one [[services.versions]] with replicas",
+        );
+        return (Vec::new(), 0);
+    }
+    let mut names = HashSet::new();
+    let mut out = Vec::new();
+    let mut total: u64 = 0;
+    let mut defaults = Vec::new();
+    for (i, v) in raw.iter().enumerate() {
+        let vf = format!("{field}.versions[{i}]");
+        if let Err(m) = validate_service_name(&v.name) {
+            errs.push(format!("{vf}.name"), m);
+        }
+        if !names.insert(v.name.as_str()) {
+            errs.push(
+                format!("{vf}.name"),
+                format!("{:?} is defined twice in this service", v.name),
+            );
+        }
+        let pct = errs.range(
+            &format!("{vf}.traffic_percentile"),
+            v.traffic_percentile,
+            0,
+            100,
+            0,
+        );
+        total += pct;
+        if v.is_default == Some(true) {
+            defaults.push(i);
+        }
+        if v.replicas.is_empty() {
+            errs.push(
+                format!("{vf}.replicas"),
+                "needs at least one replica address, e.g. [\"10.0.0.5:5001\"]",
+            );
+        }
+        let mut replicas = Vec::new();
+        for (j, r) in v.replicas.iter().enumerate() {
+            match r.parse::<SocketAddr>() {
+                Ok(a) if a.port() != 0 => replicas.push(a),
+                _ => errs.push(
+                    format!("{vf}.replicas[{j}]"),
+                    format!("{r:?} is not an IP:port address with a non-zero port, e.g. \"10.0.0.5:5001\""),
+                ),
+            }
+        }
+        let protocol = match v.protocol.as_deref() {
+            None | Some("http1") => Protocol::Http1,
+            Some("h2c") => Protocol::H2c,
+            Some(other) => {
+                errs.push(
+                    format!("{vf}.protocol"),
+                    format!("{other:?} is not supported; allowed \"http1\" (default) or \"h2c\""),
+                );
+                Protocol::Http1
+            }
+        };
+        out.push(VersionConfig {
+            name: v.name.clone(),
+            traffic_percentile: u8::try_from(pct).unwrap_or(0),
+            replicas,
+            protocol,
+        });
+    }
+    if total > 100 {
+        errs.push(
+            format!("{field}.versions"),
+            format!("traffic_percentile values add up to {total}; allowed at most 100 (the rest goes to the default version)"),
+        );
+    }
+    let default_version = match (defaults.as_slice(), raw.len()) {
+        ([d], _) => *d,
+        ([], 1) => 0,
+        ([], _) => {
+            errs.push(
+                format!("{field}.versions"),
+                "several versions but none has is_default = true; mark exactly one",
+            );
+            0
+        }
+        (_, _) => {
+            errs.push(
+                format!("{field}.versions"),
+                "more than one version has is_default = true; mark exactly one",
+            );
+            0
+        }
+    };
+    (out, default_version)
+}

@@ -1,0 +1,182 @@
+//! `scoregate demo`: the whole product on a laptop with no file. A development CA and a
+//! localhost certificate are written to a folder (printed, so curl can trust `ca.pem`), two
+//! in-process replicas of a small real model ([`model`]) stand behind the gateway, and a
+//! ready-to-paste `curl` line is printed.
+
+pub mod model;
+
+use std::future::Future;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use tokio::net::TcpListener;
+
+use crate::config::{self, ConfigErrors};
+use crate::server::{self, App, Listeners, ServerError};
+use crate::tls::{SelfSigned, TlsError};
+
+pub const SERVICE: &str = "iris";
+const REPLICAS: usize = 2;
+
+#[derive(Debug, Clone)]
+pub struct DemoOptions {
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    /// The service key; a random one when `None`.
+    pub key: Option<String>,
+    /// Where the certificates go; `<tmp>/scoregate-demo` when `None`.
+    pub dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DemoError {
+    #[error(transparent)]
+    Config(#[from] ConfigErrors),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Server(#[from] ServerError),
+    #[error("binding a demo replica on 127.0.0.1: {0}")]
+    Replica(#[source] std::io::Error),
+}
+
+/// A random 32-character key (Azure ML's key length).
+pub fn random_key() -> String {
+    std::iter::repeat_with(fastrand::alphanumeric)
+        .take(32)
+        .collect()
+}
+
+fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), DemoError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let err = |source| DemoError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
+    // Replace rather than truncate, so a key file never exists with loose permissions.
+    let _ = std::fs::remove_file(path);
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(if private { 0o600 } else { 0o644 })
+        .open(path)
+        .map_err(err)?;
+    f.write_all(contents.as_bytes()).map_err(err)
+}
+
+fn toml_str(s: &str) -> String {
+    serde_json::Value::from(s).to_string()
+}
+
+/// Validate the options, write the certificates, start replicas and the gateway, print how to
+/// call it, and serve until `shutdown` resolves. Errors before serving are config errors (64).
+pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Result<(), DemoError> {
+    let key = opts.key.clone().unwrap_or_else(random_key);
+    let dir = opts
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("scoregate-demo"));
+    std::fs::create_dir_all(&dir).map_err(|source| DemoError::Write {
+        path: dir.clone(),
+        source,
+    })?;
+    let material = SelfSigned::generate(&["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
+    let (ca, cert, keyfile) = (
+        dir.join("ca.pem"),
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+    );
+    write_file(&ca, &material.ca_pem, false)?;
+    write_file(&cert, &material.cert_pem, false)?;
+    write_file(&keyfile, &material.key_pem, true)?;
+
+    let mut replica_listeners = Vec::new();
+    for _ in 0..REPLICAS {
+        replica_listeners.push(
+            TcpListener::bind("127.0.0.1:0")
+                .await
+                .map_err(DemoError::Replica)?,
+        );
+    }
+    let replicas: Vec<String> = replica_listeners
+        .iter()
+        .filter_map(|l| l.local_addr().ok())
+        .map(|a| toml_str(&a.to_string()))
+        .collect();
+    // The demo goes through the same parser and validation as `serve --config`.
+    let text = format!(
+        r#"
+[listen]
+tls = {listen}
+admin = {admin}
+
+[[tls.certificates]]
+cert = {cert}
+key = {key_file}
+
+[[services]]
+name = "{SERVICE}"
+primary_key = {key}
+replica_max_concurrent_requests = 32
+
+[[services.versions]]
+name = "blue"
+replicas = [{replicas}]
+"#,
+        listen = toml_str(&opts.listen.to_string()),
+        admin = toml_str(&opts.admin_listen.to_string()),
+        cert = toml_str(&cert.display().to_string()),
+        key_file = toml_str(&keyfile.display().to_string()),
+        key = toml_str(&key),
+        replicas = replicas.join(", "),
+    );
+    let config = config::from_toml(&text, &dir).map_err(|mut e| {
+        // Name the flag the user passed, not the generated config's field.
+        for f in &mut e.0 {
+            if f.field.ends_with("primary_key") {
+                f.field = "--key".into();
+            }
+        }
+        e
+    })?;
+    let app = App::build(&config)?;
+    let listeners = Listeners::bind(&config.listen).await?;
+    let bound = listeners.addrs();
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    for l in replica_listeners {
+        let mut rx = stop_rx.clone();
+        tokio::spawn(model::serve(l, async move {
+            let _ = rx.wait_for(|s| *s).await;
+        }));
+    }
+    let port = bound.tls.map(|a| a.port()).unwrap_or(opts.listen.port());
+    let url = format!("https://localhost:{port}/api/v1/service/{SERVICE}/score");
+    let admin = bound.admin.map(|a| a.to_string()).unwrap_or_default();
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(
+        out,
+        "scoregate demo: service {SERVICE:?} with {REPLICAS} replicas of a logistic-regression iris model\n\
+         \n  scoring URL   {url}\
+         \n  swagger       https://localhost:{port}/api/v1/service/{SERVICE}/swagger.json\
+         \n  key           {key}\
+         \n  CA to trust   {ca}\
+         \n  admin         http://{admin}/metrics  /readyz  /config  /certificates\
+         \n\ntry:\n  curl --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+         -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}' {url}\n",
+        ca = ca.display(),
+    );
+    let _ = out.flush();
+    drop(out);
+
+    server::run(app, listeners, shutdown).await;
+    let _ = stop_tx.send(true);
+    Ok(())
+}

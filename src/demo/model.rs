@@ -1,0 +1,142 @@
+//! The demo's scoring replica: a real (small) model behind the same contract as an Azure ML
+//! scoring container — `POST /score` with `{"data": [[...], ...]}`, `GET /swagger.json`.
+//! The model is a fixed binary logistic regression over the four iris measurements
+//! (sepal length, sepal width, petal length, petal width, in cm) that tells Iris virginica apart.
+
+use std::convert::Infallible;
+use std::future::Future;
+
+use bytes::Bytes;
+use http::{Method, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::body::Incoming;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use tokio::net::TcpListener;
+
+/// Weights for (sepal length, sepal width, petal length, petal width) and the intercept.
+const WEIGHTS: [f64; 4] = [-0.39, -0.51, 2.93, 2.42];
+const INTERCEPT: f64 = -14.4;
+const MAX_BODY: usize = 16 * 1024 * 1024;
+
+/// P(virginica) for one row of four measurements.
+pub fn predict(row: &[f64; 4]) -> f64 {
+    let z: f64 = INTERCEPT + row.iter().zip(WEIGHTS).map(|(x, w)| x * w).sum::<f64>();
+    1.0 / (1.0 + (-z).exp())
+}
+
+/// Score a request body: `{"data": [[f64; 4], ...]}` -> `{"predictions": [...]}`.
+pub fn score(body: &[u8]) -> Result<serde_json::Value, String> {
+    #[derive(serde::Deserialize)]
+    struct Input {
+        data: Vec<[f64; 4]>,
+    }
+    let input: Input = serde_json::from_slice(body).map_err(|e| {
+        format!("expected {{\"data\": [[sepal_length, sepal_width, petal_length, petal_width], ...]}}: {e}")
+    })?;
+    let predictions: Vec<_> = input
+        .data
+        .iter()
+        .map(|row| {
+            let p = predict(row);
+            serde_json::json!({
+                "label": if p >= 0.5 { "virginica" } else { "not-virginica" },
+                "probability": (p * 1e4).round() / 1e4,
+            })
+        })
+        .collect();
+    Ok(serde_json::json!({ "predictions": predictions }))
+}
+
+const SWAGGER: &str = r#"{"swagger":"2.0","info":{"title":"iris","description":"P(Iris virginica) from four measurements in cm","version":"1.0"},"schemes":["https"],"consumes":["application/json"],"produces":["application/json"],"paths":{"/score":{"post":{"summary":"Score rows","parameters":[{"name":"body","in":"body","required":true,"schema":{"type":"object","properties":{"data":{"type":"array","items":{"type":"array","minItems":4,"maxItems":4,"items":{"type":"number"}}}},"example":{"data":[[5.1,3.5,1.4,0.2],[6.7,3.0,5.2,2.3]]}}}],"responses":{"200":{"description":"predictions","schema":{"type":"object","properties":{"predictions":{"type":"array","items":{"type":"object","properties":{"label":{"type":"string"},"probability":{"type":"number"}}}}}}}}}}}}"#;
+
+fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut r = Response::new(Full::new(Bytes::from(body)));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/score") => {
+            let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                Ok(b) => b.to_bytes(),
+                Err(e) => {
+                    return json(
+                        StatusCode::BAD_REQUEST,
+                        serde_json::json!({"error": format!("cannot read body: {e}")}).to_string(),
+                    );
+                }
+            };
+            match score(&body) {
+                Ok(v) => json(StatusCode::OK, v.to_string()),
+                Err(m) => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": m }).to_string(),
+                ),
+            }
+        }
+        (&Method::GET, "/swagger.json") => json(StatusCode::OK, SWAGGER.to_string()),
+        (&Method::GET, "/") => json(StatusCode::OK, r#"{"status":"healthy"}"#.to_string()),
+        _ => json(
+            StatusCode::NOT_FOUND,
+            r#"{"error":"not found"}"#.to_string(),
+        ),
+    }
+}
+
+/// Serve the model on `listener` (HTTP/1.1 and h2c) until `stop` resolves.
+pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {
+    let builder = auto::Builder::new(TokioExecutor::new());
+    tokio::pin!(stop);
+    loop {
+        let stream = tokio::select! {
+            r = listener.accept() => match r {
+                Ok((s, _)) => s,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    continue;
+                }
+            },
+            _ = &mut stop => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = builder
+            .serve_connection(
+                TokioIo::new(stream),
+                service_fn(|req| async { Ok::<_, Infallible>(handle(req).await) }),
+            )
+            .into_owned();
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separates_the_three_species() {
+        let setosa = predict(&[5.1, 3.5, 1.4, 0.2]);
+        let versicolor = predict(&[5.9, 2.8, 4.3, 1.3]);
+        let virginica = predict(&[6.5, 3.0, 5.5, 2.0]);
+        assert!(setosa < 0.01, "{setosa}");
+        assert!(versicolor < 0.5, "{versicolor}");
+        assert!(virginica > 0.8, "{virginica}");
+    }
+
+    #[test]
+    fn rejects_malformed_input_with_the_expected_shape() {
+        let err = score(br#"{"data": [[1, 2, 3]]}"#).expect_err("three columns");
+        assert!(err.contains("sepal_length"), "{err}");
+        let ok = score(br#"{"data": [[6.7, 3.0, 5.2, 2.3]]}"#).expect("valid");
+        assert_eq!(ok["predictions"][0]["label"], "virginica");
+    }
+}

@@ -1,0 +1,33 @@
+//! scoregate: a TLS-terminating inference gateway for model scoring endpoints, in the role of
+//! Azure ML's `azureml-fe` router.
+//!
+//! # Layout
+//! - [`config`] — the TOML file, parsed and validated in one pass into an immutable `Config`.
+//! - [`tls`] — certificate snapshot (SNI -> key) behind one `ArcSwap`, the rustls resolver,
+//!   PEM loading with checks, self-signed development material.
+//! - [`routing`] — the route table snapshot (service -> versions -> replicas), traffic split.
+//! - [`auth`] — key auth (constant time) and JWT token auth per service.
+//! - [`upstream`] — replica slots, the deadline-aware queue, p2c + peak-EWMA choice, pooled
+//!   HTTP/1.1 and h2c connections.
+//! - [`proxy`] — the request path, header hygiene, one error -> HTTP mapping.
+//! - [`server`] — listeners, TLS handshakes, hyper-util auto h1/h2 connections, graceful drain.
+//! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/config`, `/certificates`.
+//! - [`metrics`] — the Prometheus registry and pre-resolved handles.
+//! - [`demo`] — `scoregate demo` and its sample model replica.
+//! - [`shutdown`] — SIGTERM/SIGINT.
+//! - [`cli`] — the command line.
+
+pub mod admin;
+pub mod auth;
+pub mod cli;
+pub mod config;
+pub mod demo;
+pub mod metrics;
+pub mod proxy;
+pub mod routing;
+pub mod server;
+pub mod shutdown;
+pub mod tls;
+pub mod upstream;
+
+pub use server::{App, Listeners, run};

@@ -1,0 +1,181 @@
+//! Prometheus metrics: one [`Registry`] built at start and passed down. Label values are bounded:
+//! configured service and version names, status codes, TLS versions, fixed reasons — never raw
+//! paths or SNI. Per-version handles are resolved once when the route table is built.
+
+use std::sync::OnceLock;
+
+use prometheus::{
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
+};
+
+/// Latency buckets from 0.5 ms to 5 min (scoring may take minutes).
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0, 120.0, 300.0,
+];
+
+/// Status codes whose duration handles are resolved ahead of time.
+const COMMON_CODES: &[u16] = &[200, 400, 401, 404, 413, 500, 502, 503, 504];
+
+#[derive(Debug, thiserror::Error)]
+#[error("metrics registry: {0}")]
+pub struct MetricsError(#[from] prometheus::Error);
+
+#[derive(Debug, Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    request_duration: HistogramVec,
+    upstream_duration: HistogramVec,
+    queue_wait: HistogramVec,
+    in_flight: IntGaugeVec,
+    queued: IntGaugeVec,
+    rejected: IntCounterVec,
+    tls_handshakes: IntCounterVec,
+    pub connections_open: IntGauge,
+}
+
+/// Handles for one service version, resolved once.
+#[derive(Debug, Clone)]
+pub struct VersionMetrics {
+    service: String,
+    version: String,
+    family: HistogramVec,
+    /// Lazily resolved so that only codes that happened are exported.
+    by_code: Vec<(u16, OnceLock<Histogram>)>,
+    pub upstream: Histogram,
+    pub queue_wait: Histogram,
+    pub in_flight: IntGauge,
+    pub queued: IntGauge,
+}
+
+impl VersionMetrics {
+    pub fn observe(&self, code: u16, seconds: f64) {
+        let resolve = || {
+            self.family.with_label_values(&[
+                self.service.as_str(),
+                self.version.as_str(),
+                &code.to_string(),
+            ])
+        };
+        match self.by_code.iter().find(|(c, _)| *c == code) {
+            Some((_, h)) => h.get_or_init(resolve).observe(seconds),
+            None => resolve().observe(seconds),
+        }
+    }
+}
+
+/// TLS handshake counters, resolved once.
+#[derive(Debug, Clone)]
+pub struct HandshakeMetrics {
+    pub tls13: IntCounter,
+    pub tls12: IntCounter,
+    pub failed: IntCounter,
+    pub timed_out: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Self, MetricsError> {
+        let registry = Registry::new();
+        let hist = |name: &str, help: &str, labels: &[&str]| {
+            HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec()),
+                labels,
+            )
+        };
+        let m = Metrics {
+            request_duration: hist(
+                "scoregate_request_duration_seconds",
+                "Time from request received to response body sent, by service, version and status code.",
+                &["service", "version", "code"],
+            )?,
+            upstream_duration: hist(
+                "scoregate_upstream_duration_seconds",
+                "Time the scoring replica took to return response headers (model time).",
+                &["service", "version"],
+            )?,
+            queue_wait: hist(
+                "scoregate_queue_wait_seconds",
+                "Time a request waited for a free replica slot.",
+                &["service", "version"],
+            )?,
+            in_flight: IntGaugeVec::new(
+                Opts::new(
+                    "scoregate_requests_in_flight",
+                    "Requests being served by a replica.",
+                ),
+                &["service", "version"],
+            )?,
+            queued: IntGaugeVec::new(
+                Opts::new(
+                    "scoregate_requests_queued",
+                    "Requests waiting for a free replica slot.",
+                ),
+                &["service", "version"],
+            )?,
+            rejected: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_requests_rejected_total",
+                    "Requests answered by the gateway itself with an error, by reason.",
+                ),
+                &["service", "reason"],
+            )?,
+            tls_handshakes: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_tls_handshakes_total",
+                    "TLS handshakes by protocol version and result.",
+                ),
+                &["version", "result"],
+            )?,
+            connections_open: IntGauge::new(
+                "scoregate_connections_open",
+                "Client connections currently open on the serving listeners.",
+            )?,
+            registry,
+        };
+        m.registry.register(Box::new(m.request_duration.clone()))?;
+        m.registry.register(Box::new(m.upstream_duration.clone()))?;
+        m.registry.register(Box::new(m.queue_wait.clone()))?;
+        m.registry.register(Box::new(m.in_flight.clone()))?;
+        m.registry.register(Box::new(m.queued.clone()))?;
+        m.registry.register(Box::new(m.rejected.clone()))?;
+        m.registry.register(Box::new(m.tls_handshakes.clone()))?;
+        m.registry.register(Box::new(m.connections_open.clone()))?;
+        Ok(m)
+    }
+
+    pub fn version(&self, service: &str, version: &str) -> VersionMetrics {
+        let sv = [service, version];
+        VersionMetrics {
+            service: service.to_string(),
+            version: version.to_string(),
+            family: self.request_duration.clone(),
+            by_code: COMMON_CODES.iter().map(|c| (*c, OnceLock::new())).collect(),
+            upstream: self.upstream_duration.with_label_values(&sv),
+            queue_wait: self.queue_wait.with_label_values(&sv),
+            in_flight: self.in_flight.with_label_values(&sv),
+            queued: self.queued.with_label_values(&sv),
+        }
+    }
+
+    pub fn handshakes(&self) -> HandshakeMetrics {
+        HandshakeMetrics {
+            tls13: self.tls_handshakes.with_label_values(&["1.3", "ok"]),
+            tls12: self.tls_handshakes.with_label_values(&["1.2", "ok"]),
+            failed: self.tls_handshakes.with_label_values(&["none", "error"]),
+            timed_out: self.tls_handshakes.with_label_values(&["none", "timeout"]),
+        }
+    }
+
+    /// Count a request the gateway answered itself. `service` must be a configured name or "".
+    pub fn reject(&self, service: &str, reason: &'static str) {
+        self.rejected.with_label_values(&[service, reason]).inc();
+    }
+
+    /// The exposition text for `/metrics`.
+    pub fn render(&self) -> String {
+        TextEncoder::new()
+            .encode_to_string(&self.registry.gather())
+            .unwrap_or_default()
+    }
+}

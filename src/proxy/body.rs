@@ -1,0 +1,99 @@
+//! The response body streamed back from a replica. It holds the replica slot and the pooled
+//! connection until the body has been sent in full (the replica is busy until then), then
+//! returns the connection to the pool and records the request's duration.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use bytes::Bytes;
+use http_body_util::{Either, Full};
+use hyper::body::{Body, Frame, Incoming, SizeHint};
+
+use crate::routing::Service;
+use crate::upstream::{Checkout, Lease};
+
+/// What the gateway answers with: a replica's streamed body or its own small JSON.
+pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
+
+/// Everything released when the response is done.
+#[derive(Debug)]
+pub(crate) struct Completion {
+    pub lease: Lease,
+    pub checkout: Checkout,
+    pub service: Arc<Service>,
+    pub version: usize,
+    pub code: u16,
+    pub start: Instant,
+}
+
+impl Completion {
+    fn finish(self, complete: bool) {
+        let m = &self.service.versions[self.version].metrics;
+        m.observe(self.code, self.start.elapsed().as_secs_f64());
+        m.in_flight.dec();
+        if complete {
+            self.checkout.release(&self.lease.replica);
+        }
+        // Dropping the lease frees the replica slot for the next waiter.
+    }
+}
+
+#[derive(Debug)]
+pub struct TrackedBody {
+    inner: Incoming,
+    done: Option<Completion>,
+}
+
+impl TrackedBody {
+    pub(crate) fn new(inner: Incoming, done: Completion) -> Self {
+        TrackedBody {
+            inner,
+            done: Some(done),
+        }
+    }
+
+    fn finish(&mut self, complete: bool) {
+        if let Some(d) = self.done.take() {
+            d.finish(complete);
+        }
+    }
+}
+
+impl Body for TrackedBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        match &polled {
+            Poll::Ready(None) => this.finish(true),
+            Poll::Ready(Some(Err(_))) => this.finish(false),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true),
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for TrackedBody {
+    fn drop(&mut self) {
+        // Dropped by the server: either fully sent (an empty or known-length body hyper did not
+        // poll to the end) or the client went away mid-body.
+        let complete = self.inner.is_end_stream();
+        self.finish(complete);
+    }
+}

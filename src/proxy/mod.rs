@@ -1,0 +1,347 @@
+//! The request path. In order, and why there:
+//! 1. request id — first, so every answer (even a 404) carries `x-ms-request-id`;
+//! 2. route — path -> service from the route table snapshot (one `ArcSwap` load);
+//! 3. method, auth — before any queue slot is taken, so unauthenticated load cannot starve others;
+//! 4. body limit — a declared oversize body is refused before it is read (413);
+//! 5. version — the `azureml-model-deployment` pin, else the traffic split;
+//! 6. queue — a bounded, deadline-aware wait for a replica slot (503 with the reason);
+//! 7. upstream — header hygiene, pooled connection, `scoring_timeout_ms` (504), errors (502);
+//! 8. response — hop-by-hop stripped, the slot held until the body is sent.
+//!
+//! Errors are mapped to HTTP in one place: [`error::GatewayError`].
+
+mod body;
+pub mod error;
+pub mod headers;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{HeaderValue, Method, Request, Response, Uri, header};
+use http_body_util::{Either, Limited};
+use hyper::body::Incoming;
+
+use body::Completion;
+pub use body::{ProxyBody, TrackedBody};
+use error::GatewayError;
+
+use crate::config::Protocol;
+use crate::metrics::Metrics;
+use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
+use crate::upstream::{Lease, Saturated};
+
+/// Who is on the other end of a client connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnInfo {
+    pub remote: SocketAddr,
+    pub tls: bool,
+}
+
+/// The proxy: shared by every connection.
+#[derive(Debug, Clone)]
+pub struct Gateway {
+    routes: RouteHandle,
+    metrics: Metrics,
+    max_body_bytes: u64,
+}
+
+impl Gateway {
+    pub fn new(routes: RouteHandle, metrics: Metrics, max_body_bytes: u64) -> Self {
+        Gateway {
+            routes,
+            metrics,
+            max_body_bytes,
+        }
+    }
+
+    pub fn routes(&self) -> &RouteHandle {
+        &self.routes
+    }
+
+    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+        let start = Instant::now();
+        let rid = headers::request_id(req.headers());
+        let (parts, body) = req.into_parts();
+        let found = parse_path(parts.uri.path())
+            .ok_or(GatewayError::NotFound)
+            .and_then(|(name, endpoint)| {
+                self.routes
+                    .load()
+                    .get(name)
+                    .cloned()
+                    .map(|s| (s, endpoint))
+                    .ok_or_else(|| GatewayError::UnknownService(name.to_string()))
+            });
+        let (service, endpoint) = match found {
+            Ok(s) => s,
+            Err(e) => {
+                drain(body, &parts).await;
+                return self.fail(e, &rid, None);
+            }
+        };
+        let version = match self.admit(&parts, &service, endpoint) {
+            Ok(v) => v,
+            Err(e) => {
+                drain(body, &parts).await;
+                return self.fail(e, &rid, Some(&service));
+            }
+        };
+        let m = &service.versions[version].metrics;
+        m.queued.inc();
+        let acquired = service.versions[version].replicas.acquire().await;
+        m.queued.dec();
+        let lease = match acquired {
+            Ok((lease, waited)) => {
+                m.queue_wait.observe(waited.as_secs_f64());
+                lease
+            }
+            Err(saturated) => {
+                drain(body, &parts).await;
+                let e = overloaded(&service, saturated);
+                m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
+                return self.fail(e, &rid, Some(&service));
+            }
+        };
+        let req = Request::from_parts(parts, body);
+        match self
+            .forward(req, conn, &service, version, lease, &rid, start)
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => {
+                m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
+                self.fail(e, &rid, Some(&service))
+            }
+        }
+    }
+
+    fn fail(
+        &self,
+        e: GatewayError,
+        rid: &HeaderValue,
+        service: Option<&Service>,
+    ) -> Response<ProxyBody> {
+        let name = service.map(|s| s.name.as_str()).unwrap_or("");
+        self.metrics.reject(name, e.reason());
+        if e.status().is_server_error() {
+            tracing::warn!(request_id = ?rid, service = name, reason = e.reason(), error = %ErrorChain(&e), "request failed");
+        } else {
+            tracing::debug!(request_id = ?rid, service = name, reason = e.reason(), error = %e, "request refused");
+        }
+        e.to_response(rid).map(Either::Right)
+    }
+
+    /// Checks on the request head only: method, auth, declared size, version. Returns the index
+    /// of the version that will serve it.
+    fn admit(
+        &self,
+        parts: &http::request::Parts,
+        service: &Service,
+        endpoint: Endpoint,
+    ) -> Result<usize, GatewayError> {
+        match (endpoint, &parts.method) {
+            (Endpoint::Score, &Method::POST)
+            | (Endpoint::Swagger, &Method::GET | &Method::HEAD) => {}
+            (Endpoint::Score, _) => return Err(GatewayError::MethodNotAllowed { allow: "POST" }),
+            (Endpoint::Swagger, _) => {
+                return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });
+            }
+        }
+        // Azure ML serves swagger.json without a key; scoring needs one.
+        if endpoint == Endpoint::Score {
+            service
+                .auth
+                .check(&parts.headers)
+                .map_err(GatewayError::Unauthorized)?;
+        }
+        if declared_length(parts).is_some_and(|n| n > self.max_body_bytes) {
+            return Err(GatewayError::PayloadTooLarge {
+                limit: self.max_body_bytes,
+            });
+        }
+        let pin = parts
+            .headers
+            .get(headers::MODEL_DEPLOYMENT)
+            .and_then(|v| v.to_str().ok());
+        service
+            .pick_version(pin, fastrand::u8(..100))
+            .map_err(|e| GatewayError::UnknownVersion {
+                service: service.name.clone(),
+                version: e.0,
+            })
+    }
+
+    /// Send to the leased replica within `scoring_timeout_ms` and stream the answer back.
+    #[allow(clippy::too_many_arguments)]
+    async fn forward(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        service: &Arc<Service>,
+        version: usize,
+        lease: Lease,
+        rid: &HeaderValue,
+        start: Instant,
+    ) -> Result<Response<ProxyBody>, GatewayError> {
+        let v = &service.versions[version];
+        let upstream_req =
+            self.upstream_request(req, conn, service, v.protocol, rid, &lease.replica.addr);
+        let sent = Instant::now();
+        v.metrics.in_flight.inc();
+        let result = tokio::time::timeout(
+            service.settings.scoring_timeout,
+            lease.replica.send(upstream_req),
+        )
+        .await;
+        let model_time = sent.elapsed();
+        lease.replica.observe_latency(model_time);
+        let (resp, checkout) = match result {
+            Ok(Ok(ok)) => ok,
+            Ok(Err(e)) => {
+                v.metrics.in_flight.dec();
+                return Err(GatewayError::Upstream(e));
+            }
+            Err(_) => {
+                v.metrics.in_flight.dec();
+                return Err(GatewayError::Timeout(
+                    service.settings.scoring_timeout.as_millis(),
+                ));
+            }
+        };
+        v.metrics.upstream.observe(model_time.as_secs_f64());
+
+        let (mut parts, body) = resp.into_parts();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        parts.headers.insert(headers::REQUEST_ID, rid.clone());
+        if let Ok(name) = HeaderValue::from_str(&v.name) {
+            parts.headers.insert(headers::MODEL_DEPLOYMENT, name);
+        }
+        let done = Completion {
+            lease,
+            checkout,
+            service: service.clone(),
+            version,
+            code: parts.status.as_u16(),
+            start,
+        };
+        Ok(Response::from_parts(
+            parts,
+            Either::Left(TrackedBody::new(body, done)),
+        ))
+    }
+
+    /// The request as the replica sees it: its own path, hop-by-hop headers gone, forwarding
+    /// headers set, the gateway's key removed, the request id attached.
+    fn upstream_request(
+        &self,
+        req: Request<Incoming>,
+        conn: ConnInfo,
+        service: &Service,
+        protocol: Protocol,
+        rid: &HeaderValue,
+        addr: &SocketAddr,
+    ) -> Request<crate::upstream::UpstreamBody> {
+        let (mut parts, body) = req.into_parts();
+        let path = parse_path(parts.uri.path()).map_or("/", |(_, e)| e.upstream_path());
+        let pq = match parts.uri.query() {
+            Some(q) => format!("{path}?{q}"),
+            None => path.to_string(),
+        };
+        let authority = parts.uri.authority().cloned();
+        headers::strip_hop_by_hop(&mut parts.headers);
+        if service.auth.consumes_header() {
+            parts.headers.remove(header::AUTHORIZATION);
+        }
+        headers::set_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls);
+        parts.headers.insert(headers::REQUEST_ID, rid.clone());
+        match protocol {
+            Protocol::Http1 => {
+                parts.version = http::Version::HTTP_11;
+                parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+                if !parts.headers.contains_key(header::HOST) {
+                    let host = authority
+                        .map(|a| a.to_string())
+                        .unwrap_or_else(|| addr.to_string());
+                    if let Ok(v) = HeaderValue::from_str(&host) {
+                        parts.headers.insert(header::HOST, v);
+                    }
+                }
+            }
+            Protocol::H2c => {
+                parts.version = http::Version::HTTP_2;
+                parts.uri = Uri::try_from(format!("http://{addr}{pq}"))
+                    .unwrap_or_else(|_| Uri::from_static("/"));
+                parts.headers.remove(header::HOST);
+            }
+        }
+        Request::from_parts(
+            parts,
+            Limited::new(
+                body,
+                usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+            ),
+        )
+    }
+}
+
+/// Display an error with its whole `source()` chain.
+pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
+
+impl std::fmt::Display for ErrorChain<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}", self.0)?;
+        let mut src = self.0.source();
+        while let Some(s) = src {
+            write!(f, ": {s}")?;
+            src = s.source();
+        }
+        Ok(())
+    }
+}
+
+fn declared_length(parts: &http::request::Parts) -> Option<u64> {
+    parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
+/// Bodies up to this size are read and discarded before an error answer, so that clients still
+/// uploading (curl over HTTP/2) see the answer instead of a reset stream.
+const DRAIN_LIMIT: u64 = 64 * 1024;
+const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+async fn drain(mut body: Incoming, parts: &http::request::Parts) {
+    use hyper::body::Body;
+    if body.is_end_stream() || declared_length(parts).is_none_or(|n| n > DRAIN_LIMIT) {
+        return;
+    }
+    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+        let mut read = 0u64;
+        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+            read += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if read > DRAIN_LIMIT {
+                break;
+            }
+        }
+    })
+    .await;
+}
+
+fn overloaded(service: &Service, saturated: Saturated) -> GatewayError {
+    let detail = match saturated {
+        Saturated::Gateway => "the gateway's queue for this service is full".to_string(),
+        Saturated::Replicas => format!(
+            "no replica was free within max_request_wait_time ({} ms)",
+            service.settings.max_request_wait_time.as_millis()
+        ),
+    };
+    GatewayError::Overloaded {
+        service: service.name.clone(),
+        saturated,
+        detail,
+        retry_after: service.settings.max_request_wait_time,
+    }
+}

@@ -1,0 +1,272 @@
+//! Listeners and connections: the accept loops (connection cap, accept backoff), TLS handshakes
+//! (bounded, counted), hyper-util's auto HTTP/1.1 + HTTP/2 connections, and the graceful drain:
+//! on shutdown readiness goes false, accepting stops, in-flight requests finish within the grace
+//! period, then [`run`] returns.
+
+mod listeners;
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+pub use listeners::{BoundAddrs, Listeners};
+
+use crate::admin::AdminState;
+use crate::config::{Config, Limits};
+use crate::metrics::{HandshakeMetrics, Metrics, MetricsError};
+use crate::proxy::{ConnInfo, Gateway};
+use crate::routing::{RouteHandle, RouteTable};
+use crate::tls::{self, CertHandle, TlsError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("{field}: cannot listen on {addr}: {source}")]
+    Bind {
+        field: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Metrics(#[from] MetricsError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+}
+
+/// Everything a running gateway shares: built from a validated [`Config`], before any bind.
+pub struct App {
+    pub gateway: Arc<Gateway>,
+    pub metrics: Metrics,
+    pub routes: RouteHandle,
+    pub certs: Option<CertHandle>,
+    pub admin: Arc<AdminState>,
+    acceptor: Option<TlsAcceptor>,
+    handshakes: HandshakeMetrics,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn build(config: &Config) -> Result<App, ServerError> {
+        let metrics = Metrics::new()?;
+        let routes = RouteHandle::new(RouteTable::build(&config.services, &metrics));
+        let certs = config.tls.store.clone().map(CertHandle::new);
+        let acceptor = match &certs {
+            Some(c) => Some(TlsAcceptor::from(tls::server_config(
+                c.clone(),
+                config.tls.allow_tls12,
+            )?)),
+            None => None,
+        };
+        let gateway = Arc::new(Gateway::new(
+            routes.clone(),
+            metrics.clone(),
+            config.limits.max_body_bytes,
+        ));
+        let admin = Arc::new(AdminState::new(
+            metrics.clone(),
+            routes.clone(),
+            certs.clone(),
+            config.limits.clone(),
+        ));
+        Ok(App {
+            handshakes: metrics.handshakes(),
+            gateway,
+            metrics,
+            routes,
+            certs,
+            admin,
+            acceptor,
+            limits: config.limits.clone(),
+        })
+    }
+}
+
+/// Serve until `shutdown` resolves, then drain within `limits.shutdown_grace`.
+pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    let app = Arc::new(app);
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let graceful = GracefulShutdown::new();
+    let conn_limit = Arc::new(Semaphore::new(app.limits.max_connections));
+    let builder = Arc::new(conn_builder(&app.limits));
+
+    let admin = listeners
+        .admin
+        .map(|l| tokio::spawn(crate::admin::serve(l, app.admin.clone())));
+    let ctx = AcceptCtx {
+        app: &app,
+        graceful: &graceful,
+        conn_limit: &conn_limit,
+        builder: &builder,
+    };
+    let tls_loop = async {
+        if let (Some(l), Some(acc)) = (listeners.tls, app.acceptor.clone()) {
+            ctx.accept_loop(l, Some(acc), stop_rx.clone()).await;
+        }
+    };
+    let http_loop = async {
+        if let Some(l) = listeners.http {
+            ctx.accept_loop(l, None, stop_rx.clone()).await;
+        }
+    };
+    let stopper = async {
+        app.admin.set_ready(true);
+        shutdown.await;
+        app.admin.set_ready(false);
+        tracing::info!(
+            open_connections = graceful.count(),
+            grace_ms = app.limits.shutdown_grace.as_millis() as u64,
+            "shutting down: stopped accepting, draining in-flight requests"
+        );
+        let _ = stop_tx.send(true);
+    };
+    tokio::join!(tls_loop, http_loop, stopper);
+
+    match tokio::time::timeout(app.limits.shutdown_grace, graceful.shutdown()).await {
+        Ok(()) => tracing::info!("drained; all connections closed"),
+        Err(_) => tracing::warn!("grace period elapsed; closing the remaining connections"),
+    }
+    if let Some(a) = admin {
+        a.abort();
+    }
+}
+
+struct AcceptCtx<'a> {
+    app: &'a Arc<App>,
+    graceful: &'a GracefulShutdown,
+    conn_limit: &'a Arc<Semaphore>,
+    builder: &'a Arc<auto::Builder<TokioExecutor>>,
+}
+
+impl AcceptCtx<'_> {
+    async fn accept_loop(
+        &self,
+        listener: TcpListener,
+        acceptor: Option<TlsAcceptor>,
+        mut stop: watch::Receiver<bool>,
+    ) {
+        let mut backoff = Duration::from_millis(5);
+        loop {
+            let permit = tokio::select! {
+                p = self.conn_limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let (stream, remote) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(x) => { backoff = Duration::from_millis(5); x }
+                    Err(e) => {
+                        // Out of file descriptors or similar: back off instead of spinning.
+                        tracing::warn!(error = %e, backoff_ms = backoff.as_millis() as u64, "accept failed");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(1));
+                        continue;
+                    }
+                },
+                _ = stop.wait_for(|s| *s) => return,
+            };
+            let _ = stream.set_nodelay(true);
+            let conn = Conn {
+                app: self.app.clone(),
+                builder: self.builder.clone(),
+                watcher: self.graceful.watcher(),
+            };
+            let acceptor = acceptor.clone();
+            let open = self.app.metrics.connections_open.clone();
+            tokio::spawn(async move {
+                open.inc();
+                match acceptor {
+                    Some(acc) => conn.serve_tls(stream, remote, acc).await,
+                    None => {
+                        let info = ConnInfo { remote, tls: false };
+                        conn.serve_http(TokioIo::new(stream), info).await
+                    }
+                }
+                open.dec();
+                drop(permit);
+            });
+        }
+    }
+}
+
+struct Conn {
+    app: Arc<App>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    watcher: Watcher,
+}
+
+impl Conn {
+    async fn serve_tls(self, stream: TcpStream, remote: SocketAddr, acceptor: TlsAcceptor) {
+        let hs = &self.app.handshakes;
+        let tls =
+            match tokio::time::timeout(self.app.limits.handshake_timeout, acceptor.accept(stream))
+                .await
+            {
+                Ok(Ok(s)) => s,
+                Ok(Err(e)) => {
+                    hs.failed.inc();
+                    tracing::debug!(%remote, error = %e, "TLS handshake failed");
+                    return;
+                }
+                Err(_) => {
+                    hs.timed_out.inc();
+                    tracing::debug!(%remote, "TLS handshake timed out");
+                    return;
+                }
+            };
+        match tls.get_ref().1.protocol_version() {
+            Some(rustls::ProtocolVersion::TLSv1_3) => hs.tls13.inc(),
+            _ => hs.tls12.inc(),
+        }
+        self.serve_http(TokioIo::new(tls), ConnInfo { remote, tls: true })
+            .await;
+    }
+
+    async fn serve_http<I>(self, io: I, info: ConnInfo)
+    where
+        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+    {
+        let gateway = self.app.gateway.clone();
+        let svc = service_fn(move |req| {
+            let gateway = gateway.clone();
+            async move { Ok::<_, Infallible>(gateway.handle(req, info).await) }
+        });
+        let conn = self.builder.serve_connection(io, svc).into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(remote = %info.remote, error = %e, "connection ended with an error");
+        }
+    }
+}
+
+fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
+    let mut b = auto::Builder::new(TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes)
+        .keep_alive(true);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .max_concurrent_streams(256);
+    b
+}

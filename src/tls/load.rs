@@ -1,0 +1,181 @@
+//! Loading certificate + key PEM material into a served [`LoadedCert`], with the checks that make a
+//! bad pair fail at load time (unparsable PEM, encrypted key, key not matching the leaf).
+
+use std::net::IpAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+#[derive(Debug, thiserror::Error)]
+pub enum TlsError {
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what}: no PEM {expected} found; expected a file with -----BEGIN {expected}-----")]
+    NoPem {
+        what: String,
+        expected: &'static str,
+    },
+    #[error("{what}: malformed PEM: {source}")]
+    Pem {
+        what: String,
+        #[source]
+        source: rustls_pki_types::pem::Error,
+    },
+    #[error(
+        "{what}: passphrase-protected keys are not supported; decrypt it first (openssl pkey -in key.pem -out plain.pem)"
+    )]
+    EncryptedKey { what: String },
+    #[error(
+        "{what}: unsupported private key (RSA, ECDSA P-256/P-384 and Ed25519 are supported): {source}"
+    )]
+    UnsupportedKey {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
+    #[error(
+        "the private key does not match the certificate's public key (leaf must come first in the chain)"
+    )]
+    KeyMismatch(#[source] rustls::Error),
+    #[error("certificate is not valid X.509: {0}")]
+    X509(String),
+    #[error("generating a certificate failed: {0}")]
+    Generate(#[from] rcgen::Error),
+    #[error("TLS configuration: {0}")]
+    Rustls(#[source] rustls::Error),
+}
+
+/// A served certificate: the rustls key plus what we tell operators about it.
+#[derive(Debug, Clone)]
+pub struct LoadedCert {
+    pub key: Arc<CertifiedKey>,
+    /// DNS names and IP addresses from the leaf's subjectAltName (or CN without SANs).
+    pub names: Vec<String>,
+    pub subject: String,
+    pub issuer: String,
+    pub not_after: String,
+    /// Hex SHA-256 of the leaf's DER.
+    pub fingerprint_sha256: String,
+}
+
+/// Load a PEM chain file (leaf first) and a PEM private key file.
+pub fn load_pem_files(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
+    let read = |p: &Path| {
+        std::fs::read(p).map_err(|source| TlsError::Read {
+            path: p.to_path_buf(),
+            source,
+        })
+    };
+    load_pem_pair(
+        &read(cert)?,
+        &read(key)?,
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )
+}
+
+/// Load in-memory PEM chain + key; `cert_name`/`key_name` only label the errors.
+pub fn load_pem_pair(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_name: &str,
+    key_name: &str,
+) -> Result<LoadedCert, TlsError> {
+    let chain = CertificateDer::pem_slice_iter(cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|source| TlsError::Pem {
+            what: cert_name.to_string(),
+            source,
+        })?;
+    if chain.is_empty() {
+        return Err(TlsError::NoPem {
+            what: cert_name.to_string(),
+            expected: "CERTIFICATE",
+        });
+    }
+    if contains(key_pem, b"ENCRYPTED PRIVATE KEY") || contains(key_pem, b"Proc-Type: 4,ENCRYPTED") {
+        return Err(TlsError::EncryptedKey {
+            what: key_name.to_string(),
+        });
+    }
+    let key = PrivateKeyDer::from_pem_slice(key_pem).map_err(|source| match source {
+        rustls_pki_types::pem::Error::NoItemsFound => TlsError::NoPem {
+            what: key_name.to_string(),
+            expected: "PRIVATE KEY",
+        },
+        source => TlsError::Pem {
+            what: key_name.to_string(),
+            source,
+        },
+    })?;
+    let signing = super::provider()
+        .key_provider
+        .load_private_key(key)
+        .map_err(|source| TlsError::UnsupportedKey {
+            what: key_name.to_string(),
+            source,
+        })?;
+    let certified = CertifiedKey::new(chain, signing);
+    certified.keys_match().map_err(TlsError::KeyMismatch)?;
+    describe(Arc::new(certified))
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Read names, subject, issuer, expiry and fingerprint from the leaf.
+pub(crate) fn describe(key: Arc<CertifiedKey>) -> Result<LoadedCert, TlsError> {
+    let leaf = key
+        .cert
+        .first()
+        .ok_or_else(|| TlsError::X509("empty chain".into()))?;
+    let (_, x509) =
+        x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::X509(e.to_string()))?;
+    let mut names = Vec::new();
+    if let Ok(Some(san)) = x509.subject_alternative_name() {
+        for gn in &san.value.general_names {
+            match gn {
+                x509_parser::extensions::GeneralName::DNSName(n) => {
+                    names.push(n.to_ascii_lowercase())
+                }
+                x509_parser::extensions::GeneralName::IPAddress(b) => {
+                    let ip = match b.len() {
+                        4 => <[u8; 4]>::try_from(*b).ok().map(IpAddr::from),
+                        16 => <[u8; 16]>::try_from(*b).ok().map(IpAddr::from),
+                        _ => None,
+                    };
+                    if let Some(ip) = ip {
+                        names.push(ip.to_string());
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    if names.is_empty() {
+        names.extend(
+            x509.subject()
+                .iter_common_name()
+                .filter_map(|cn| cn.as_str().ok())
+                .map(|s| s.to_ascii_lowercase()),
+        );
+    }
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, leaf.as_ref());
+    let fingerprint_sha256 = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    Ok(LoadedCert {
+        names,
+        subject: x509.subject().to_string(),
+        issuer: x509.issuer().to_string(),
+        not_after: x509.validity().not_after.to_string(),
+        fingerprint_sha256,
+        key,
+    })
+}

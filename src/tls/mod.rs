@@ -1,0 +1,133 @@
+//! TLS termination. A [`CertStore`] is one immutable snapshot (SNI name -> certificate); the
+//! [`Resolver`] reads it through a single `ArcSwap` load per handshake, so a new store can be
+//! swapped in ([`CertHandle::store`]) without touching listeners or taking a lock.
+
+mod load;
+mod selfsigned;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use rustls::ServerConfig;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+
+pub use load::{LoadedCert, TlsError, load_pem_files, load_pem_pair};
+pub use selfsigned::SelfSigned;
+
+/// The one crypto provider of the process (aws-lc-rs).
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::aws_lc_rs::default_provider())
+}
+
+/// Install aws-lc-rs as the process default; harmless when already installed.
+pub fn install_default_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}
+
+/// Certificates by name. Exact names first, then `*.suffix` wildcards (one label), else the
+/// default (the first certificate configured), as a browser-facing server would.
+#[derive(Debug, Clone)]
+pub struct CertStore {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+    certs: Vec<LoadedCert>,
+}
+
+impl CertStore {
+    /// Build a store; the first certificate is the default for clients without a matching SNI.
+    /// `None` for an empty list.
+    pub fn new(certs: Vec<LoadedCert>) -> Option<Self> {
+        let mut exact = HashMap::new();
+        let mut wildcard = HashMap::new();
+        for c in &certs {
+            for name in &c.names {
+                let name = name.to_ascii_lowercase();
+                if let Some(suffix) = name.strip_prefix("*.") {
+                    wildcard
+                        .entry(suffix.to_string())
+                        .or_insert_with(|| c.key.clone());
+                } else {
+                    exact.entry(name).or_insert_with(|| c.key.clone());
+                }
+            }
+        }
+        let default = certs.first()?.key.clone();
+        Some(CertStore {
+            exact,
+            wildcard,
+            default,
+            certs,
+        })
+    }
+
+    /// The certificate for an SNI name (or the default).
+    pub fn resolve(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        if let Some(name) = sni {
+            // rustls hands SNI over lowercased already.
+            if let Some(k) = self.exact.get(name) {
+                return k.clone();
+            }
+            if let Some((_, parent)) = name.split_once('.')
+                && let Some(k) = self.wildcard.get(parent)
+            {
+                return k.clone();
+            }
+        }
+        self.default.clone()
+    }
+
+    pub fn certificates(&self) -> &[LoadedCert] {
+        &self.certs
+    }
+}
+
+/// The swappable cell holding the served certificates.
+#[derive(Debug, Clone)]
+pub struct CertHandle(Arc<ArcSwap<CertStore>>);
+
+impl CertHandle {
+    pub fn new(store: CertStore) -> Self {
+        CertHandle(Arc::new(ArcSwap::from_pointee(store)))
+    }
+
+    /// Replace the served certificates; handshakes after this see the new store.
+    pub fn store(&self, store: CertStore) {
+        self.0.store(Arc::new(store));
+    }
+
+    pub fn load(&self) -> Arc<CertStore> {
+        self.0.load_full()
+    }
+}
+
+/// rustls resolver: one lock-free snapshot load per handshake.
+#[derive(Debug)]
+pub struct Resolver(CertHandle);
+
+impl ResolvesServerCert for Resolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.0.load().resolve(hello.server_name()))
+    }
+}
+
+/// The rustls server configuration: TLS 1.3 (+ 1.2 unless disabled), ALPN h2 then http/1.1,
+/// stateless session tickets and a session cache for resumption.
+pub fn server_config(certs: CertHandle, allow_tls12: bool) -> Result<Arc<ServerConfig>, TlsError> {
+    let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
+        &[&rustls::version::TLS13, &rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let mut cfg = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(TlsError::Rustls)?
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(Resolver(certs)));
+    cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(TlsError::Rustls)?;
+    cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
+    Ok(Arc::new(cfg))
+}
