@@ -32,16 +32,23 @@ replicas = ["127.0.0.1:5003"]
 fn request_headers() -> HeaderMap {
     let mut h = HeaderMap::new();
     h.insert(header::HOST, HeaderValue::from_static("iris.example.com"));
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("58"));
-    h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer bench-key-0123456789abcdef"));
+    h.insert(
+        header::AUTHORIZATION,
+        HeaderValue::from_static("Bearer bench-key-0123456789abcdef"),
+    );
     h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
     h.insert("user-agent", HeaderValue::from_static("bench/1.0"));
     h
 }
 
 fn bench(c: &mut Criterion) {
-    let config = scoregate::config::from_toml(CONFIG, Path::new(".")).expect("bench config is valid");
+    let config =
+        scoregate::config::from_toml(CONFIG, Path::new(".")).expect("bench config is valid");
     let metrics = Metrics::new().expect("registry");
     let table = RouteTable::build(&config.services, &metrics);
     let hdrs = request_headers();

@@ -169,7 +169,7 @@ impl AcceptCtx<'_> {
                     Ok(p) => p,
                     Err(_) => return,
                 },
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stopped(&mut stop) => return,
             };
             let (stream, remote) = tokio::select! {
                 r = listener.accept() => match r {
@@ -182,7 +182,7 @@ impl AcceptCtx<'_> {
                         continue;
                     }
                 },
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stopped(&mut stop) => return,
             };
             let _ = stream.set_nodelay(true);
             let conn = Conn {
@@ -269,4 +269,8 @@ fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
         .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
         .max_concurrent_streams(256);
     b
+}
+
+async fn stopped(stop: &mut watch::Receiver<bool>) {
+    let _ = stop.wait_for(|s| *s).await;
 }
