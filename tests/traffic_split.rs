@@ -37,7 +37,10 @@ replicas = ["{green}"]
         green = green.addr
     );
     let gw = TestGateway::start(&toml).await;
-    let c = client(&pki.ca_pem).http2_prior_knowledge().build().expect("client");
+    let c = client(&pki.ca_pem)
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
     let url = gw.https("/api/v1/service/iris/score");
 
     const N: usize = 2000;
@@ -48,11 +51,24 @@ replicas = ["{green}"]
                 let c = c.clone();
                 let url = url.clone();
                 tokio::spawn(async move {
-                    let r = c.post(url).bearer_auth(KEY).body("{}").send().await.expect("req");
+                    let r = c
+                        .post(url)
+                        .bearer_auth(KEY)
+                        .body("{}")
+                        .send()
+                        .await
+                        .expect("req");
                     assert_eq!(r.status(), 200);
-                    let header = r.headers()["azureml-model-deployment"].to_str().expect("ascii").to_string();
+                    let header = r.headers()["azureml-model-deployment"]
+                        .to_str()
+                        .expect("ascii")
+                        .to_string();
                     let v: serde_json::Value = r.json().await.expect("json");
-                    assert_eq!(v["v"], header.as_str(), "the header names the version that answered");
+                    assert_eq!(
+                        v["v"],
+                        header.as_str(),
+                        "the header names the version that answered"
+                    );
                     header
                 })
             })
@@ -94,7 +110,12 @@ async fn load_is_spread_over_replicas_of_a_version() {
     let a = Backend::fixed(r#"{"r":"a"}"#, Duration::from_millis(250)).await;
     let b = Backend::fixed(r#"{"r":"b"}"#, Duration::from_millis(250)).await;
     let pki = Pki::new(&["localhost"]);
-    let gw = TestGateway::start(&service_toml(&pki, "max_request_wait_time = 5000", &[a.addr, b.addr])).await;
+    let gw = TestGateway::start(&service_toml(
+        &pki,
+        "max_request_wait_time = 5000",
+        &[a.addr, b.addr],
+    ))
+    .await;
     let c = client(&pki.ca_pem).build().expect("client");
     let url = gw.https("/api/v1/service/iris/score");
     // Two concurrent requests at a time against two replicas with one slot each: both are used.
@@ -104,9 +125,18 @@ async fn load_is_spread_over_replicas_of_a_version() {
             .map(|_| {
                 let (c, url) = (c.clone(), url.clone());
                 tokio::spawn(async move {
-                    let r = c.post(url).bearer_auth(KEY).body("{}").send().await.expect("req");
+                    let r = c
+                        .post(url)
+                        .bearer_auth(KEY)
+                        .body("{}")
+                        .send()
+                        .await
+                        .expect("req");
                     assert_eq!(r.status(), 200);
-                    r.json::<serde_json::Value>().await.expect("json")["r"].as_str().expect("r").to_string()
+                    r.json::<serde_json::Value>().await.expect("json")["r"]
+                        .as_str()
+                        .expect("r")
+                        .to_string()
                 })
             })
             .collect();
