@@ -384,3 +384,40 @@ async fn service_unavailable_from_the_gateway_when_its_queue_is_full() {
     );
     gw.stop().await;
 }
+
+#[tokio::test]
+async fn auth_is_checked_before_taking_a_queue_slot() {
+    let slow = Backend::fixed(r#"{"ok":true}"#, Duration::from_millis(1500)).await;
+    let (pki, gw) = gateway_with("max_request_wait_time = 1000", &[slow.addr]).await;
+    let c = client(&pki.ca_pem).build().expect("client");
+    let url = gw.https("/api/v1/service/iris/score");
+    let busy = {
+        let (c, url) = (c.clone(), url.clone());
+        tokio::spawn(async move {
+            c.post(url)
+                .bearer_auth(KEY)
+                .body(ROWS)
+                .send()
+                .await
+                .expect("req")
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The only slot is busy: an unauthenticated request is refused at once, not queued.
+    let started = std::time::Instant::now();
+    let r = c
+        .post(&url)
+        .bearer_auth("not-the-key-0123456789")
+        .body(ROWS)
+        .send()
+        .await
+        .expect("req");
+    expect_error(r, 401, "auth_invalid_key").await;
+    assert!(
+        started.elapsed() < Duration::from_millis(900),
+        "401 came after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(busy.await.expect("join").status(), 200);
+    gw.stop().await;
+}

@@ -179,3 +179,49 @@ pub(crate) fn describe(key: Arc<CertifiedKey>) -> Result<LoadedCert, TlsError> {
         key,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair, SignatureAlgorithm};
+
+    fn pair(alg: &'static SignatureAlgorithm) -> (String, String) {
+        let key = KeyPair::generate_for(alg).expect("key");
+        let params = CertificateParams::new(vec!["svc.example.test".to_string()]).expect("params");
+        let cert = params.self_signed(&key).expect("cert");
+        (cert.pem(), key.serialize_pem())
+    }
+
+    #[test]
+    fn loads_ecdsa_ed25519_and_rsa_pairs() {
+        for alg in [
+            &rcgen::PKCS_ECDSA_P256_SHA256,
+            &rcgen::PKCS_ED25519,
+            &rcgen::PKCS_RSA_SHA256,
+        ] {
+            let (cert, key) = pair(alg);
+            let loaded = load_pem_pair(cert.as_bytes(), key.as_bytes(), "cert", "key")
+                .unwrap_or_else(|e| panic!("{alg:?}: {e}"));
+            assert_eq!(loaded.names, vec!["svc.example.test".to_string()]);
+            assert_eq!(loaded.fingerprint_sha256.len(), 64);
+        }
+    }
+
+    #[test]
+    fn refuses_mismatched_missing_and_encrypted_keys() {
+        let (cert, _) = pair(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let (_, other_key) = pair(&rcgen::PKCS_ECDSA_P256_SHA256);
+        let e =
+            load_pem_pair(cert.as_bytes(), other_key.as_bytes(), "c", "k").expect_err("mismatch");
+        assert!(matches!(e, TlsError::KeyMismatch(_)), "{e}");
+        let e = load_pem_pair(b"not pem", other_key.as_bytes(), "c", "k").expect_err("no cert");
+        assert!(matches!(e, TlsError::NoPem { .. }), "{e}");
+        let enc =
+            b"-----BEGIN ENCRYPTED PRIVATE KEY-----\nMIIB\n-----END ENCRYPTED PRIVATE KEY-----\n";
+        let e = load_pem_pair(cert.as_bytes(), enc, "c", "k").expect_err("encrypted");
+        assert!(
+            e.to_string()
+                .contains("passphrase-protected keys are not supported")
+        );
+    }
+}
