@@ -259,16 +259,12 @@ async fn http1_upstream_connections_are_reused() {
     let c = client(&pki.ca_pem).build().expect("client");
     let mut ports = std::collections::HashSet::new();
     for _ in 0..20 {
-        let v: serde_json::Value = c
-            .post(gw.https("/api/v1/service/iris/score"))
-            .bearer_auth(KEY)
-            .body("{}")
-            .send()
-            .await
-            .expect("request")
-            .json()
-            .await
-            .expect("json");
+        let v: serde_json::Value =
+            post(&c, &gw.https("/api/v1/service/iris/score"), Some(KEY), "{}")
+                .await
+                .json()
+                .await
+                .expect("json");
         assert_eq!(v["version"], "HTTP/1.1");
         assert_eq!(v["uri"], "/score");
         ports.insert(v["peer"].as_str().map(str::to_string));

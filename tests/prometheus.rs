@@ -132,16 +132,10 @@ async fn real_prometheus_scrapes_and_promtool_accepts_the_metrics() {
     let c = client(&pki.ca_pem).build().expect("client");
     let url = gw.https("/api/v1/service/iris/score");
     for _ in 0..10 {
-        let r = c
-            .post(&url)
-            .bearer_auth(KEY)
-            .body(ROWS)
-            .send()
-            .await
-            .expect("req");
+        let r = post(&c, &url, Some(KEY), ROWS).await;
         assert_eq!(r.status(), 200);
     }
-    let r = c.post(&url).body(ROWS).send().await.expect("req");
+    let r = post(&c, &url, None, ROWS).await;
     assert_eq!(r.status(), 401);
 
     // promtool lints the exposition exactly as served.

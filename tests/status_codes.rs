@@ -20,16 +20,10 @@ async fn unauthorized_without_or_with_a_wrong_key() {
     let (pki, gw) = gateway_with("", &[model.addr]).await;
     let c = client(&pki.ca_pem).build().expect("client");
     let url = gw.https("/api/v1/service/iris/score");
-    let resp = c.post(&url).body(ROWS).send().await.expect("request");
+    let resp = post(&c, &url, None, ROWS).await;
     assert_eq!(resp.headers()["www-authenticate"], "Bearer");
     expect_error(resp, 401, "auth_missing").await;
-    let resp = c
-        .post(&url)
-        .bearer_auth("wrong-key-0123456789abc")
-        .body(ROWS)
-        .send()
-        .await
-        .expect("request");
+    let resp = post(&c, &url, Some("wrong-key-0123456789abc"), ROWS).await;
     expect_error(resp, 401, "auth_invalid_key").await;
     let resp = c
         .post(&url)
@@ -100,13 +94,7 @@ async fn token_auth_accepts_a_valid_jwt_only() {
         .await
         .expect("req");
     expect_error(aud, 401, "auth_invalid_token").await;
-    let key = c
-        .post(&url)
-        .bearer_auth(KEY)
-        .body(ROWS)
-        .send()
-        .await
-        .expect("req");
+    let key = post(&c, &url, Some(KEY), ROWS).await;
     expect_error(key, 401, "auth_invalid_token").await;
     gw.stop().await;
 }
@@ -116,13 +104,7 @@ async fn not_found_for_unknown_service_path_or_version_and_405() {
     let model = Backend::model().await;
     let (pki, gw) = gateway_with("", &[model.addr]).await;
     let c = client(&pki.ca_pem).build().expect("client");
-    let r = c
-        .post(gw.https("/api/v1/service/nope/score"))
-        .bearer_auth(KEY)
-        .body(ROWS)
-        .send()
-        .await
-        .expect("req");
+    let r = post(&c, &gw.https("/api/v1/service/nope/score"), Some(KEY), ROWS).await;
     expect_error(r, 404, "service_not_found").await;
     let r = c
         .get(gw.https("/somewhere/else"))
@@ -183,13 +165,7 @@ async fn payload_too_large_declared_or_streamed() {
         .expect("req");
     expect_error(r, 413, "payload_too_large").await;
     // Under the limit still works.
-    let r = c
-        .post(&url)
-        .bearer_auth(KEY)
-        .body(ROWS)
-        .send()
-        .await
-        .expect("req");
+    let r = post(&c, &url, Some(KEY), ROWS).await;
     assert_eq!(r.status(), 200);
     gw.stop().await;
 }
@@ -240,13 +216,7 @@ async fn bad_gateway_when_the_replica_drops_or_is_down() {
     let (dropping, _t) = dropping_backend().await;
     let (pki, gw) = gateway_with("", &[dropping]).await;
     let c = client(&pki.ca_pem).build().expect("client");
-    let r = c
-        .post(gw.https("/api/v1/service/iris/score"))
-        .bearer_auth(KEY)
-        .body(ROWS)
-        .send()
-        .await
-        .expect("req");
+    let r = post(&c, &gw.https("/api/v1/service/iris/score"), Some(KEY), ROWS).await;
     let body = expect_error(r, 502, "replica_closed_connection").await;
     assert!(
         !body.to_string().contains("127.0.0.1"),
@@ -260,13 +230,7 @@ async fn bad_gateway_when_the_replica_drops_or_is_down() {
     };
     let (pki, gw) = gateway_with("", &[down]).await;
     let c = client(&pki.ca_pem).build().expect("client");
-    let r = c
-        .post(gw.https("/api/v1/service/iris/score"))
-        .bearer_auth(KEY)
-        .body(ROWS)
-        .send()
-        .await
-        .expect("req");
+    let r = post(&c, &gw.https("/api/v1/service/iris/score"), Some(KEY), ROWS).await;
     expect_error(r, 502, "replica_unreachable").await;
     gw.stop().await;
 }
@@ -277,13 +241,7 @@ async fn gateway_timeout_when_the_model_is_slower_than_scoring_timeout() {
     let (pki, gw) = gateway_with("scoring_timeout_ms = 300", &[slow.addr]).await;
     let c = client(&pki.ca_pem).build().expect("client");
     let started = std::time::Instant::now();
-    let r = c
-        .post(gw.https("/api/v1/service/iris/score"))
-        .bearer_auth(KEY)
-        .body(ROWS)
-        .send()
-        .await
-        .expect("req");
+    let r = post(&c, &gw.https("/api/v1/service/iris/score"), Some(KEY), ROWS).await;
     let body = expect_error(r, 504, "scoring_timeout").await;
     assert!(
         started.elapsed() < Duration::from_secs(3),
@@ -307,14 +265,7 @@ async fn service_unavailable_when_replicas_stay_busy() {
         .map(|_| {
             let c = c.clone();
             let url = url.clone();
-            tokio::spawn(async move {
-                c.post(url)
-                    .bearer_auth(KEY)
-                    .body(ROWS)
-                    .send()
-                    .await
-                    .expect("req")
-            })
+            tokio::spawn(async move { post(&c, &url, Some(KEY), ROWS).await })
         })
         .collect();
     let mut ok = 0;
@@ -354,26 +305,13 @@ async fn service_unavailable_from_the_gateway_when_its_queue_is_full() {
     let c = client(&pki.ca_pem).build().expect("client");
     let url = gw.https("/api/v1/service/iris/score");
     let send = |c: reqwest::Client, url: String| {
-        tokio::spawn(async move {
-            c.post(url)
-                .bearer_auth(KEY)
-                .body(ROWS)
-                .send()
-                .await
-                .expect("req")
-        })
+        tokio::spawn(async move { post(&c, &url, Some(KEY), ROWS).await })
     };
     let first = send(c.clone(), url.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let second = send(c.clone(), url.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let third = c
-        .post(&url)
-        .bearer_auth(KEY)
-        .body(ROWS)
-        .send()
-        .await
-        .expect("req");
+    let third = post(&c, &url, Some(KEY), ROWS).await;
     let body = expect_error(third, 503, "gateway_saturated").await;
     assert_eq!(body["error"]["saturated"], "gateway");
     assert_eq!(first.await.expect("join").status(), 200);
@@ -393,25 +331,12 @@ async fn auth_is_checked_before_taking_a_queue_slot() {
     let url = gw.https("/api/v1/service/iris/score");
     let busy = {
         let (c, url) = (c.clone(), url.clone());
-        tokio::spawn(async move {
-            c.post(url)
-                .bearer_auth(KEY)
-                .body(ROWS)
-                .send()
-                .await
-                .expect("req")
-        })
+        tokio::spawn(async move { post(&c, &url, Some(KEY), ROWS).await })
     };
     tokio::time::sleep(Duration::from_millis(200)).await;
     // The only slot is busy: an unauthenticated request is refused at once, not queued.
     let started = std::time::Instant::now();
-    let r = c
-        .post(&url)
-        .bearer_auth("not-the-key-0123456789")
-        .body(ROWS)
-        .send()
-        .await
-        .expect("req");
+    let r = post(&c, &url, Some("not-the-key-0123456789"), ROWS).await;
     expect_error(r, 401, "auth_invalid_key").await;
     assert!(
         started.elapsed() < Duration::from_millis(900),
@@ -419,5 +344,46 @@ async fn auth_is_checked_before_taking_a_queue_slot() {
         started.elapsed()
     );
     assert_eq!(busy.await.expect("join").status(), 200);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn header_read_timeout_closes_a_slowloris_connection() {
+    let model = Backend::model().await;
+    let pki = Pki::new(&["localhost"]);
+    let toml = service_toml(&pki, "", &[model.addr]).replace(
+        "[[services]]",
+        "[limits]\nheader_read_timeout_ms = 300\n\n[[services]]",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut s = tokio::net::TcpStream::connect(gw.http.expect("http"))
+        .await
+        .expect("connect");
+    s.write_all(b"POST /api/v1/service/iris/score HTTP/1.1\r\nhost: x\r\n")
+        .await
+        .expect("write");
+    let started = std::time::Instant::now();
+    // Dribble one header byte every 100 ms; the gateway gives up after 300 ms in total.
+    let mut closed = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if s.write_all(b"x").await.is_err() {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 1024];
+        if let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1), s.read(&mut buf)).await {
+            closed = true;
+            let text = String::from_utf8_lossy(&buf[..n]);
+            assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+            break;
+        }
+    }
+    assert!(closed, "slowloris connection still open after 5 s");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
     gw.stop().await;
 }

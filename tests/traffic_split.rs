@@ -51,13 +51,7 @@ replicas = ["{green}"]
                 let c = c.clone();
                 let url = url.clone();
                 tokio::spawn(async move {
-                    let r = c
-                        .post(url)
-                        .bearer_auth(KEY)
-                        .body("{}")
-                        .send()
-                        .await
-                        .expect("req");
+                    let r = post(&c, &url, Some(KEY), "{}").await;
                     assert_eq!(r.status(), 200);
                     let header = r.headers()["azureml-model-deployment"]
                         .to_str()
@@ -125,13 +119,7 @@ async fn load_is_spread_over_replicas_of_a_version() {
             .map(|_| {
                 let (c, url) = (c.clone(), url.clone());
                 tokio::spawn(async move {
-                    let r = c
-                        .post(url)
-                        .bearer_auth(KEY)
-                        .body("{}")
-                        .send()
-                        .await
-                        .expect("req");
+                    let r = post(&c, &url, Some(KEY), "{}").await;
                     assert_eq!(r.status(), 200);
                     r.json::<serde_json::Value>().await.expect("json")["r"]
                         .as_str()

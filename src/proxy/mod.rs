@@ -244,10 +244,8 @@ impl Gateway {
     ) -> Request<crate::upstream::UpstreamBody> {
         let (mut parts, body) = req.into_parts();
         let path = parse_path(parts.uri.path()).map_or("/", |(_, e)| e.upstream_path());
-        let pq = match parts.uri.query() {
-            Some(q) => format!("{path}?{q}"),
-            None => path.to_string(),
-        };
+        let query = parts.uri.query().map(|q| format!("?{q}"));
+        let pq = || format!("{path}{}", query.as_deref().unwrap_or(""));
         let authority = parts.uri.authority().cloned();
         headers::strip_hop_by_hop(&mut parts.headers);
         if service.auth.consumes_header() {
@@ -258,7 +256,11 @@ impl Gateway {
         match protocol {
             Protocol::Http1 => {
                 parts.version = http::Version::HTTP_11;
-                parts.uri = Uri::try_from(pq).unwrap_or_else(|_| Uri::from_static("/"));
+                // The common case (no query) allocates nothing.
+                parts.uri = match &query {
+                    None => Uri::from_static(path),
+                    Some(_) => Uri::try_from(pq()).unwrap_or_else(|_| Uri::from_static(path)),
+                };
                 if !parts.headers.contains_key(header::HOST) {
                     let host = authority
                         .map(|a| a.to_string())
@@ -270,7 +272,7 @@ impl Gateway {
             }
             Protocol::H2c => {
                 parts.version = http::Version::HTTP_2;
-                parts.uri = Uri::try_from(format!("http://{addr}{pq}"))
+                parts.uri = Uri::try_from(format!("http://{addr}{}", pq()))
                     .unwrap_or_else(|_| Uri::from_static("/"));
                 parts.headers.remove(header::HOST);
             }

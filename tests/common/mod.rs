@@ -304,6 +304,20 @@ replicas = [{reps}]
     )
 }
 
+/// POST `body` with `Authorization: Bearer <key>` (no header when `key` is `None`).
+pub async fn post(
+    c: &reqwest::Client,
+    url: &str,
+    key: Option<&str>,
+    body: &'static str,
+) -> reqwest::Response {
+    let mut r = c.post(url).body(body);
+    if let Some(k) = key {
+        r = r.bearer_auth(k);
+    }
+    r.send().await.expect("request")
+}
+
 pub const ROWS: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#;
 
 /// Assert the gateway's JSON error shape and return the body.
