@@ -17,14 +17,14 @@ use tokio::net::TcpListener;
 use crate::config::Limits;
 use crate::metrics::Metrics;
 use crate::routing::RouteHandle;
-use crate::tls::CertHandle;
+use crate::tls::CertManager;
 
 #[derive(Debug)]
 pub struct AdminState {
     ready: AtomicBool,
     metrics: Metrics,
     routes: RouteHandle,
-    certs: Option<CertHandle>,
+    certs: Option<Arc<CertManager>>,
     limits: Limits,
 }
 
@@ -32,7 +32,7 @@ impl AdminState {
     pub fn new(
         metrics: Metrics,
         routes: RouteHandle,
-        certs: Option<CertHandle>,
+        certs: Option<Arc<CertManager>>,
         limits: Limits,
     ) -> Self {
         AdminState {
@@ -53,24 +53,10 @@ impl AdminState {
     }
 
     fn certificates(&self) -> serde_json::Value {
-        let Some(certs) = &self.certs else {
-            return serde_json::json!({ "certificates": [] });
-        };
-        let store = certs.load();
-        let list: Vec<_> = store
-            .certificates()
-            .iter()
-            .map(|c| {
-                serde_json::json!({
-                    "subject": c.subject,
-                    "names": c.names,
-                    "issuer": c.issuer,
-                    "not_after": c.not_after,
-                    "fingerprint_sha256": c.fingerprint_sha256,
-                })
-            })
-            .collect();
-        serde_json::json!({ "certificates": list })
+        match &self.certs {
+            Some(c) => c.status(),
+            None => serde_json::json!({ "certificates": [] }),
+        }
     }
 
     pub fn handle(&self, req: &Request<hyper::body::Incoming>) -> Response<Full<Bytes>> {
@@ -79,6 +65,9 @@ impl AdminState {
         }
         match req.uri().path() {
             "/metrics" => {
+                if let Some(c) = &self.certs {
+                    c.refresh_expiry();
+                }
                 let mut r = Response::new(Full::new(Bytes::from(self.metrics.render())));
                 r.headers_mut().insert(
                     header::CONTENT_TYPE,

@@ -38,12 +38,8 @@ fn main() -> ExitCode {
                 path.display(),
                 c.services.len(),
                 if c.services.len() == 1 { "" } else { "s" },
-                c.tls.store.as_ref().map_or(0, |s| s.certificates().len()),
-                if c.tls.store.as_ref().map_or(0, |s| s.certificates().len()) == 1 {
-                    ""
-                } else {
-                    "s"
-                },
+                c.tls.slots.len(),
+                if c.tls.slots.len() == 1 { "" } else { "s" },
             );
             Ok(())
         }

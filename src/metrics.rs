@@ -5,9 +5,11 @@
 use std::sync::OnceLock;
 
 use prometheus::{
-    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
-    Registry, TextEncoder,
+    GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
 };
+
+use crate::tls::LoadedCert;
 
 /// Latency buckets from 0.5 ms to 5 min (scoring may take minutes).
 const LATENCY_BUCKETS: &[f64] = &[
@@ -33,6 +35,79 @@ pub struct Metrics {
     rejected: IntCounterVec,
     tls_handshakes: IntCounterVec,
     pub connections_open: IntGauge,
+    pub certs: CertMetrics,
+}
+
+/// Certificate metrics, labelled by the configured certificate name (never raw SNI).
+#[derive(Debug, Clone)]
+pub struct CertMetrics {
+    reloads: IntCounterVec,
+    expiry: GaugeVec,
+    not_after: GaugeVec,
+    info: IntGaugeVec,
+}
+
+impl CertMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = CertMetrics {
+            reloads: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_certificate_reloads_total",
+                    "Certificate candidates offered, by source and result (ok, rejected).",
+                ),
+                &["source", "result"],
+            )?,
+            expiry: GaugeVec::new(
+                Opts::new(
+                    "scoregate_certificate_expiry_seconds",
+                    "Seconds until the served certificate expires.",
+                ),
+                &["name"],
+            )?,
+            not_after: GaugeVec::new(
+                Opts::new(
+                    "scoregate_certificate_not_after_timestamp_seconds",
+                    "Expiry of the served certificate as a Unix timestamp.",
+                ),
+                &["name"],
+            )?,
+            info: IntGaugeVec::new(
+                Opts::new(
+                    "scoregate_certificate_info",
+                    "The certificate being served (value 1), with its SHA-256 fingerprint.",
+                ),
+                &["name", "fingerprint_sha256"],
+            )?,
+        };
+        registry.register(Box::new(m.reloads.clone()))?;
+        registry.register(Box::new(m.expiry.clone()))?;
+        registry.register(Box::new(m.not_after.clone()))?;
+        registry.register(Box::new(m.info.clone()))?;
+        Ok(m)
+    }
+
+    pub fn reload(&self, source: &str, result: &str) {
+        self.reloads.with_label_values(&[source, result]).inc();
+    }
+
+    /// `cert` is now served under `name`, replacing `old`.
+    pub fn served(&self, name: &str, old: Option<&LoadedCert>, cert: &LoadedCert) {
+        if let Some(old) = old {
+            let _ = self
+                .info
+                .remove_label_values(&[name, old.fingerprint_sha256.as_str()]);
+        }
+        self.info
+            .with_label_values(&[name, cert.fingerprint_sha256.as_str()])
+            .set(1);
+        self.not_after
+            .with_label_values(&[name])
+            .set(cert.not_after_unix as f64);
+    }
+
+    pub fn expiry(&self, name: &str, seconds: i64) {
+        self.expiry.with_label_values(&[name]).set(seconds as f64);
+    }
 }
 
 /// Handles for one service version, resolved once.
@@ -131,6 +206,7 @@ impl Metrics {
                 "scoregate_connections_open",
                 "Client connections currently open on the serving listeners.",
             )?,
+            certs: CertMetrics::new(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.request_duration.clone()))?;

@@ -10,7 +10,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::tls::CertStore;
+use crate::tls::SlotConfig;
 
 pub use validate::{validate, validate_service_name};
 
@@ -35,9 +35,11 @@ pub struct Listen {
 
 #[derive(Debug, Clone)]
 pub struct TlsSettings {
-    /// The certificates to serve, validated; `None` when no TLS listener is configured.
-    pub store: Option<CertStore>,
+    /// The certificates to serve, loaded and validated; the first is the default.
+    pub slots: Vec<SlotConfig>,
     pub allow_tls12: bool,
+    pub reload_poll: Duration,
+    pub reload_debounce: Duration,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

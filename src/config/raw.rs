@@ -32,6 +32,10 @@ pub struct RawTls {
     pub self_signed: Option<Vec<String>>,
     /// Lowest protocol version offered: "1.2" (default) or "1.3".
     pub min_version: Option<String>,
+    /// How often certificate files are checked for changes.
+    pub reload_poll_ms: Option<u64>,
+    /// How long changed files must stay unchanged before they are loaded.
+    pub reload_debounce_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -39,6 +43,12 @@ pub struct RawTls {
 pub struct RawCertificate {
     pub cert: String,
     pub key: String,
+    /// Label for metrics and the admin port (default: `cname`, else the first name).
+    pub name: Option<String>,
+    /// The name clients use; every candidate must cover it.
+    pub cname: Option<String>,
+    /// PEM root(s) the chain must lead to.
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -10,7 +10,7 @@ use super::{
     AuthConfig, Config, ConfigErrors, FieldError, Limits, Listen, Protocol, ServiceConfig,
     ServiceSettings, TlsSettings, TokenConfig, VersionConfig,
 };
-use crate::tls::{self, CertStore};
+use crate::tls;
 
 /// Shortest accepted auth key: Azure's generated keys have 32 characters.
 const MIN_KEY_LEN: usize = 16;
@@ -171,11 +171,56 @@ fn tls_settings(raw: &RawTls, tls_listener: bool, base: &Path, errs: &mut Errors
             true
         }
     };
-    let mut candidates = Vec::new();
+    let reload_poll = Duration::from_millis(errs.range(
+        "tls.reload_poll_ms",
+        raw.reload_poll_ms,
+        50,
+        3_600_000,
+        1_000,
+    ));
+    let reload_debounce = Duration::from_millis(errs.range(
+        "tls.reload_debounce_ms",
+        raw.reload_debounce_ms,
+        0,
+        60_000,
+        500,
+    ));
+    let now = std::time::SystemTime::now();
+    let mut slots = Vec::new();
     for (i, c) in raw.certificates.iter().enumerate() {
         let field = format!("tls.certificates[{i}]");
-        match tls::load_pem_files(&base.join(&c.cert), &base.join(&c.key)) {
-            Ok(ck) => candidates.push(ck),
+        let roots = match &c.ca {
+            None => None,
+            Some(ca) => match std::fs::read(base.join(ca))
+                .map_err(|e| e.to_string())
+                .and_then(|pem| tls::roots_from_pem(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(r) => Some(std::sync::Arc::new(r)),
+                Err(e) => {
+                    errs.push(format!("{field}.ca"), format!("{ca}: {e}"));
+                    continue;
+                }
+            },
+        };
+        let policy = tls::Policy {
+            cname: c.cname.clone(),
+            roots,
+        };
+        let (cert, key) = (base.join(&c.cert), base.join(&c.key));
+        let loaded = tls::load_pem_files(&cert, &key)
+            .and_then(|l| tls::validate(&l, &policy, now).map(|()| l));
+        match loaded {
+            Ok(initial) => slots.push(tls::SlotConfig {
+                name: c
+                    .name
+                    .clone()
+                    .or_else(|| c.cname.clone())
+                    .or_else(|| initial.names.first().cloned())
+                    .unwrap_or_else(|| format!("certificate-{i}")),
+                source: tls::CertSource::Files { cert, key },
+                policy,
+                initial,
+            }),
             Err(e) => errs.push(field, format!("{e}")),
         }
     }
@@ -186,23 +231,47 @@ fn tls_settings(raw: &RawTls, tls_listener: bool, base: &Path, errs: &mut Errors
                 "needs at least one name, e.g. [\"localhost\", \"127.0.0.1\"]",
             );
         } else {
-            match tls::SelfSigned::generate(names) {
-                Ok(ss) => match ss.certified_key() {
-                    Ok(ck) => candidates.push(ck),
-                    Err(e) => errs.push("tls.self_signed", format!("{e}")),
-                },
+            match tls::SelfSigned::generate(names).and_then(|ss| ss.certified_key()) {
+                Ok(initial) => slots.push(tls::SlotConfig {
+                    name: "self-signed".into(),
+                    source: tls::CertSource::SelfSigned,
+                    policy: tls::Policy::default(),
+                    initial,
+                }),
                 Err(e) => errs.push("tls.self_signed", format!("{e}")),
             }
         }
     }
-    let store = CertStore::new(candidates);
-    if store.is_none() && tls_listener {
-        errs.push(
+    let mut seen = HashSet::new();
+    for s in &slots {
+        if !seen.insert(s.name.clone()) {
+            errs.push(
                 "tls.certificates",
+                format!(
+                    "two certificates are named {:?}; set distinct `name`s",
+                    s.name
+                ),
+            );
+        }
+    }
+    if slots.is_empty()
+        && tls_listener
+        && errs
+            .0
+            .iter()
+            .all(|e| !e.field.starts_with("tls.certificates["))
+    {
+        errs.push(
+            "tls.certificates",
             "listen.tls is set but no certificate is configured; add [[tls.certificates]] with cert and key PEM files, or tls.self_signed = [\"localhost\"] for development",
         );
     }
-    TlsSettings { store, allow_tls12 }
+    TlsSettings {
+        slots,
+        allow_tls12,
+        reload_poll,
+        reload_debounce,
+    }
 }
 
 /// Azure ML's service name rule: 3 to 32 characters, lowercase letters, digits and `-`,

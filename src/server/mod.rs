@@ -26,7 +26,7 @@ use crate::config::{Config, Limits};
 use crate::metrics::{HandshakeMetrics, Metrics, MetricsError};
 use crate::proxy::{ConnInfo, Gateway};
 use crate::routing::{RouteHandle, RouteTable};
-use crate::tls::{self, CertHandle, TlsError};
+use crate::tls::{self, CertManager, TlsError};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -48,10 +48,12 @@ pub struct App {
     pub gateway: Arc<Gateway>,
     pub metrics: Metrics,
     pub routes: RouteHandle,
-    pub certs: Option<CertHandle>,
+    pub certs: Option<Arc<CertManager>>,
     pub admin: Arc<AdminState>,
     acceptor: Option<TlsAcceptor>,
     handshakes: HandshakeMetrics,
+    /// Certificate file poll interval and debounce.
+    reload: (Duration, Duration),
     limits: Limits,
 }
 
@@ -67,10 +69,10 @@ impl App {
     pub fn build(config: &Config) -> Result<App, ServerError> {
         let metrics = Metrics::new()?;
         let routes = RouteHandle::new(RouteTable::build(&config.services, &metrics));
-        let certs = config.tls.store.clone().map(CertHandle::new);
+        let certs = CertManager::new(config.tls.slots.clone(), metrics.certs.clone());
         let acceptor = match &certs {
             Some(c) => Some(TlsAcceptor::from(tls::server_config(
-                c.clone(),
+                c.handle(),
                 config.tls.allow_tls12,
             )?)),
             None => None,
@@ -88,6 +90,7 @@ impl App {
         ));
         Ok(App {
             handshakes: metrics.handshakes(),
+            reload: (config.tls.reload_poll, config.tls.reload_debounce),
             gateway,
             metrics,
             routes,
@@ -107,6 +110,10 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
     let conn_limit = Arc::new(Semaphore::new(app.limits.max_connections));
     let builder = Arc::new(conn_builder(&app.limits));
 
+    if let Some(certs) = &app.certs {
+        let (poll, debounce) = app.reload;
+        tokio::spawn(certs.clone().watch_files(poll, debounce, stop_rx.clone()));
+    }
     let admin = listeners
         .admin
         .map(|l| tokio::spawn(crate::admin::serve(l, app.admin.clone())));

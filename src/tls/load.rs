@@ -46,6 +46,24 @@ pub enum TlsError {
     KeyMismatch(#[source] rustls::Error),
     #[error("certificate is not valid X.509: {0}")]
     X509(String),
+    #[error("certificate expired at {not_after}; renew it")]
+    Expired { not_after: String },
+    #[error("certificate is not valid before {not_before}; check the clock or wait")]
+    NotYetValid { not_before: String },
+    #[error("certificate names {names:?} do not cover the configured name {cname:?}")]
+    NameMismatch { cname: String, names: Vec<String> },
+    #[error(
+        "chain out of order: certificate {index} ({subject}) is not issued by the next one ({next}); put the leaf first, then each issuer"
+    )]
+    ChainOrder {
+        index: usize,
+        subject: String,
+        next: String,
+    },
+    #[error("chain does not lead to the configured root: {0}")]
+    ChainIncomplete(#[source] rustls::Error),
+    #[error("RSA key of {bits} bits is too weak; at least 2048 bits are required")]
+    WeakRsa { bits: usize },
     #[error("generating a certificate failed: {0}")]
     Generate(#[from] rcgen::Error),
     #[error("TLS configuration: {0}")]
@@ -61,6 +79,9 @@ pub struct LoadedCert {
     pub subject: String,
     pub issuer: String,
     pub not_after: String,
+    /// Validity window as Unix seconds.
+    pub not_before_unix: i64,
+    pub not_after_unix: i64,
     /// Hex SHA-256 of the leaf's DER.
     pub fingerprint_sha256: String,
 }
@@ -175,6 +196,8 @@ pub(crate) fn describe(key: Arc<CertifiedKey>) -> Result<LoadedCert, TlsError> {
         subject: x509.subject().to_string(),
         issuer: x509.issuer().to_string(),
         not_after: x509.validity().not_after.to_string(),
+        not_before_unix: x509.validity().not_before.timestamp(),
+        not_after_unix: x509.validity().not_after.timestamp(),
         fingerprint_sha256,
         key,
     })

@@ -3,7 +3,9 @@
 //! swapped in ([`CertHandle::store`]) without touching listeners or taking a lock.
 
 mod load;
+mod manager;
 mod selfsigned;
+mod validate;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -14,7 +16,9 @@ use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
 pub use load::{LoadedCert, TlsError, load_pem_files, load_pem_pair};
+pub use manager::{CertManager, CertSource, SlotConfig};
 pub use selfsigned::SelfSigned;
+pub use validate::{Policy, name_matches, roots_from_pem, validate};
 
 /// The one crypto provider of the process (aws-lc-rs).
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
