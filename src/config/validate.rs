@@ -174,7 +174,7 @@ fn tls_settings(raw: &RawTls, tls_listener: bool, base: &Path, errs: &mut Errors
     let reload_poll = Duration::from_millis(errs.range(
         "tls.reload_poll_ms",
         raw.reload_poll_ms,
-        50,
+        10,
         3_600_000,
         1_000,
     ));

@@ -121,6 +121,15 @@ pub fn load_pem_pair(
             expected: "CERTIFICATE",
         });
     }
+    // A weak RSA leaf gets its own message before the crypto library refuses its key.
+    if let Ok((_, leaf)) = x509_parser::parse_x509_certificate(&chain[0])
+        && let Ok(x509_parser::public_key::PublicKey::RSA(rsa)) = leaf.public_key().parsed()
+        && rsa.key_size() < 2048
+    {
+        return Err(TlsError::WeakRsa {
+            bits: rsa.key_size(),
+        });
+    }
     if contains(key_pem, b"ENCRYPTED PRIVATE KEY") || contains(key_pem, b"Proc-Type: 4,ENCRYPTED") {
         return Err(TlsError::EncryptedKey {
             what: key_name.to_string(),

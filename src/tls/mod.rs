@@ -17,7 +17,7 @@ use rustls::sign::CertifiedKey;
 
 pub use load::{LoadedCert, TlsError, load_pem_files, load_pem_pair};
 pub use manager::{CertManager, CertSource, SlotConfig};
-pub use selfsigned::SelfSigned;
+pub use selfsigned::{DevCa, Leaf, SelfSigned, leaf_params};
 pub use validate::{Policy, name_matches, roots_from_pem, validate};
 
 /// The one crypto provider of the process (aws-lc-rs).

@@ -1,5 +1,5 @@
-//! A development CA and a leaf it signs (rcgen), as mkcert does: clients trust `ca_pem` and the
-//! gateway serves the leaf. Used by `scoregate demo` and `tls.self_signed`.
+//! Development certificates (rcgen), as mkcert does: a [`DevCa`] whose root clients trust, and
+//! leaves it signs. Used by `scoregate demo`, `tls.self_signed` and the tests.
 
 use std::net::IpAddr;
 
@@ -10,7 +10,103 @@ use rcgen::{
 
 use super::{LoadedCert, TlsError, load_pem_pair};
 
-/// Generated development material, all PEM.
+/// A development certificate authority (ECDSA P-256).
+pub struct DevCa {
+    issuer: Issuer<'static, KeyPair>,
+    /// The CA certificate, PEM: what clients trust (or what a leaf's chain continues with when
+    /// this is an intermediate).
+    pub ca_pem: String,
+}
+
+impl std::fmt::Debug for DevCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DevCa { .. }")
+    }
+}
+
+/// A leaf issued by a [`DevCa`], PEM.
+pub struct Leaf {
+    pub cert_pem: String,
+    pub key_pem: String,
+}
+
+impl std::fmt::Debug for Leaf {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Leaf { .. }")
+    }
+}
+
+fn ca_params(cn: &str) -> CertificateParams {
+    let mut p = CertificateParams::default();
+    p.distinguished_name.push(DnType::CommonName, cn);
+    p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    p.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    p
+}
+
+/// Leaf parameters for `names` (DNS names or IP addresses), server auth.
+pub fn leaf_params(names: &[String]) -> Result<CertificateParams, TlsError> {
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(
+        DnType::CommonName,
+        names.first().map(String::as_str).unwrap_or("localhost"),
+    );
+    params.subject_alt_names = names
+        .iter()
+        .map(|n| match n.parse::<IpAddr>() {
+            Ok(ip) => Ok(SanType::IpAddress(ip)),
+            Err(_) => n.clone().try_into().map(SanType::DnsName),
+        })
+        .collect::<Result<_, _>>()?;
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    Ok(params)
+}
+
+impl DevCa {
+    /// A new self-signed root named `cn`.
+    pub fn new(cn: &str) -> Result<Self, TlsError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = ca_params(cn);
+        let cert = params.self_signed(&key)?;
+        Ok(DevCa {
+            issuer: Issuer::new(params, key),
+            ca_pem: cert.pem(),
+        })
+    }
+
+    /// An intermediate CA signed by this one.
+    pub fn intermediate(&self, cn: &str) -> Result<DevCa, TlsError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let params = ca_params(cn);
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(DevCa {
+            issuer: Issuer::new(params, key),
+            ca_pem: cert.pem(),
+        })
+    }
+
+    /// A leaf for `names`.
+    pub fn issue(&self, names: &[String]) -> Result<Leaf, TlsError> {
+        self.issue_with(leaf_params(names)?)
+    }
+
+    /// A leaf from explicit parameters (validity windows, names), with a fresh P-256 key.
+    pub fn issue_with(&self, params: CertificateParams) -> Result<Leaf, TlsError> {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+        let cert = params.signed_by(&key, &self.issuer)?;
+        Ok(Leaf {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        })
+    }
+}
+
+/// Generated development material, all PEM: a fresh CA and one leaf.
 pub struct SelfSigned {
     pub ca_pem: String,
     pub cert_pem: String,
@@ -24,39 +120,14 @@ impl std::fmt::Debug for SelfSigned {
 }
 
 impl SelfSigned {
-    /// A fresh CA ("scoregate development CA") and an ECDSA P-256 leaf for `names`
-    /// (DNS names or IP addresses).
+    /// A fresh CA ("scoregate development CA") and an ECDSA P-256 leaf for `names`.
     pub fn generate(names: &[String]) -> Result<Self, TlsError> {
-        let ca_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut ca_params = CertificateParams::default();
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "scoregate development CA");
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let ca_cert = ca_params.self_signed(&ca_key)?;
-        let issuer = Issuer::new(ca_params, ca_key);
-
-        let leaf_key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
-        let mut params = CertificateParams::default();
-        params.distinguished_name.push(
-            DnType::CommonName,
-            names.first().map(String::as_str).unwrap_or("localhost"),
-        );
-        params.subject_alt_names = names
-            .iter()
-            .map(|n| match n.parse::<IpAddr>() {
-                Ok(ip) => Ok(SanType::IpAddress(ip)),
-                Err(_) => n.clone().try_into().map(SanType::DnsName),
-            })
-            .collect::<Result<_, _>>()?;
-        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        let leaf = params.signed_by(&leaf_key, &issuer)?;
+        let ca = DevCa::new("scoregate development CA")?;
+        let leaf = ca.issue(names)?;
         Ok(SelfSigned {
-            ca_pem: ca_cert.pem(),
-            cert_pem: leaf.pem(),
-            key_pem: leaf_key.serialize_pem(),
+            ca_pem: ca.ca_pem,
+            cert_pem: leaf.cert_pem,
+            key_pem: leaf.key_pem,
         })
     }
 

@@ -346,3 +346,46 @@ pub async fn expect_error(resp: reqwest::Response, status: u16, code: &str) -> s
     );
     body
 }
+
+/// Hex SHA-256 of DER bytes (the admin port's fingerprint format).
+pub fn sha256_hex(der: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, der)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// Fingerprint of the certificate a brand-new TLS handshake to `url` is served.
+pub async fn served_fingerprint(ca_pem: &str, url: &str) -> Result<String, String> {
+    let c = client(ca_pem)
+        .tls_info(true)
+        .pool_max_idle_per_host(0)
+        .build()
+        .map_err(|e| e.to_string())?;
+    let r = c.get(url).send().await.map_err(|e| e.to_string())?;
+    let info = r
+        .extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .ok_or("no TLS info")?;
+    Ok(sha256_hex(
+        info.peer_certificate().ok_or("no peer certificate")?,
+    ))
+}
+
+/// Replace a file atomically (write a sibling, then rename), as secret/volume updaters do.
+pub fn write_atomic(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, contents).expect("write tmp");
+    std::fs::rename(&tmp, path).expect("rename");
+}
+
+/// Fingerprint of the leaf in a PEM chain.
+pub fn pem_fingerprint(cert_pem: &str) -> String {
+    use rustls_pki_types::pem::PemObject;
+    let der = rustls_pki_types::CertificateDer::pem_slice_iter(cert_pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("valid PEM");
+    sha256_hex(&der)
+}
