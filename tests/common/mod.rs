@@ -389,3 +389,13 @@ pub fn pem_fingerprint(cert_pem: &str) -> String {
         .expect("valid PEM");
     sha256_hex(&der)
 }
+
+/// The value of the exposition line starting with `series` (0 when absent).
+pub fn counter(metrics: &str, series: &str) -> u64 {
+    metrics
+        .lines()
+        .find(|l| l.starts_with(series))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
