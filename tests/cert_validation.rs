@@ -216,13 +216,12 @@ replicas = ["{model}"]
             r#"scoregate_certificate_reloads_total{result="rejected",source="files"}"#,
         )
     };
-    let mut rejected = 0;
-    for case in &cases {
+    for (judged, case) in cases.iter().enumerate() {
         write_atomic(&key, case.key.as_bytes());
         write_atomic(&cert, case.cert.as_bytes());
         let t = Instant::now();
         // Wait until this candidate has been judged (the rejected counter moves), then read why.
-        while rejected_count().await <= rejected {
+        while rejected_count().await <= judged as u64 {
             assert!(
                 t.elapsed() < Duration::from_secs(10),
                 "{}: not refused",
@@ -230,7 +229,6 @@ replicas = ["{model}"]
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        rejected += 1;
         let status: serde_json::Value = reqwest::get(gw.admin_url("/certificates"))
             .await
             .expect("admin")
