@@ -3,6 +3,9 @@
 //!
 //! # Layout
 //! - [`config`] — the TOML file, parsed and validated in one pass into an immutable `Config`.
+//! - [`acme`] — certificates by ACME (instant-acme): orders, HTTP-01/TLS-ALPN-01 answers,
+//!   renewal schedule with backoff, account and certificate storage, leaf domain labels.
+//! - [`fsutil`] — atomic state-file writes with permissions (keys 0600).
 //! - [`tls`] — certificate snapshot (SNI -> key) behind one `ArcSwap`, the rustls resolver,
 //!   PEM loading with checks, self-signed development material.
 //! - [`routing`] — the route table snapshot (service -> versions -> replicas), traffic split.
@@ -17,11 +20,13 @@
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`cli`] — the command line.
 
+pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod fsutil;
 pub mod metrics;
 pub mod proxy;
 pub mod routing;

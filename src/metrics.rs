@@ -36,6 +36,31 @@ pub struct Metrics {
     tls_handshakes: IntCounterVec,
     pub connections_open: IntGauge,
     pub certs: CertMetrics,
+    pub acme: AcmeMetrics,
+}
+
+/// ACME order outcomes.
+#[derive(Debug, Clone)]
+pub struct AcmeMetrics {
+    orders: IntCounterVec,
+}
+
+impl AcmeMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let orders = IntCounterVec::new(
+            Opts::new(
+                "scoregate_acme_orders_total",
+                "ACME orders placed, by result (ok, error).",
+            ),
+            &["result"],
+        )?;
+        registry.register(Box::new(orders.clone()))?;
+        Ok(AcmeMetrics { orders })
+    }
+
+    pub fn order(&self, result: &str) {
+        self.orders.with_label_values(&[result]).inc();
+    }
 }
 
 /// Certificate metrics, labelled by the configured certificate name (never raw SNI).
@@ -207,6 +232,7 @@ impl Metrics {
                 "Client connections currently open on the serving listeners.",
             )?,
             certs: CertMetrics::new(&registry)?,
+            acme: AcmeMetrics::new(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.request_duration.clone()))?;

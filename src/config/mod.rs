@@ -40,6 +40,8 @@ pub struct TlsSettings {
     pub allow_tls12: bool,
     pub reload_poll: Duration,
     pub reload_debounce: Duration,
+    /// ACME settings and the index of the slot they feed.
+    pub acme: Option<(crate::acme::AcmeSettings, usize)>,
 }
 
 #[derive(Debug, Clone, serde::Serialize)]

@@ -36,6 +36,27 @@ pub struct RawTls {
     pub reload_poll_ms: Option<u64>,
     /// How long changed files must stay unchanged before they are loaded.
     pub reload_debounce_ms: Option<u64>,
+    /// Certificates by ACME.
+    pub acme: Option<RawAcme>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    pub directory: String,
+    pub names: Option<Vec<String>>,
+    pub leaf_domain_label: Option<String>,
+    pub region: Option<String>,
+    #[serde(default)]
+    pub contact: Vec<String>,
+    pub state_dir: String,
+    pub root_ca: Option<String>,
+    pub challenge: Option<String>,
+    pub renew_fraction: Option<f64>,
+    pub renew_before_days: Option<u64>,
+    pub retry_initial_ms: Option<u64>,
+    pub retry_max_ms: Option<u64>,
+    pub order_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,7 +5,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 use std::time::Duration;
 
-use super::raw::{RawConfig, RawLimits, RawService, RawTls, RawToken, RawVersion};
+use super::raw::{RawAcme, RawConfig, RawLimits, RawService, RawTls, RawToken, RawVersion};
 use super::{
     AuthConfig, Config, ConfigErrors, FieldError, Limits, Listen, Protocol, ServiceConfig,
     ServiceSettings, TlsSettings, TokenConfig, VersionConfig,
@@ -48,6 +48,19 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     let listen = listen(&raw, &mut errs);
     let limits = limits(&raw.limits, &mut errs);
     let tls = tls_settings(&raw.tls, listen.tls.is_some(), base, &mut errs);
+    if let Some((a, _)) = &tls.acme {
+        use crate::acme::ChallengeKind;
+        match a.challenge {
+            ChallengeKind::Http01 if listen.http.is_none() => errs.push(
+                "tls.acme.challenge",
+                "http-01 is answered on the plain listener; set listen.http (port 80 in production) or use \"tls-alpn-01\"",
+            ),
+            ChallengeKind::TlsAlpn01 if listen.tls.is_none() => {
+                errs.push("tls.acme.challenge", "tls-alpn-01 is answered on the TLS listener; set listen.tls")
+            }
+            _ => {}
+        }
+    }
     let services = services(&raw.services, base, &mut errs);
     if errs.0.is_empty() {
         Ok(Config {
@@ -242,6 +255,28 @@ fn tls_settings(raw: &RawTls, tls_listener: bool, base: &Path, errs: &mut Errors
             }
         }
     }
+    let acme = raw.acme.as_ref().and_then(|a| {
+        let settings = acme_settings(a, base, errs)?;
+        let initial = settings
+            .stored()
+            .filter(|c| tls::validate(c, &tls::Policy::default(), now).is_ok())
+            .or_else(|| {
+                // Until the first order completes: a placeholder for the names.
+                tls::SelfSigned::generate(&settings.names)
+                    .and_then(|ss| ss.certified_key())
+                    .ok()
+            })?;
+        slots.push(tls::SlotConfig {
+            name: settings.names[0].clone(),
+            source: tls::CertSource::Acme,
+            policy: tls::Policy {
+                cname: Some(settings.names[0].clone()),
+                roots: None,
+            },
+            initial,
+        });
+        Some((settings, slots.len() - 1))
+    });
     let mut seen = HashSet::new();
     for s in &slots {
         if !seen.insert(s.name.clone()) {
@@ -271,7 +306,135 @@ fn tls_settings(raw: &RawTls, tls_listener: bool, base: &Path, errs: &mut Errors
         allow_tls12,
         reload_poll,
         reload_debounce,
+        acme,
     }
+}
+
+/// Azure's DNS label rule for `leaf_domain_label`: lowercase letters, digits and '-', starting
+/// with a letter; with the 6 generated characters at most 63 characters.
+fn valid_dns_label(label: &str) -> bool {
+    (1..=57).contains(&label.len())
+        && label.starts_with(|c: char| c.is_ascii_lowercase())
+        && label
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+}
+
+fn acme_settings(a: &RawAcme, base: &Path, errs: &mut Errors) -> Option<crate::acme::AcmeSettings> {
+    use crate::acme::{AcmeSettings, ChallengeKind, leaf_domain_name};
+    let f = "tls.acme";
+    let before = errs.0.len();
+    if !a.directory.starts_with("https://") {
+        errs.push(
+            format!("{f}.directory"),
+            format!("{:?} must be an https:// ACME directory URL", a.directory),
+        );
+    }
+    let challenge = match a.challenge.as_deref() {
+        None | Some("http-01") => ChallengeKind::Http01,
+        Some("tls-alpn-01") => ChallengeKind::TlsAlpn01,
+        Some(other) => {
+            errs.push(
+                format!("{f}.challenge"),
+                format!(
+                    "{other:?} is not supported; allowed \"http-01\" (default) or \"tls-alpn-01\""
+                ),
+            );
+            ChallengeKind::Http01
+        }
+    };
+    let renew_fraction = a.renew_fraction.unwrap_or(1.0 / 3.0);
+    if !(renew_fraction > 0.0 && renew_fraction <= 1.0) {
+        errs.push(
+            format!("{f}.renew_fraction"),
+            format!("{renew_fraction} is out of range; allowed 0 < x <= 1 (default 0.333)"),
+        );
+    }
+    let renew_before = Duration::from_secs(
+        86_400
+            * errs.range(
+                &format!("{f}.renew_before_days"),
+                a.renew_before_days,
+                0,
+                365,
+                30,
+            ),
+    );
+    let retry_initial = Duration::from_millis(errs.range(
+        &format!("{f}.retry_initial_ms"),
+        a.retry_initial_ms,
+        10,
+        3_600_000,
+        5_000,
+    ));
+    let retry_max = Duration::from_millis(errs.range(
+        &format!("{f}.retry_max_ms"),
+        a.retry_max_ms,
+        10,
+        86_400_000,
+        3_600_000,
+    ));
+    let order_timeout = Duration::from_millis(errs.range(
+        &format!("{f}.order_timeout_ms"),
+        a.order_timeout_ms,
+        1_000,
+        3_600_000,
+        120_000,
+    ));
+    let state_dir = base.join(&a.state_dir);
+    let names = match (&a.names, &a.leaf_domain_label, &a.region) {
+        (Some(n), None, None) if !n.is_empty() => n.clone(),
+        (None, Some(label), Some(region)) => {
+            if !valid_dns_label(label) {
+                errs.push(
+                    format!("{f}.leaf_domain_label"),
+                    format!("{label:?}: 1 to 57 lowercase letters, digits or '-', starting with a letter"),
+                );
+                return None;
+            }
+            if !valid_dns_label(region) {
+                errs.push(
+                    format!("{f}.region"),
+                    format!("{region:?} is not an Azure region name, e.g. \"westeurope\""),
+                );
+                return None;
+            }
+            match leaf_domain_name(&state_dir, label, region) {
+                Ok(n) => vec![n],
+                Err(e) => {
+                    errs.push(format!("{f}.state_dir"), format!("{e}"));
+                    return None;
+                }
+            }
+        }
+        (None, Some(_), None) => {
+            errs.push(
+                format!("{f}.region"),
+                "leaf_domain_label needs region (e.g. \"westeurope\")",
+            );
+            return None;
+        }
+        _ => {
+            errs.push(
+                f,
+                "set exactly one of names = [...] or leaf_domain_label (+ region)",
+            );
+            return None;
+        }
+    };
+    (errs.0.len() == before).then(|| AcmeSettings {
+        directory: a.directory.clone(),
+        names,
+        contact: a.contact.clone(),
+        state_dir,
+        root_ca: a.root_ca.as_ref().map(|r| base.join(r)),
+        challenge,
+        renew_fraction,
+        renew_before,
+        retry_initial,
+        retry_max,
+        order_timeout,
+    })
 }
 
 /// Azure ML's service name rule: 3 to 32 characters, lowercase letters, digits and `-`,

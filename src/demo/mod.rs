@@ -55,20 +55,15 @@ pub fn random_key() -> String {
 }
 
 fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), DemoError> {
-    use std::os::unix::fs::OpenOptionsExt;
-    let err = |source| DemoError::Write {
+    crate::fsutil::write_atomic(
+        path,
+        contents.as_bytes(),
+        if private { 0o600 } else { 0o644 },
+    )
+    .map_err(|source| DemoError::Write {
         path: path.to_path_buf(),
         source,
-    };
-    // Replace rather than truncate, so a key file never exists with loose permissions.
-    let _ = std::fs::remove_file(path);
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .mode(if private { 0o600 } else { 0o644 })
-        .open(path)
-        .map_err(err)?;
-    f.write_all(contents.as_bytes()).map_err(err)
+    })
 }
 
 fn toml_str(s: &str) -> String {

@@ -26,6 +26,8 @@ use body::Completion;
 pub use body::{ProxyBody, TrackedBody};
 use error::GatewayError;
 
+use crate::acme::Challenges;
+use crate::acme::challenge::HTTP01_PREFIX;
 use crate::config::Protocol;
 use crate::metrics::Metrics;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
@@ -44,15 +46,41 @@ pub struct Gateway {
     routes: RouteHandle,
     metrics: Metrics,
     max_body_bytes: u64,
+    challenges: Option<Arc<Challenges>>,
 }
 
 impl Gateway {
-    pub fn new(routes: RouteHandle, metrics: Metrics, max_body_bytes: u64) -> Self {
+    pub fn new(
+        routes: RouteHandle,
+        metrics: Metrics,
+        max_body_bytes: u64,
+        challenges: Option<Arc<Challenges>>,
+    ) -> Self {
         Gateway {
             routes,
             metrics,
             max_body_bytes,
+            challenges,
         }
+    }
+
+    /// HTTP-01: `/.well-known/acme-challenge/<token>` answered with the key authorization.
+    fn acme_http01(&self, path: &str) -> Option<Response<ProxyBody>> {
+        let token = path.strip_prefix(HTTP01_PREFIX)?;
+        let answer = self.challenges.as_ref()?.http(token);
+        let mut r = Response::new(Either::Right(http_body_util::Full::new(
+            bytes::Bytes::from(answer.clone().unwrap_or_default()),
+        )));
+        *r.status_mut() = if answer.is_some() {
+            http::StatusCode::OK
+        } else {
+            http::StatusCode::NOT_FOUND
+        };
+        r.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/octet-stream"),
+        );
+        Some(r)
     }
 
     pub fn routes(&self) -> &RouteHandle {
@@ -62,6 +90,10 @@ impl Gateway {
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
         let rid = headers::request_id(req.headers());
+        if let Some(mut r) = self.acme_http01(req.uri().path()) {
+            r.headers_mut().insert(headers::REQUEST_ID, rid);
+            return r;
+        }
         let (parts, body) = req.into_parts();
         let found = parse_path(parts.uri.path())
             .ok_or(GatewayError::NotFound)

@@ -21,6 +21,7 @@ use tokio_rustls::TlsAcceptor;
 
 pub use listeners::{BoundAddrs, Listeners};
 
+use crate::acme::{AcmeManager, ChallengeKind, Challenges};
 use crate::admin::AdminState;
 use crate::config::{Config, Limits};
 use crate::metrics::{HandshakeMetrics, Metrics, MetricsError};
@@ -52,6 +53,8 @@ pub struct App {
     pub admin: Arc<AdminState>,
     acceptor: Option<TlsAcceptor>,
     handshakes: HandshakeMetrics,
+    /// The ACME loop, taken by [`run`].
+    acme: std::sync::Mutex<Option<AcmeManager>>,
     /// Certificate file poll interval and debounce.
     reload: (Duration, Duration),
     limits: Limits,
@@ -70,17 +73,36 @@ impl App {
         let metrics = Metrics::new()?;
         let routes = RouteHandle::new(RouteTable::build(&config.services, &metrics));
         let certs = CertManager::new(config.tls.slots.clone(), metrics.certs.clone());
+        let challenges = config.tls.acme.as_ref().map(|_| Challenges::new());
+        let alpn_challenges = config
+            .tls
+            .acme
+            .as_ref()
+            .filter(|(a, _)| a.challenge == ChallengeKind::TlsAlpn01)
+            .and(challenges.clone());
         let acceptor = match &certs {
             Some(c) => Some(TlsAcceptor::from(tls::server_config(
                 c.handle(),
                 config.tls.allow_tls12,
+                alpn_challenges,
             )?)),
             None => None,
+        };
+        let acme = match (&config.tls.acme, &certs, &challenges) {
+            (Some((settings, slot)), Some(certs), Some(ch)) => Some(AcmeManager {
+                settings: settings.clone(),
+                challenges: ch.clone(),
+                certs: certs.clone(),
+                slot: *slot,
+                metrics: metrics.acme.clone(),
+            }),
+            _ => None,
         };
         let gateway = Arc::new(Gateway::new(
             routes.clone(),
             metrics.clone(),
             config.limits.max_body_bytes,
+            challenges,
         ));
         let admin = Arc::new(AdminState::new(
             metrics.clone(),
@@ -89,6 +111,7 @@ impl App {
             config.limits.clone(),
         ));
         Ok(App {
+            acme: std::sync::Mutex::new(acme),
             handshakes: metrics.handshakes(),
             reload: (config.tls.reload_poll, config.tls.reload_debounce),
             gateway,
@@ -113,6 +136,9 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
     if let Some(certs) = &app.certs {
         let (poll, debounce) = app.reload;
         tokio::spawn(certs.clone().watch_files(poll, debounce, stop_rx.clone()));
+    }
+    if let Some(acme) = app.acme.lock().ok().and_then(|mut a| a.take()) {
+        tokio::spawn(acme.run(stop_rx.clone()));
     }
     let admin = listeners
         .admin
@@ -243,6 +269,10 @@ impl Conn {
         match tls.get_ref().1.protocol_version() {
             Some(rustls::ProtocolVersion::TLSv1_3) => hs.tls13.inc(),
             _ => hs.tls12.inc(),
+        }
+        if tls.get_ref().1.alpn_protocol() == Some(crate::acme::challenge::ACME_TLS_ALPN) {
+            // A TLS-ALPN-01 validator: the handshake was the whole exchange.
+            return;
         }
         self.serve_http(TokioIo::new(tls), ConnInfo { remote, tls: true })
             .await;

@@ -17,8 +17,13 @@ use crate::metrics::CertMetrics;
 /// Where a certificate slot's material comes from.
 #[derive(Debug, Clone)]
 pub enum CertSource {
-    Files { cert: PathBuf, key: PathBuf },
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
     SelfSigned,
+    /// Issued by the ACME loop ([`crate::acme`]); starts on the stored or a placeholder certificate.
+    Acme,
 }
 
 impl CertSource {
@@ -26,6 +31,7 @@ impl CertSource {
         match self {
             CertSource::Files { .. } => "files",
             CertSource::SelfSigned => "self_signed",
+            CertSource::Acme => "acme",
         }
     }
 }
@@ -126,6 +132,18 @@ impl CertManager {
         }
     }
 
+    /// Whether slot `slot` currently serves the certificate with this fingerprint.
+    pub fn serves(&self, slot: usize, fingerprint_sha256: &str) -> bool {
+        self.slots
+            .lock()
+            .ok()
+            .and_then(|s| {
+                s.get(slot)
+                    .map(|s| s.current.fingerprint_sha256 == fingerprint_sha256)
+            })
+            .unwrap_or(false)
+    }
+
     /// Refresh the seconds-until-expiry gauges (called before each scrape).
     pub fn refresh_expiry(&self) {
         let now = SystemTime::now()
@@ -174,7 +192,7 @@ impl CertManager {
                     .enumerate()
                     .filter_map(|(i, s)| match &s.cfg.source {
                         CertSource::Files { cert, key } => Some((i, cert.clone(), key.clone())),
-                        CertSource::SelfSigned => None,
+                        CertSource::SelfSigned | CertSource::Acme => None,
                     })
                     .collect()
             })

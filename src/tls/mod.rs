@@ -15,6 +15,9 @@ use rustls::ServerConfig;
 use rustls::server::{ClientHello, ResolvesServerCert};
 use rustls::sign::CertifiedKey;
 
+use crate::acme::Challenges;
+use crate::acme::challenge::ACME_TLS_ALPN;
+
 pub use load::{LoadedCert, TlsError, load_pem_files, load_pem_pair};
 pub use manager::{CertManager, CertSource, SlotConfig};
 pub use selfsigned::{DevCa, Leaf, SelfSigned, leaf_params};
@@ -107,19 +110,33 @@ impl CertHandle {
     }
 }
 
-/// rustls resolver: one lock-free snapshot load per handshake.
+/// rustls resolver: one lock-free snapshot load per handshake. TLS-ALPN-01 validation
+/// handshakes (ALPN `acme-tls/1` only) get the ACME challenge certificate instead.
 #[derive(Debug)]
-pub struct Resolver(CertHandle);
+pub struct Resolver {
+    certs: CertHandle,
+    challenges: Option<Arc<Challenges>>,
+}
 
 impl ResolvesServerCert for Resolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.0.load().resolve(hello.server_name()))
+        if let Some(ch) = &self.challenges
+            && let Some(mut alpn) = hello.alpn()
+            && alpn.any(|p| p == ACME_TLS_ALPN)
+        {
+            return hello.server_name().and_then(|n| ch.alpn(n));
+        }
+        Some(self.certs.0.load().resolve(hello.server_name()))
     }
 }
 
 /// The rustls server configuration: TLS 1.3 (+ 1.2 unless disabled), ALPN h2 then http/1.1,
 /// stateless session tickets and a session cache for resumption.
-pub fn server_config(certs: CertHandle, allow_tls12: bool) -> Result<Arc<ServerConfig>, TlsError> {
+pub fn server_config(
+    certs: CertHandle,
+    allow_tls12: bool,
+    challenges: Option<Arc<Challenges>>,
+) -> Result<Arc<ServerConfig>, TlsError> {
     let versions: &[&rustls::SupportedProtocolVersion] = if allow_tls12 {
         &[&rustls::version::TLS13, &rustls::version::TLS12]
     } else {
@@ -129,8 +146,15 @@ pub fn server_config(certs: CertHandle, allow_tls12: bool) -> Result<Arc<ServerC
         .with_protocol_versions(versions)
         .map_err(TlsError::Rustls)?
         .with_no_client_auth()
-        .with_cert_resolver(Arc::new(Resolver(certs)));
+        .with_cert_resolver(Arc::new(Resolver {
+            certs,
+            challenges: challenges.clone(),
+        }));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    if challenges.is_some() {
+        // Only ever chosen by a validator that offers nothing else.
+        cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
+    }
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(TlsError::Rustls)?;
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
     Ok(Arc::new(cfg))
