@@ -8,6 +8,7 @@ need=()
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
+{ command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need+=(pebble)
 if ((${#need[@]})); then
   echo "installing test peers: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then
