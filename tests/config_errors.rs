@@ -352,3 +352,29 @@ fn check_command_and_example_config() {
         String::from_utf8_lossy(&out.stderr).contains("--config: cannot read /nonexistent.toml")
     );
 }
+
+#[test]
+fn acme_settings_are_validated() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let base = |acme: &str, http: bool| {
+        format!(
+            "[listen]\ntls = \"127.0.0.1:0\"\n{}\n[tls.acme]\nstate_dir = {:?}\n{acme}\n",
+            if http { "http = \"127.0.0.1:0\"" } else { "" },
+            dir.path().join("acme").display().to_string()
+        )
+    };
+    let cases = [
+        (base("directory = \"http://acme.test/dir\"\nnames = [\"a.test\"]", true), "tls.acme.directory: \"http://acme.test/dir\" must be an https://"),
+        (base("directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nleaf_domain_label = \"x\"", true), "tls.acme: set exactly one of names"),
+        (base("directory = \"https://acme.test/dir\"\nleaf_domain_label = \"myiris\"", true), "tls.acme.region: leaf_domain_label needs region"),
+        (base("directory = \"https://acme.test/dir\"\nleaf_domain_label = \"My_Iris\"\nregion = \"westeurope\"", true), "tls.acme.leaf_domain_label"),
+        (base("directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]", false), "tls.acme.challenge: http-01 is answered on the plain listener"),
+        (base("directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nrenew_fraction = 1.5", true), "tls.acme.renew_fraction: 1.5 is out of range"),
+        (base("directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nchallenge = \"dns-01\"", true), "tls.acme.challenge: \"dns-01\" is not supported"),
+    ];
+    for (text, message) in cases {
+        let (code, err) = run_serve(dir.path(), &text);
+        assert_eq!(code, Some(64), "{text}\n{err}");
+        assert!(err.contains(message), "expected {message:?} in:\n{err}");
+    }
+}
