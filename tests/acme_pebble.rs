@@ -154,14 +154,8 @@ retry_initial_ms = 200
 retry_max_ms = 1000
 {acme_extra}
 
-[[services]]
-name = "iris"
-primary_key = "{KEY}"
-
-[[services.versions]]
-name = "blue"
-replicas = ["127.0.0.1:9"]
-"#,
+{service}"#,
+        service = iris_service("127.0.0.1:9", ""),
         dir = pebble.directory,
         ca = pebble.ca_path().display().to_string(),
         state = state.display().to_string(),

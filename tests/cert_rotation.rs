@@ -55,18 +55,10 @@ cert = {cert:?}
 key = {key:?}
 cname = "localhost"
 
-[[services]]
-name = "iris"
-primary_key = "{KEY}"
-replica_max_concurrent_requests = 64
-
-[[services.versions]]
-name = "blue"
-replicas = ["{model}"]
-"#,
+{service}"#,
+        service = iris_service(model.addr, "replica_max_concurrent_requests = 64"),
         cert = cert.display().to_string(),
         key = key.display().to_string(),
-        model = model.addr
     );
     let gw = TestGateway::start(&toml).await;
     let url = gw.https("/api/v1/service/iris/score");

@@ -180,18 +180,11 @@ key = {key:?}
 cname = "localhost"
 ca = {root:?}
 
-[[services]]
-name = "iris"
-primary_key = "{KEY}"
-
-[[services.versions]]
-name = "blue"
-replicas = ["{model}"]
-"#,
+{service}"#,
+        service = iris_service(model.addr, ""),
         cert = cert.display().to_string(),
         key = key.display().to_string(),
         root = p("root.pem").display().to_string(),
-        model = model.addr
     );
     let gw = TestGateway::start(&toml).await;
     let probe = gw.https("/");

@@ -364,13 +364,55 @@ fn acme_settings_are_validated() {
         )
     };
     let cases = [
-        (base("directory = \"http://acme.test/dir\"\nnames = [\"a.test\"]", true), "tls.acme.directory: \"http://acme.test/dir\" must be an https://"),
-        (base("directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nleaf_domain_label = \"x\"", true), "tls.acme: set exactly one of names"),
-        (base("directory = \"https://acme.test/dir\"\nleaf_domain_label = \"myiris\"", true), "tls.acme.region: leaf_domain_label needs region"),
-        (base("directory = \"https://acme.test/dir\"\nleaf_domain_label = \"My_Iris\"\nregion = \"westeurope\"", true), "tls.acme.leaf_domain_label"),
-        (base("directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]", false), "tls.acme.challenge: http-01 is answered on the plain listener"),
-        (base("directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nrenew_fraction = 1.5", true), "tls.acme.renew_fraction: 1.5 is out of range"),
-        (base("directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nchallenge = \"dns-01\"", true), "tls.acme.challenge: \"dns-01\" is not supported"),
+        (
+            base(
+                "directory = \"http://acme.test/dir\"\nnames = [\"a.test\"]",
+                true,
+            ),
+            "tls.acme.directory: \"http://acme.test/dir\" must be an https://",
+        ),
+        (
+            base(
+                "directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nleaf_domain_label = \"x\"",
+                true,
+            ),
+            "tls.acme: set exactly one of names",
+        ),
+        (
+            base(
+                "directory = \"https://acme.test/dir\"\nleaf_domain_label = \"myiris\"",
+                true,
+            ),
+            "tls.acme.region: leaf_domain_label needs region",
+        ),
+        (
+            base(
+                "directory = \"https://acme.test/dir\"\nleaf_domain_label = \"My_Iris\"\nregion = \"westeurope\"",
+                true,
+            ),
+            "tls.acme.leaf_domain_label",
+        ),
+        (
+            base(
+                "directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]",
+                false,
+            ),
+            "tls.acme.challenge: http-01 is answered on the plain listener",
+        ),
+        (
+            base(
+                "directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nrenew_fraction = 1.5",
+                true,
+            ),
+            "tls.acme.renew_fraction: 1.5 is out of range",
+        ),
+        (
+            base(
+                "directory = \"https://acme.test/dir\"\nnames = [\"a.test\"]\nchallenge = \"dns-01\"",
+                true,
+            ),
+            "tls.acme.challenge: \"dns-01\" is not supported",
+        ),
     ];
     for (text, message) in cases {
         let (code, err) = run_serve(dir.path(), &text);

@@ -399,3 +399,10 @@ pub fn counter(metrics: &str, series: &str) -> u64 {
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
 }
+
+/// The `iris` service with key auth and one version `blue` on `replica`; `extra` adds settings.
+pub fn iris_service(replica: impl std::fmt::Display, extra: &str) -> String {
+    format!(
+        "[[services]]\nname = \"iris\"\nprimary_key = \"{KEY}\"\n{extra}\n\n[[services.versions]]\nname = \"blue\"\nreplicas = [\"{replica}\"]\n"
+    )
+}
