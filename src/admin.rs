@@ -48,8 +48,9 @@ impl AdminState {
         self.ready.store(ready, Ordering::Release);
     }
 
+    /// Serving, not draining, and every certificate source has delivered.
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+        self.ready.load(Ordering::Acquire) && self.certs.as_ref().is_none_or(|c| c.ready())
     }
 
     fn certificates(&self) -> serde_json::Value {

@@ -5,6 +5,7 @@
 //! - [`config`] — the TOML file, parsed and validated in one pass into an immutable `Config`.
 //! - [`acme`] — certificates by ACME (instant-acme): orders, HTTP-01/TLS-ALPN-01 answers,
 //!   renewal schedule with backoff, account and certificate storage, leaf domain labels.
+//! - [`discovery`] — the kube client and the watchers feeding the snapshots (TLS Secret).
 //! - [`fsutil`] — atomic state-file writes with permissions (keys 0600).
 //! - [`tls`] — certificate snapshot (SNI -> key) behind one `ArcSwap`, the rustls resolver,
 //!   PEM loading with checks, self-signed development material.
@@ -26,6 +27,7 @@ pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod demo;
+pub mod discovery;
 pub mod fsutil;
 pub mod metrics;
 pub mod proxy;

@@ -24,6 +24,8 @@ pub struct Config {
     pub tls: TlsSettings,
     pub limits: Limits,
     pub services: Vec<ServiceConfig>,
+    /// Set when something needs the Kubernetes API.
+    pub kubernetes: Option<crate::discovery::KubeSettings>,
 }
 
 #[derive(Debug, Clone, Default)]

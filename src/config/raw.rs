@@ -13,6 +13,24 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub services: Vec<RawService>,
+    pub kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKubernetes {
+    /// Default: in-cluster configuration, else `$KUBECONFIG` / `~/.kube/config`.
+    pub kubeconfig: Option<String>,
+    pub context: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSecretSource {
+    pub name: String,
+    pub namespace: Option<String>,
+    pub cname: Option<String>,
+    pub ca: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -38,6 +56,8 @@ pub struct RawTls {
     pub reload_debounce_ms: Option<u64>,
     /// Certificates by ACME.
     pub acme: Option<RawAcme>,
+    /// A TLS Secret watched through the Kubernetes API.
+    pub kubernetes_secret: Option<RawSecretSource>,
 }
 
 #[derive(Debug, Deserialize)]

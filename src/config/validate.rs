@@ -62,12 +62,22 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         }
     }
     let services = services(&raw.services, base, &mut errs);
+    let needs_kube = raw.tls.kubernetes_secret.is_some();
+    let kubernetes = match (&raw.kubernetes, needs_kube) {
+        (Some(k), _) => Some(crate::discovery::KubeSettings {
+            kubeconfig: k.kubeconfig.as_ref().map(|p| base.join(p)),
+            context: k.context.clone(),
+        }),
+        (None, true) => Some(crate::discovery::KubeSettings::default()),
+        (None, false) => None,
+    };
     if errs.0.is_empty() {
         Ok(Config {
             listen,
             tls,
             limits,
             services,
+            kubernetes,
         })
     } else {
         Err(ConfigErrors(errs.0))
@@ -253,6 +263,42 @@ fn tls_settings(raw: &RawTls, tls_listener: bool, base: &Path, errs: &mut Errors
                 }),
                 Err(e) => errs.push("tls.self_signed", format!("{e}")),
             }
+        }
+    }
+    if let Some(sec) = &raw.kubernetes_secret {
+        let f = "tls.kubernetes_secret";
+        let roots = sec.ca.as_ref().and_then(|ca| {
+            match std::fs::read(base.join(ca))
+                .map_err(|e| e.to_string())
+                .and_then(|pem| tls::roots_from_pem(&pem).map_err(|e| e.to_string()))
+            {
+                Ok(r) => Some(std::sync::Arc::new(r)),
+                Err(e) => {
+                    errs.push(format!("{f}.ca"), format!("{ca}: {e}"));
+                    None
+                }
+            }
+        });
+        let namespace = sec.namespace.clone().unwrap_or_else(|| {
+            std::fs::read_to_string("/var/run/secrets/kubernetes.io/serviceaccount/namespace")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_else(|_| "default".into())
+        });
+        let placeholder_name = sec.cname.clone().unwrap_or_else(|| "localhost".into());
+        match tls::SelfSigned::generate(&[placeholder_name]).and_then(|ss| ss.certified_key()) {
+            Ok(initial) => slots.push(tls::SlotConfig {
+                name: sec.cname.clone().unwrap_or_else(|| sec.name.clone()),
+                source: tls::CertSource::Secret {
+                    namespace,
+                    name: sec.name.clone(),
+                },
+                policy: tls::Policy {
+                    cname: sec.cname.clone(),
+                    roots,
+                },
+                initial,
+            }),
+            Err(e) => errs.push(f, format!("{e}")),
         }
     }
     let acme = raw.acme.as_ref().and_then(|a| {

@@ -53,6 +53,7 @@ pub struct App {
     pub admin: Arc<AdminState>,
     acceptor: Option<TlsAcceptor>,
     handshakes: HandshakeMetrics,
+    kubernetes: Option<crate::discovery::KubeSettings>,
     /// The ACME loop, taken by [`run`].
     acme: std::sync::Mutex<Option<AcmeManager>>,
     /// Certificate file poll interval and debounce.
@@ -111,6 +112,7 @@ impl App {
             config.limits.clone(),
         ));
         Ok(App {
+            kubernetes: config.kubernetes.clone(),
             acme: std::sync::Mutex::new(acme),
             handshakes: metrics.handshakes(),
             reload: (config.tls.reload_poll, config.tls.reload_debounce),
@@ -136,6 +138,33 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
     if let Some(certs) = &app.certs {
         let (poll, debounce) = app.reload;
         tokio::spawn(certs.clone().watch_files(poll, debounce, stop_rx.clone()));
+    }
+    if let (Some(certs), Some(kube)) = (&app.certs, &app.kubernetes) {
+        let secrets = certs.secret_slots();
+        if !secrets.is_empty() {
+            let (certs, kube, stop) = (certs.clone(), kube.clone(), stop_rx.clone());
+            tokio::spawn(async move {
+                let client = loop {
+                    match kube.client().await {
+                        Ok(c) => break c,
+                        Err(e) => {
+                            tracing::warn!(error = %e, "no Kubernetes client yet; retrying in 2 s");
+                            tokio::time::sleep(Duration::from_secs(2)).await;
+                        }
+                    }
+                };
+                for (slot, ns, name) in secrets {
+                    tokio::spawn(crate::discovery::secret::watch(
+                        client.clone(),
+                        ns,
+                        name,
+                        certs.clone(),
+                        slot,
+                        stop.clone(),
+                    ));
+                }
+            });
+        }
     }
     if let Some(acme) = app.acme.lock().ok().and_then(|mut a| a.take()) {
         tokio::spawn(acme.run(stop_rx.clone()));

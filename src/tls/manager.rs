@@ -24,6 +24,11 @@ pub enum CertSource {
     SelfSigned,
     /// Issued by the ACME loop ([`crate::acme`]); starts on the stored or a placeholder certificate.
     Acme,
+    /// A Kubernetes Secret, watched ([`crate::discovery::secret`]); not ready until it arrives.
+    Secret {
+        namespace: String,
+        name: String,
+    },
 }
 
 impl CertSource {
@@ -32,6 +37,7 @@ impl CertSource {
             CertSource::Files { .. } => "files",
             CertSource::SelfSigned => "self_signed",
             CertSource::Acme => "acme",
+            CertSource::Secret { .. } => "secret",
         }
     }
 }
@@ -51,6 +57,8 @@ struct Slot {
     current: LoadedCert,
     reloaded_at: SystemTime,
     last_error: Option<String>,
+    /// Serving a placeholder until the source delivers its first good material.
+    awaiting_first: bool,
 }
 
 #[derive(Debug)]
@@ -69,6 +77,7 @@ impl CertManager {
             .into_iter()
             .map(|cfg| Slot {
                 current: cfg.initial.clone(),
+                awaiting_first: matches!(cfg.source, CertSource::Secret { .. }),
                 cfg,
                 reloaded_at: now,
                 last_error: None,
@@ -111,6 +120,7 @@ impl CertManager {
                 let old = std::mem::replace(&mut s.current, c);
                 s.reloaded_at = SystemTime::now();
                 s.last_error = None;
+                s.awaiting_first = false;
                 self.metrics.served(&s.cfg.name, Some(&old), &s.current);
                 let fingerprint = s.current.fingerprint_sha256.clone();
                 let name = s.cfg.name.clone();
@@ -130,6 +140,44 @@ impl CertManager {
                 Err(e)
             }
         }
+    }
+
+    /// Record a candidate refused before it could be parsed (e.g. a Secret without the keys).
+    pub fn refuse(&self, slot: usize, source: &'static str, reason: String) {
+        self.metrics.reload(source, "rejected");
+        tracing::warn!(source, error = %reason, "certificate candidate refused; the current one stays in service");
+        if let Ok(mut slots) = self.slots.lock()
+            && let Some(s) = slots.get_mut(slot)
+        {
+            s.last_error = Some(reason);
+        }
+    }
+
+    /// True once every source has delivered good material (a Secret-backed slot starts false).
+    pub fn ready(&self) -> bool {
+        self.slots
+            .lock()
+            .map(|s| s.iter().all(|s| !s.awaiting_first))
+            .unwrap_or(false)
+    }
+
+    /// The Secret-backed slots: (slot, namespace, name).
+    pub fn secret_slots(&self) -> Vec<(usize, String, String)> {
+        self.slots
+            .lock()
+            .map(|slots| {
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, s)| match &s.cfg.source {
+                        CertSource::Secret { namespace, name } => {
+                            Some((i, namespace.clone(), name.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// Whether slot `slot` currently serves the certificate with this fingerprint.
@@ -192,7 +240,7 @@ impl CertManager {
                     .enumerate()
                     .filter_map(|(i, s)| match &s.cfg.source {
                         CertSource::Files { cert, key } => Some((i, cert.clone(), key.clone())),
-                        CertSource::SelfSigned | CertSource::Acme => None,
+                        _ => None,
                     })
                     .collect()
             })
