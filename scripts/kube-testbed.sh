@@ -10,7 +10,8 @@
 # DIR/kubeconfig authenticates as a cluster admin with a static token; DIR/env has the ports.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
-CACHE="${SCOREGATE_TESTBED_CACHE:-$ROOT/.cache/testbed}"
+# Outside the work tree so every clone on a machine reuses one build (the Go caches help too).
+CACHE="${SCOREGATE_TESTBED_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/scoregate/testbed}"
 BIN="$CACHE/bin"
 K8S_VERSION=v1.33.13
 STAGING_VERSION=v0.33.13

@@ -406,3 +406,73 @@ pub fn iris_service(replica: impl std::fmt::Display, extra: &str) -> String {
         "[[services]]\nname = \"iris\"\nprimary_key = \"{KEY}\"\n{extra}\n\n[[services.versions]]\nname = \"blue\"\nreplicas = [\"{replica}\"]\n"
     )
 }
+
+/// The real Kubernetes API server (scripts/kube-testbed.sh: kube-apiserver v1.33 + etcd),
+/// started in a temp dir and stopped on drop.
+pub struct Testbed {
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl Testbed {
+    pub fn start() -> Testbed {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kube-testbed.sh"
+        ))
+        .arg("start")
+        .arg(dir.path())
+        .output()
+        .expect("run scripts/kube-testbed.sh");
+        assert!(
+            out.status.success(),
+            "test bed did not start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kubeconfig = dir.path().join("kubeconfig");
+        Testbed { dir, kubeconfig }
+    }
+
+    fn script(&self, cmd: &str) {
+        let st = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kube-testbed.sh"
+        ))
+        .arg(cmd)
+        .arg(self.dir.path())
+        .status()
+        .expect("run scripts/kube-testbed.sh");
+        assert!(st.success(), "kube-testbed.sh {cmd}");
+    }
+
+    pub fn stop_apiserver(&self) {
+        self.script("stop-apiserver");
+    }
+
+    pub fn start_apiserver(&self) {
+        self.script("start-apiserver");
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        kube::Client::try_from(cfg).expect("client")
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kube-testbed.sh"
+        ))
+        .arg("stop")
+        .arg(self.dir.path())
+        .status();
+    }
+}
