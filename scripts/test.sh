@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
+command -v ip >/dev/null || need+=(iproute2)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 { command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need+=(pebble)
 if ((${#need[@]})); then

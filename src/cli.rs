@@ -29,6 +29,15 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Run the demo's sample model as a standalone scoring replica (`POST /score`,
+    /// `GET /swagger.json`), e.g. behind `serve`; prints the bound address.
+    SampleReplica {
+        #[arg(long, default_value = "127.0.0.1:5001")]
+        listen: SocketAddr,
+        /// Name returned in the `x-scoregate-replica` header.
+        #[arg(long)]
+        name: Option<String>,
+    },
     /// Run the embedded demo: self-signed TLS, a sample model, no configuration needed.
     Demo {
         /// TLS listener address.

@@ -29,7 +29,7 @@ fn main() -> ExitCode {
                 return ExitCode::from(EX_CONFIG);
             }
         },
-        Command::Demo { .. } => None,
+        Command::Demo { .. } | Command::SampleReplica { .. } => None,
     };
     let result = match (cli.command, config) {
         (Command::Check { config: path }, Some(c)) => {
@@ -44,6 +44,16 @@ fn main() -> ExitCode {
             Ok(())
         }
         (Command::Serve { .. }, Some(c)) => runtime().and_then(|rt| rt.block_on(serve(c))),
+        (Command::SampleReplica { listen, name }, _) => runtime().and_then(|rt| {
+            rt.block_on(async {
+                let l = tokio::net::TcpListener::bind(listen)
+                    .await
+                    .with_context(|| format!("--listen: cannot listen on {listen}"))?;
+                println!("listening on {}", l.local_addr()?);
+                demo::model::serve_named(l, name, shutdown::signal()).await;
+                Ok(())
+            })
+        }),
         (
             Command::Demo {
                 listen,

@@ -37,6 +37,45 @@ pub struct Metrics {
     pub connections_open: IntGauge,
     pub certs: CertMetrics,
     pub acme: AcmeMetrics,
+    pub discovery: DiscoveryMetrics,
+}
+
+/// Kubernetes discovery health: staleness is `time() - scoregate_discovery_last_event_timestamp_seconds`
+/// while `scoregate_discovery_up` is 0.
+#[derive(Debug, Clone)]
+pub struct DiscoveryMetrics {
+    pub up: IntGauge,
+    pub last_event: prometheus::Gauge,
+    pub watch_errors: IntCounter,
+    pub rebuilds: IntCounter,
+}
+
+impl DiscoveryMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let m = DiscoveryMetrics {
+            up: IntGauge::new(
+                "scoregate_discovery_up",
+                "1 while the EndpointSlice watch is healthy, 0 while it retries.",
+            )?,
+            last_event: prometheus::Gauge::new(
+                "scoregate_discovery_last_event_timestamp_seconds",
+                "Unix time of the last EndpointSlice event received.",
+            )?,
+            watch_errors: IntCounter::new(
+                "scoregate_discovery_watch_errors_total",
+                "EndpointSlice watch errors (retried).",
+            )?,
+            rebuilds: IntCounter::new(
+                "scoregate_discovery_rebuilds_total",
+                "Route tables rebuilt from discovery.",
+            )?,
+        };
+        registry.register(Box::new(m.up.clone()))?;
+        registry.register(Box::new(m.last_event.clone()))?;
+        registry.register(Box::new(m.watch_errors.clone()))?;
+        registry.register(Box::new(m.rebuilds.clone()))?;
+        Ok(m)
+    }
 }
 
 /// ACME order outcomes.
@@ -233,6 +272,7 @@ impl Metrics {
             )?,
             certs: CertMetrics::new(&registry)?,
             acme: AcmeMetrics::new(&registry)?,
+            discovery: DiscoveryMetrics::new(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.request_duration.clone()))?;

@@ -22,6 +22,10 @@ pub struct RawKubernetes {
     /// Default: in-cluster configuration, else `$KUBECONFIG` / `~/.kube/config`.
     pub kubeconfig: Option<String>,
     pub context: Option<String>,
+    /// Take replicas of versions without static `replicas` from labelled EndpointSlices.
+    pub discovery: Option<bool>,
+    /// Namespace watched for EndpointSlices (default: all namespaces).
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

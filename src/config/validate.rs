@@ -61,12 +61,18 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
             _ => {}
         }
     }
-    let services = services(&raw.services, base, &mut errs);
+    let discovery = raw
+        .kubernetes
+        .as_ref()
+        .is_some_and(|k| k.discovery.unwrap_or(false));
+    let services = services(&raw.services, base, discovery, &mut errs);
     let needs_kube = raw.tls.kubernetes_secret.is_some();
     let kubernetes = match (&raw.kubernetes, needs_kube) {
         (Some(k), _) => Some(crate::discovery::KubeSettings {
             kubeconfig: k.kubeconfig.as_ref().map(|p| base.join(p)),
             context: k.context.clone(),
+            discovery: k.discovery.unwrap_or(false),
+            namespace: k.namespace.clone(),
         }),
         (None, true) => Some(crate::discovery::KubeSettings::default()),
         (None, false) => None,
@@ -504,7 +510,12 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
     }
 }
 
-fn services(raw: &[RawService], base: &Path, errs: &mut Errors) -> Vec<ServiceConfig> {
+fn services(
+    raw: &[RawService],
+    base: &Path,
+    discovery: bool,
+    errs: &mut Errors,
+) -> Vec<ServiceConfig> {
     let mut names = HashSet::new();
     let mut out = Vec::new();
     for (i, s) in raw.iter().enumerate() {
@@ -520,7 +531,7 @@ fn services(raw: &[RawService], base: &Path, errs: &mut Errors) -> Vec<ServiceCo
         }
         let auth = auth(s, &field, base, errs);
         let settings = settings(s, &field, errs);
-        let (versions, default_version) = versions(&s.versions, &field, errs);
+        let (versions, default_version) = versions(&s.versions, &field, discovery, errs);
         out.push(ServiceConfig {
             name: s.name.clone(),
             auth,
@@ -708,7 +719,12 @@ fn token(t: &RawToken, field: &str, base: &Path, errs: &mut Errors) -> Option<To
     })
 }
 
-fn versions(raw: &[RawVersion], field: &str, errs: &mut Errors) -> (Vec<VersionConfig>, usize) {
+fn versions(
+    raw: &[RawVersion],
+    field: &str,
+    discovery: bool,
+    errs: &mut Errors,
+) -> (Vec<VersionConfig>, usize) {
     if raw.is_empty() {
         errs.push(
             format!("{field}.versions"),
@@ -742,10 +758,10 @@ fn versions(raw: &[RawVersion], field: &str, errs: &mut Errors) -> (Vec<VersionC
         if v.is_default == Some(true) {
             defaults.push(i);
         }
-        if v.replicas.is_empty() {
+        if v.replicas.is_empty() && !discovery {
             errs.push(
                 format!("{vf}.replicas"),
-                "needs at least one replica address, e.g. [\"10.0.0.5:5001\"]",
+                "needs at least one replica address, e.g. [\"10.0.0.5:5001\"] (or [kubernetes] discovery = true)",
             );
         }
         let mut replicas = Vec::new();

@@ -92,6 +92,19 @@ async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
 
 /// Serve the model on `listener` (HTTP/1.1 and h2c) until `stop` resolves.
 pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {
+    serve_named(listener, None, stop).await
+}
+
+/// The response header naming the replica that answered (`scoregate sample-replica --name`).
+pub const REPLICA_HEADER: &str = "x-scoregate-replica";
+
+/// [`serve`], adding [`REPLICA_HEADER`] with `name` to every answer when given.
+pub async fn serve_named(
+    listener: TcpListener,
+    name: Option<String>,
+    stop: impl Future<Output = ()>,
+) {
+    let name = name.and_then(|n| http::HeaderValue::from_str(&n).ok());
     let builder = auto::Builder::new(TokioExecutor::new());
     tokio::pin!(stop);
     loop {
@@ -106,11 +119,19 @@ pub async fn serve(listener: TcpListener, stop: impl Future<Output = ()>) {
             _ = &mut stop => return,
         };
         let _ = stream.set_nodelay(true);
+        let name = name.clone();
+        let svc = service_fn(move |req| {
+            let name = name.clone();
+            async move {
+                let mut resp = handle(req).await;
+                if let Some(n) = name {
+                    resp.headers_mut().insert(REPLICA_HEADER, n);
+                }
+                Ok::<_, Infallible>(resp)
+            }
+        });
         let conn = builder
-            .serve_connection(
-                TokioIo::new(stream),
-                service_fn(|req| async { Ok::<_, Infallible>(handle(req).await) }),
-            )
+            .serve_connection(TokioIo::new(stream), svc)
             .into_owned();
         tokio::spawn(async move {
             let _ = conn.await;

@@ -1,6 +1,8 @@
 //! The gateway inside a cluster: a kube client (in-cluster config in a pod, a kubeconfig
-//! elsewhere) and the watchers that feed the snapshots — today the TLS Secret ([`secret`]).
+//! elsewhere) and the watchers that feed the snapshots: scoring replicas from EndpointSlices
+//! ([`endpoints`]) and the TLS Secret ([`secret`]).
 
+pub mod endpoints;
 pub mod secret;
 
 use std::path::PathBuf;
@@ -14,6 +16,10 @@ pub struct KubeSettings {
     /// A kubeconfig file; `None`: in-cluster, else `$KUBECONFIG` / `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
     pub context: Option<String>,
+    /// Watch EndpointSlices for replicas ([`endpoints`]).
+    pub discovery: bool,
+    /// Namespace for discovery; `None`: all namespaces.
+    pub namespace: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

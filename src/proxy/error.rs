@@ -71,6 +71,10 @@ impl GatewayError {
                 saturated: Saturated::Replicas,
                 ..
             } => "replicas_saturated",
+            GatewayError::Overloaded {
+                saturated: Saturated::NoReplicas,
+                ..
+            } => "no_ready_replicas",
             GatewayError::Timeout(_) => "scoring_timeout",
             GatewayError::Upstream(UpstreamError::BodyTooLarge) => "payload_too_large",
             GatewayError::Upstream(UpstreamError::Closed { .. }) => "replica_closed_connection",
@@ -103,7 +107,7 @@ impl GatewayError {
         if let GatewayError::Overloaded { saturated, .. } = self {
             error["saturated"] = match saturated {
                 Saturated::Gateway => "gateway",
-                Saturated::Replicas => "replicas",
+                Saturated::Replicas | Saturated::NoReplicas => "replicas",
             }
             .into();
         }

@@ -367,6 +367,7 @@ async fn drain(mut body: Incoming, parts: &http::request::Parts) {
 fn overloaded(service: &Service, saturated: Saturated) -> GatewayError {
     let detail = match saturated {
         Saturated::Gateway => "the gateway's queue for this service is full".to_string(),
+        Saturated::NoReplicas => "the version has no ready replica".to_string(),
         Saturated::Replicas => format!(
             "no replica was free within max_request_wait_time ({} ms)",
             service.settings.max_request_wait_time.as_millis()

@@ -12,6 +12,9 @@ use crate::config::{Protocol, ServiceConfig, ServiceSettings};
 use crate::metrics::{Metrics, VersionMetrics};
 use crate::upstream::ReplicaSet;
 
+/// Replica addresses found by discovery, by (service, version).
+pub type Discovered = HashMap<(String, String), Vec<std::net::SocketAddr>>;
+
 /// The scoring URI prefix (Azure ML's).
 pub const PREFIX: &str = "/api/v1/service/";
 
@@ -50,7 +53,7 @@ pub struct Version {
     pub name: String,
     pub traffic_percentile: u8,
     pub protocol: Protocol,
-    pub replicas: ReplicaSet,
+    pub replicas: Arc<ReplicaSet>,
     pub metrics: VersionMetrics,
 }
 
@@ -70,16 +73,42 @@ pub struct Service {
 pub struct UnknownVersion(pub String);
 
 impl Service {
-    pub fn build(c: &ServiceConfig, metrics: &Metrics) -> Self {
+    /// Build a service; versions without static replicas take them from `discovered`, and
+    /// replica sets of `previous` are reused (updated in place) when their settings match, so
+    /// in-flight accounting survives a rebuild.
+    pub fn build(
+        c: &ServiceConfig,
+        metrics: &Metrics,
+        previous: Option<&Service>,
+        discovered: &Discovered,
+    ) -> Self {
         let versions: Vec<Version> = c
             .versions
             .iter()
-            .map(|v| Version {
-                name: v.name.clone(),
-                traffic_percentile: v.traffic_percentile,
-                protocol: v.protocol,
-                replicas: ReplicaSet::new(&v.replicas, v.protocol, &c.settings),
-                metrics: metrics.version(&c.name, &v.name),
+            .map(|v| {
+                let addrs = if v.replicas.is_empty() {
+                    discovered
+                        .get(&(c.name.clone(), v.name.clone()))
+                        .cloned()
+                        .unwrap_or_default()
+                } else {
+                    v.replicas.clone()
+                };
+                let replicas = previous
+                    .and_then(|p| p.versions.iter().find(|pv| pv.name == v.name))
+                    .filter(|pv| pv.replicas.compatible(v.protocol, &c.settings))
+                    .map(|pv| {
+                        pv.replicas.update(&addrs);
+                        pv.replicas.clone()
+                    })
+                    .unwrap_or_else(|| ReplicaSet::new(&addrs, v.protocol, &c.settings));
+                Version {
+                    name: v.name.clone(),
+                    traffic_percentile: v.traffic_percentile,
+                    protocol: v.protocol,
+                    replicas,
+                    metrics: metrics.version(&c.name, &v.name),
+                }
             })
             .collect();
         let mut split = [c.default_version as u8; 100];
@@ -126,10 +155,29 @@ pub struct RouteTable {
 
 impl RouteTable {
     pub fn build(services: &[ServiceConfig], metrics: &Metrics) -> Self {
+        Self::rebuild(services, metrics, None, &Discovered::new())
+    }
+
+    /// A new table from the configured services and the discovered replicas, reusing the
+    /// replica sets of `previous`.
+    pub fn rebuild(
+        services: &[ServiceConfig],
+        metrics: &Metrics,
+        previous: Option<&RouteTable>,
+        discovered: &Discovered,
+    ) -> Self {
         RouteTable {
             services: services
                 .iter()
-                .map(|s| (s.name.clone(), Arc::new(Service::build(s, metrics))))
+                .map(|s| {
+                    let prev = previous
+                        .and_then(|p| p.services.get(&s.name))
+                        .map(|a| a.as_ref());
+                    (
+                        s.name.clone(),
+                        Arc::new(Service::build(s, metrics, prev, discovered)),
+                    )
+                })
                 .collect(),
         }
     }

@@ -54,6 +54,7 @@ pub struct App {
     acceptor: Option<TlsAcceptor>,
     handshakes: HandshakeMetrics,
     kubernetes: Option<crate::discovery::KubeSettings>,
+    services: Vec<crate::config::ServiceConfig>,
     /// The ACME loop, taken by [`run`].
     acme: std::sync::Mutex<Option<AcmeManager>>,
     /// Certificate file poll interval and debounce.
@@ -113,6 +114,7 @@ impl App {
         ));
         Ok(App {
             kubernetes: config.kubernetes.clone(),
+            services: config.services.clone(),
             acme: std::sync::Mutex::new(acme),
             handshakes: metrics.handshakes(),
             reload: (config.tls.reload_poll, config.tls.reload_debounce),
@@ -139,32 +141,8 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
         let (poll, debounce) = app.reload;
         tokio::spawn(certs.clone().watch_files(poll, debounce, stop_rx.clone()));
     }
-    if let (Some(certs), Some(kube)) = (&app.certs, &app.kubernetes) {
-        let secrets = certs.secret_slots();
-        if !secrets.is_empty() {
-            let (certs, kube, stop) = (certs.clone(), kube.clone(), stop_rx.clone());
-            tokio::spawn(async move {
-                let client = loop {
-                    match kube.client().await {
-                        Ok(c) => break c,
-                        Err(e) => {
-                            tracing::warn!(error = %e, "no Kubernetes client yet; retrying in 2 s");
-                            tokio::time::sleep(Duration::from_secs(2)).await;
-                        }
-                    }
-                };
-                for (slot, ns, name) in secrets {
-                    tokio::spawn(crate::discovery::secret::watch(
-                        client.clone(),
-                        ns,
-                        name,
-                        certs.clone(),
-                        slot,
-                        stop.clone(),
-                    ));
-                }
-            });
-        }
+    if let Some(kube) = &app.kubernetes {
+        spawn_kube_watchers(&app, kube.clone(), stop_rx.clone());
     }
     if let Some(acme) = app.acme.lock().ok().and_then(|mut a| a.take()) {
         tokio::spawn(acme.run(stop_rx.clone()));
@@ -339,4 +317,51 @@ fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
 
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
+}
+
+/// The Kubernetes watchers (TLS Secrets, EndpointSlice discovery), once a client can be built.
+fn spawn_kube_watchers(
+    app: &App,
+    kube: crate::discovery::KubeSettings,
+    stop: watch::Receiver<bool>,
+) {
+    let certs = app.certs.clone();
+    let secrets = certs.as_ref().map(|c| c.secret_slots()).unwrap_or_default();
+    let discovery = kube.discovery.then(|| {
+        (
+            kube.namespace.clone(),
+            app.services.clone(),
+            app.routes.clone(),
+            app.metrics.clone(),
+        )
+    });
+    tokio::spawn(async move {
+        let client = loop {
+            match kube.client().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Kubernetes client yet; retrying in 2 s");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        if let Some(certs) = certs {
+            for (slot, ns, name) in secrets {
+                let watch = crate::discovery::secret::watch(
+                    client.clone(),
+                    ns,
+                    name,
+                    certs.clone(),
+                    slot,
+                    stop.clone(),
+                );
+                tokio::spawn(watch);
+            }
+        }
+        if let Some((ns, services, routes, metrics)) = discovery {
+            tokio::spawn(crate::discovery::endpoints::run(
+                client, ns, services, routes, metrics, stop,
+            ));
+        }
+    });
 }

@@ -6,8 +6,10 @@ mod ewma;
 mod replica;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use arc_swap::ArcSwap;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -24,14 +26,23 @@ pub enum Saturated {
     Gateway,
     /// Every replica stayed busy for the whole `max_request_wait_time`.
     Replicas,
+    /// The version has no ready replica at all (discovery found none).
+    NoReplicas,
 }
 
-/// The replicas of one version and the queue in front of them.
+/// The replicas of one version and the queue in front of them. The replica list can change
+/// under load ([`ReplicaSet::update`], fed by discovery): replicas that stay keep their slot
+/// counters, removed ones finish their in-flight requests and get no new ones.
 #[derive(Debug)]
 pub struct ReplicaSet {
-    replicas: Vec<Arc<Replica>>,
+    replicas: ArcSwap<Vec<Arc<Replica>>>,
+    protocol: Protocol,
+    limit: u32,
     /// One permit per replica slot (replicas × `replica_max_concurrent_requests`); FIFO waiters.
     slots: Arc<Semaphore>,
+    /// Permits to retire as leases end, after replicas were removed while busy.
+    excess: AtomicUsize,
+    update_lock: Mutex<()>,
     queued: AtomicU32,
     max_queued: u32,
     max_wait: Duration,
@@ -41,12 +52,21 @@ pub struct ReplicaSet {
 #[derive(Debug)]
 pub struct Lease {
     pub replica: Arc<Replica>,
-    _permit: OwnedSemaphorePermit,
+    set: Arc<ReplicaSet>,
+    permit: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for Lease {
     fn drop(&mut self) {
         self.replica.in_flight.fetch_sub(1, Ordering::AcqRel);
+        let retire = self
+            .set
+            .excess
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| n.checked_sub(1))
+            .is_ok();
+        if retire && let Some(p) = self.permit.take() {
+            p.forget();
+        }
     }
 }
 
@@ -60,24 +80,78 @@ impl Drop for Waiting<'_> {
 }
 
 impl ReplicaSet {
-    pub fn new(addrs: &[SocketAddr], protocol: Protocol, settings: &ServiceSettings) -> Self {
+    pub fn new(addrs: &[SocketAddr], protocol: Protocol, settings: &ServiceSettings) -> Arc<Self> {
         let limit = settings.replica_max_concurrent_requests;
         let replicas: Vec<_> = addrs
             .iter()
             .map(|a| Arc::new(Replica::new(*a, protocol, limit)))
             .collect();
         let capacity = replicas.len() * limit as usize;
-        ReplicaSet {
-            replicas,
+        Arc::new(ReplicaSet {
+            replicas: ArcSwap::from_pointee(replicas),
+            protocol,
+            limit,
             slots: Arc::new(Semaphore::new(capacity)),
+            excess: AtomicUsize::new(0),
+            update_lock: Mutex::new(()),
             queued: AtomicU32::new(0),
             max_queued: settings.max_queued_requests,
             max_wait: settings.max_request_wait_time,
-        }
+        })
     }
 
-    pub fn replicas(&self) -> &[Arc<Replica>] {
-        &self.replicas
+    /// Whether this set was built for these per-replica settings (so it can be reused).
+    pub fn compatible(&self, protocol: Protocol, settings: &ServiceSettings) -> bool {
+        self.protocol == protocol
+            && self.limit == settings.replica_max_concurrent_requests
+            && self.max_queued == settings.max_queued_requests
+            && self.max_wait == settings.max_request_wait_time
+    }
+
+    pub fn replicas(&self) -> Arc<Vec<Arc<Replica>>> {
+        self.replicas.load_full()
+    }
+
+    /// Replace the replica list: kept addresses keep their `Replica` (slot counters, pooled
+    /// connections, latency); capacity follows the number of replicas.
+    pub fn update(&self, addrs: &[SocketAddr]) {
+        let Ok(_guard) = self.update_lock.lock() else {
+            return;
+        };
+        let old = self.replicas.load_full();
+        if old.len() == addrs.len() && old.iter().zip(addrs).all(|(r, a)| r.addr == *a) {
+            return;
+        }
+        let next: Vec<Arc<Replica>> = addrs
+            .iter()
+            .map(|a| {
+                old.iter()
+                    .find(|r| r.addr == *a)
+                    .cloned()
+                    .unwrap_or_else(|| Arc::new(Replica::new(*a, self.protocol, self.limit)))
+            })
+            .collect();
+        let limit = self.limit as usize;
+        let added = next
+            .iter()
+            .filter(|r| !old.iter().any(|o| Arc::ptr_eq(o, r)))
+            .count()
+            * limit;
+        // A removed replica's free slots retire now; its busy ones when their leases end.
+        let (mut retire_now, mut retire_later) = (0usize, 0usize);
+        for r in old
+            .iter()
+            .filter(|o| !next.iter().any(|r| Arc::ptr_eq(o, r)))
+        {
+            let busy = (r.in_flight() as usize).min(limit);
+            retire_now += limit - busy;
+            retire_later += busy;
+        }
+        self.replicas.store(Arc::new(next));
+        self.slots.add_permits(added);
+        let forgotten = self.slots.forget_permits(retire_now);
+        self.excess
+            .fetch_add(retire_later + (retire_now - forgotten), Ordering::AcqRel);
     }
 
     /// Requests waiting for a slot right now.
@@ -88,45 +162,58 @@ impl ReplicaSet {
     /// Wait (at most `max_request_wait_time`, FIFO) for a free slot, then pick the replica.
     /// A waiter whose deadline passes is removed from the queue and never sent.
     /// Returns the lease and how long the request queued.
-    pub async fn acquire(&self) -> Result<(Lease, Duration), Saturated> {
+    pub async fn acquire(self: &Arc<Self>) -> Result<(Lease, Duration), Saturated> {
         let start = Instant::now();
-        let permit = match self.slots.clone().try_acquire_owned() {
-            Ok(p) => p,
-            Err(TryAcquireError::Closed) => return Err(Saturated::Replicas),
-            Err(TryAcquireError::NoPermits) => {
-                if self.max_wait.is_zero() {
-                    return Err(Saturated::Replicas);
+        if self.replicas.load().is_empty() {
+            return Err(Saturated::NoReplicas);
+        }
+        loop {
+            let permit = match self.slots.clone().try_acquire_owned() {
+                Ok(p) => p,
+                Err(TryAcquireError::Closed) => return Err(Saturated::Replicas),
+                Err(TryAcquireError::NoPermits) => {
+                    if self.max_wait.is_zero() {
+                        return Err(Saturated::Replicas);
+                    }
+                    if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
+                        self.queued.fetch_sub(1, Ordering::AcqRel);
+                        return Err(Saturated::Gateway);
+                    }
+                    let _waiting = Waiting(&self.queued);
+                    let remaining = self.max_wait.saturating_sub(start.elapsed());
+                    match tokio::time::timeout(remaining, self.slots.clone().acquire_owned()).await
+                    {
+                        Ok(Ok(p)) => p,
+                        _ => return Err(Saturated::Replicas),
+                    }
                 }
-                if self.queued.fetch_add(1, Ordering::AcqRel) >= self.max_queued {
-                    self.queued.fetch_sub(1, Ordering::AcqRel);
-                    return Err(Saturated::Gateway);
-                }
-                let _waiting = Waiting(&self.queued);
-                let remaining = self.max_wait.saturating_sub(start.elapsed());
-                match tokio::time::timeout(remaining, self.slots.clone().acquire_owned()).await {
-                    Ok(Ok(p)) => p,
-                    _ => return Err(Saturated::Replicas),
-                }
+            };
+            if let Some(replica) = self.claim() {
+                let lease = Lease {
+                    replica,
+                    set: self.clone(),
+                    permit: Some(permit),
+                };
+                return Ok((lease, start.elapsed()));
             }
-        };
-        let replica = self.claim();
-        Ok((
-            Lease {
-                replica,
-                _permit: permit,
-            },
-            start.elapsed(),
-        ))
+            // The replica list changed under us (a busy replica was removed): try again.
+            drop(permit);
+            if start.elapsed() >= self.max_wait {
+                return Err(Saturated::Replicas);
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
     }
 
-    /// Claim a slot on a replica under its limit. The caller holds a permit, and every claimed
-    /// slot is backed by a permit, so some replica has room; p2c picks the cheaper of two.
-    fn claim(&self) -> Arc<Replica> {
-        let n = self.replicas.len();
+    /// Claim a slot on a replica under its limit: the cheaper of two random picks by
+    /// peak-EWMA cost, else the first free one from a random start.
+    fn claim(&self) -> Option<Arc<Replica>> {
+        let replicas = self.replicas.load();
+        let n = replicas.len();
         if n >= 2 {
             let a = fastrand::usize(..n);
             let b = (a + 1 + fastrand::usize(..n - 1)) % n;
-            let (ra, rb) = (&self.replicas[a], &self.replicas[b]);
+            let (ra, rb) = (&replicas[a], &replicas[b]);
             let (first, second) = if ra.cost() <= rb.cost() {
                 (ra, rb)
             } else {
@@ -134,21 +221,15 @@ impl ReplicaSet {
             };
             for r in [first, second] {
                 if r.try_claim() {
-                    return r.clone();
+                    return Some(r.clone());
                 }
             }
         }
-        loop {
-            let start = fastrand::usize(..n.max(1));
-            for i in 0..n {
-                let r = &self.replicas[(start + i) % n];
-                if r.try_claim() {
-                    return r.clone();
-                }
-            }
-            // A slot freed behind our scan while others were claimed ahead of it: scan again.
-            std::hint::spin_loop();
-        }
+        let start = fastrand::usize(..n.max(1));
+        (0..n)
+            .map(|i| &replicas[(start + i) % n])
+            .find(|r| r.try_claim())
+            .cloned()
     }
 }
 
@@ -156,7 +237,7 @@ impl ReplicaSet {
 mod tests {
     use super::*;
 
-    fn set(n: usize, limit: u32, wait_ms: u64, max_queued: u32) -> ReplicaSet {
+    fn set(n: usize, limit: u32, wait_ms: u64, max_queued: u32) -> Arc<ReplicaSet> {
         let addrs: Vec<SocketAddr> = (0..n)
             .map(|i| SocketAddr::from(([127, 0, 0, 1], 10_000 + i as u16)))
             .collect();
@@ -186,7 +267,7 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn full_queue_is_gateway_saturation() {
-        let rs = Arc::new(set(1, 1, 10_000, 1));
+        let rs = set(1, 1, 10_000, 1);
         let _held = rs.acquire().await.expect("free");
         let rs2 = rs.clone();
         let waiter = tokio::spawn(async move { rs2.acquire().await.map(|_| ()) });
@@ -203,12 +284,37 @@ mod tests {
         for _ in 0..6 {
             leases.push(rs.acquire().await.expect("capacity 6").0);
         }
-        for r in rs.replicas() {
+        for r in rs.replicas().iter() {
             assert_eq!(r.in_flight(), 2);
         }
         drop(leases);
-        for r in rs.replicas() {
+        for r in rs.replicas().iter() {
             assert_eq!(r.in_flight(), 0);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn replicas_can_change_while_busy() {
+        let rs = set(2, 1, 100, 10);
+        let (a, _) = rs.acquire().await.expect("slot");
+        let (b, _) = rs.acquire().await.expect("slot");
+        let kept = a.replica.addr;
+        // Remove the replica b is using, add a new one.
+        let new = SocketAddr::from(([127, 0, 0, 1], 20_000));
+        rs.update(&[kept, new]);
+        let (c, _) = rs.acquire().await.expect("the new replica is free");
+        assert_eq!(c.replica.addr, new);
+        // b's replica is gone; when b ends its permit retires instead of adding capacity.
+        drop(b);
+        assert_eq!(
+            rs.acquire().await.err(),
+            Some(Saturated::Replicas),
+            "capacity is 2, both busy"
+        );
+        drop(a);
+        assert!(rs.acquire().await.is_ok());
+        rs.update(&[]);
+        assert_eq!(rs.acquire().await.err(), Some(Saturated::NoReplicas));
+        drop(c);
     }
 }

@@ -476,3 +476,116 @@ impl Drop for Testbed {
         .status();
     }
 }
+
+/// A test host of our own: a network namespace joined to this one by a veth pair, for peers
+/// that must not use loopback addresses (the API server refuses them in EndpointSlices).
+/// Sample replicas (`scoregate sample-replica`) run inside it; dropped, everything is removed.
+pub struct TestNet {
+    ns: String,
+    host_if: String,
+    pub ns_ip: std::net::IpAddr,
+    children: std::sync::Mutex<Vec<std::process::Child>>,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2) runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestNet {
+    pub fn new() -> TestNet {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + n % 10;
+        let (ns, host_if, ns_if) = (format!("sg{id}"), format!("sg{id}h"), format!("sg{id}n"));
+        let octet = id % 250;
+        let (host_ip, ns_ip) = (format!("10.213.{octet}.1"), format!("10.213.{octet}.2"));
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &host_if])
+            .output();
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &ns]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", &ns_if, "up"]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        TestNet {
+            ns,
+            host_if,
+            ns_ip: ns_ip.parse().expect("ip"),
+            children: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Start a sample replica named `name` inside the namespace; its address.
+    pub fn replica(&self, name: &str) -> SocketAddr {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_scoregate"),
+                "sample-replica",
+            ])
+            .args(["--listen", &format!("{}:0", self.ns_ip), "--name", name])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sample replica");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected replica output {line:?}"))
+            .parse()
+            .expect("address");
+        self.children.lock().expect("lock").push(child);
+        addr
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        if let Ok(mut children) = self.children.lock() {
+            for c in children.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
