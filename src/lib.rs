@@ -10,6 +10,7 @@
 //! - [`tls`] — certificate snapshot (SNI -> key) behind one `ArcSwap`, the rustls resolver,
 //!   PEM loading with checks, self-signed development material.
 //! - [`routing`] — the route table snapshot (service -> versions -> replicas), traffic split.
+//! - [`autoscale`] — replica recommendations (Azure ML's formula), scale patches by the Lease holder.
 //! - [`auth`] — key auth (constant time) and JWT token auth per service.
 //! - [`upstream`] — replica slots, the deadline-aware queue, p2c + peak-EWMA choice, pooled
 //!   HTTP/1.1 and h2c connections.
@@ -24,6 +25,7 @@
 pub mod acme;
 pub mod admin;
 pub mod auth;
+pub mod autoscale;
 pub mod cli;
 pub mod config;
 pub mod demo;

@@ -38,6 +38,76 @@ pub struct Metrics {
     pub certs: CertMetrics,
     pub acme: AcmeMetrics,
     pub discovery: DiscoveryMetrics,
+    pub autoscale: AutoscaleMetrics,
+}
+
+/// The autoscaler's view, always exported.
+#[derive(Debug, Clone)]
+pub struct AutoscaleMetrics {
+    utilization: GaugeVec,
+    desired: IntGaugeVec,
+    scaled: IntCounterVec,
+    blocked: IntCounterVec,
+}
+
+impl AutoscaleMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let sv = &["service", "version"];
+        let m = AutoscaleMetrics {
+            utilization: GaugeVec::new(
+                Opts::new(
+                    "scoregate_autoscale_utilization_ratio",
+                    "(busy + queued) / (replicas × max concurrent).",
+                ),
+                sv,
+            )?,
+            desired: IntGaugeVec::new(
+                Opts::new(
+                    "scoregate_autoscale_desired_replicas",
+                    "Replicas the autoscaler recommends (after scale-down stabilization).",
+                ),
+                sv,
+            )?,
+            scaled: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_autoscale_scale_total",
+                    "Scale subresource patches applied.",
+                ),
+                sv,
+            )?,
+            blocked: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_autoscale_blocked_total",
+                    "Scaling decisions not applied, by reason (hpa, api_error).",
+                ),
+                &["service", "version", "reason"],
+            )?,
+        };
+        registry.register(Box::new(m.utilization.clone()))?;
+        registry.register(Box::new(m.desired.clone()))?;
+        registry.register(Box::new(m.scaled.clone()))?;
+        registry.register(Box::new(m.blocked.clone()))?;
+        Ok(m)
+    }
+
+    pub fn observe(&self, service: &str, version: &str, utilization: f64, desired: u32) {
+        self.utilization
+            .with_label_values(&[service, version])
+            .set(utilization);
+        self.desired
+            .with_label_values(&[service, version])
+            .set(i64::from(desired));
+    }
+
+    pub fn scaled(&self, service: &str, version: &str) {
+        self.scaled.with_label_values(&[service, version]).inc();
+    }
+
+    pub fn blocked(&self, service: &str, version: &str, reason: &str) {
+        self.blocked
+            .with_label_values(&[service, version, reason])
+            .inc();
+    }
 }
 
 /// Kubernetes discovery health: staleness is `time() - scoregate_discovery_last_event_timestamp_seconds`
@@ -273,6 +343,7 @@ impl Metrics {
             certs: CertMetrics::new(&registry)?,
             acme: AcmeMetrics::new(&registry)?,
             discovery: DiscoveryMetrics::new(&registry)?,
+            autoscale: AutoscaleMetrics::new(&registry)?,
             registry,
         };
         m.registry.register(Box::new(m.request_duration.clone()))?;

@@ -108,6 +108,50 @@ async fn service_account_can_do_what_the_gateway_needs_and_nothing_more() {
         .await
         .expect("list the TLS Secret by name (what the watch does)");
 
+    // The autoscaler's part: the scale subresource, HPAs, its Lease.
+    let admin_deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(admin.clone(), "models");
+    let d: k8s_openapi::api::apps::v1::Deployment = serde_json::from_value(serde_json::json!({
+        "metadata": {"name": "iris-blue"},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "iris"}},
+                 "template": {"metadata": {"labels": {"app": "iris"}}, "spec": {"containers": [{"name": "m", "image": "m:1"}]}}}
+    })).expect("deployment");
+    admin_deployments
+        .create(&PostParams::default(), &d)
+        .await
+        .expect("create deployment");
+    let sa_deployments: Api<k8s_openapi::api::apps::v1::Deployment> =
+        Api::namespaced(sa.clone(), "models");
+    sa_deployments
+        .get_scale("iris-blue")
+        .await
+        .expect("get scale");
+    sa_deployments
+        .patch_scale(
+            "iris-blue",
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(serde_json::json!({"spec": {"replicas": 2}})),
+        )
+        .await
+        .expect("patch scale");
+    Api::<k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler>::namespaced(
+        sa.clone(),
+        "models",
+    )
+    .list(&ListParams::default())
+    .await
+    .expect("list HPAs");
+    forbidden(
+        sa_deployments.get("iris-blue").await,
+        "read the Deployment itself",
+    );
+    forbidden(
+        sa_deployments
+            .delete("iris-blue", &DeleteParams::default())
+            .await,
+        "delete a Deployment",
+    );
+
     // Refused for real: other Secrets, listing Secrets, writes, other resources.
     forbidden(sa_secrets.get("unrelated").await, "get another Secret");
     forbidden(

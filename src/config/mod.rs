@@ -153,6 +153,18 @@ pub struct VersionConfig {
     pub traffic_percentile: u8,
     pub replicas: Vec<SocketAddr>,
     pub protocol: Protocol,
+    pub autoscale: Option<AutoscaleConfig>,
+}
+
+/// Autoscaling of one version's Deployment (Azure ML's defaults).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AutoscaleConfig {
+    pub deployment: String,
+    pub namespace: String,
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub target_utilization: f64,
+    pub scale_down_window: Duration,
 }
 
 /// One problem in the configuration: where, and what is allowed.

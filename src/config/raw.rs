@@ -26,6 +26,13 @@ pub struct RawKubernetes {
     pub discovery: Option<bool>,
     /// Namespace watched for EndpointSlices (default: all namespaces).
     pub namespace: Option<String>,
+    /// The autoscaler's Lease (one gateway replica applies scaling decisions).
+    pub lease_namespace: Option<String>,
+    pub lease_name: Option<String>,
+    pub lease_duration_ms: Option<u64>,
+    /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
+    pub identity: Option<String>,
+    pub autoscale_refresh_ms: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -144,4 +151,17 @@ pub struct RawVersion {
     #[serde(default)]
     pub replicas: Vec<String>,
     pub protocol: Option<String>,
+    pub autoscale: Option<RawAutoscale>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAutoscale {
+    /// The Deployment of this version's scoring pods.
+    pub deployment: String,
+    pub namespace: Option<String>,
+    pub min_replicas: Option<u64>,
+    pub max_replicas: Option<u64>,
+    pub target_utilization: Option<f64>,
+    pub scale_down_window_ms: Option<u64>,
 }

@@ -66,15 +66,19 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         .as_ref()
         .is_some_and(|k| k.discovery.unwrap_or(false));
     let services = services(&raw.services, base, discovery, &mut errs);
+    let autoscaled = services
+        .iter()
+        .any(|s| s.versions.iter().any(|v| v.autoscale.is_some()));
+    if autoscaled && raw.kubernetes.is_none() {
+        errs.push(
+            "kubernetes",
+            "versions with [services.versions.autoscale] scale Deployments through the Kubernetes API; add a [kubernetes] table",
+        );
+    }
     let needs_kube = raw.tls.kubernetes_secret.is_some();
     let kubernetes = match (&raw.kubernetes, needs_kube) {
-        (Some(k), _) => Some(crate::discovery::KubeSettings {
-            kubeconfig: k.kubeconfig.as_ref().map(|p| base.join(p)),
-            context: k.context.clone(),
-            discovery: k.discovery.unwrap_or(false),
-            namespace: k.namespace.clone(),
-        }),
-        (None, true) => Some(crate::discovery::KubeSettings::default()),
+        (Some(k), _) => Some(kube_settings(k, base, &mut errs)),
+        (None, true) => Some(kube_settings(&Default::default(), base, &mut errs)),
         (None, false) => None,
     };
     if errs.0.is_empty() {
@@ -359,6 +363,55 @@ fn tls_settings(raw: &RawTls, tls_listener: bool, base: &Path, errs: &mut Errors
         reload_poll,
         reload_debounce,
         acme,
+    }
+}
+
+fn kube_settings(
+    k: &super::raw::RawKubernetes,
+    base: &Path,
+    errs: &mut Errors,
+) -> crate::discovery::KubeSettings {
+    let identity = k
+        .identity
+        .clone()
+        .or_else(|| std::env::var("POD_NAME").ok())
+        .or_else(|| {
+            std::fs::read_to_string("/etc/hostname")
+                .ok()
+                .map(|h| h.trim().to_string())
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| format!("scoregate-{}", std::process::id()));
+    crate::discovery::KubeSettings {
+        kubeconfig: k.kubeconfig.as_ref().map(|p| base.join(p)),
+        context: k.context.clone(),
+        discovery: k.discovery.unwrap_or(false),
+        namespace: k.namespace.clone(),
+        lease: crate::autoscale::lease::LeaseSettings {
+            namespace: k
+                .lease_namespace
+                .clone()
+                .unwrap_or_else(|| "default".into()),
+            name: k
+                .lease_name
+                .clone()
+                .unwrap_or_else(|| "scoregate-autoscaler".into()),
+            identity,
+            duration: Duration::from_millis(errs.range(
+                "kubernetes.lease_duration_ms",
+                k.lease_duration_ms,
+                1_000,
+                600_000,
+                15_000,
+            )),
+        },
+        autoscale_refresh: Duration::from_millis(errs.range(
+            "kubernetes.autoscale_refresh_ms",
+            k.autoscale_refresh_ms,
+            100,
+            60_000,
+            1_000,
+        )),
     }
 }
 
@@ -785,11 +838,50 @@ fn versions(
                 Protocol::Http1
             }
         };
+        let autoscale = v.autoscale.as_ref().map(|a| {
+            let af = format!("{vf}.autoscale");
+            let min = errs.range(&format!("{af}.min_replicas"), a.min_replicas, 1, 1000, 1) as u32;
+            let max = errs.range(&format!("{af}.max_replicas"), a.max_replicas, 1, 1000, 10) as u32;
+            if max < min {
+                errs.push(
+                    format!("{af}.max_replicas"),
+                    format!("{max} is below min_replicas {min}"),
+                );
+            }
+            let target = a.target_utilization.unwrap_or(0.7);
+            if !(target > 0.0 && target <= 1.0) {
+                errs.push(
+                    format!("{af}.target_utilization"),
+                    format!("{target} is out of range; allowed 0 < x <= 1 (default 0.7)"),
+                );
+            }
+            if a.deployment.is_empty() {
+                errs.push(
+                    format!("{af}.deployment"),
+                    "names the Deployment of this version's pods",
+                );
+            }
+            crate::config::AutoscaleConfig {
+                deployment: a.deployment.clone(),
+                namespace: a.namespace.clone().unwrap_or_else(|| "default".into()),
+                min_replicas: min,
+                max_replicas: max,
+                target_utilization: target,
+                scale_down_window: Duration::from_millis(errs.range(
+                    &format!("{af}.scale_down_window_ms"),
+                    a.scale_down_window_ms,
+                    0,
+                    3_600_000,
+                    60_000,
+                )),
+            }
+        });
         out.push(VersionConfig {
             name: v.name.clone(),
             traffic_percentile: u8::try_from(pct).unwrap_or(0),
             replicas,
             protocol,
+            autoscale,
         });
     }
     if total > 100 {

@@ -11,7 +11,7 @@ use kube::Client;
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Validated `[kubernetes]` settings.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct KubeSettings {
     /// A kubeconfig file; `None`: in-cluster, else `$KUBECONFIG` / `~/.kube/config`.
     pub kubeconfig: Option<PathBuf>,
@@ -20,6 +20,9 @@ pub struct KubeSettings {
     pub discovery: bool,
     /// Namespace for discovery; `None`: all namespaces.
     pub namespace: Option<String>,
+    /// The autoscaler's Lease.
+    pub lease: crate::autoscale::lease::LeaseSettings,
+    pub autoscale_refresh: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -236,6 +236,10 @@ impl RouteHandle {
     pub fn load(&self) -> arc_swap::Guard<Arc<RouteTable>> {
         self.0.load()
     }
+
+    pub fn load_full(&self) -> Arc<RouteTable> {
+        self.0.load_full()
+    }
 }
 
 #[cfg(test)]

@@ -141,8 +141,23 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
         let (poll, debounce) = app.reload;
         tokio::spawn(certs.clone().watch_files(poll, debounce, stop_rx.clone()));
     }
-    if let Some(kube) = &app.kubernetes {
-        spawn_kube_watchers(&app, kube.clone(), stop_rx.clone());
+    let targets = autoscale_targets(&app.services);
+    match &app.kubernetes {
+        Some(kube) => spawn_kube_watchers(&app, kube.clone(), targets, stop_rx.clone()),
+        // Recommendations are exported as metrics even with nothing to scale.
+        None => {
+            let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+            let run = crate::autoscale::run(
+                app.routes.clone(),
+                app.metrics.clone(),
+                targets,
+                None,
+                leader,
+                Duration::from_secs(1),
+                stop_rx.clone(),
+            );
+            tokio::spawn(run);
+        }
     }
     if let Some(acme) = app.acme.lock().ok().and_then(|mut a| a.take()) {
         tokio::spawn(acme.run(stop_rx.clone()));
@@ -319,12 +334,30 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-/// The Kubernetes watchers (TLS Secrets, EndpointSlice discovery), once a client can be built.
+fn autoscale_targets(services: &[crate::config::ServiceConfig]) -> Vec<crate::autoscale::Target> {
+    services
+        .iter()
+        .flat_map(|s| {
+            s.versions.iter().filter_map(|v| {
+                v.autoscale.clone().map(|config| crate::autoscale::Target {
+                    service: s.name.clone(),
+                    version: v.name.clone(),
+                    config,
+                })
+            })
+        })
+        .collect()
+}
+
+/// The Kubernetes watchers (TLS Secrets, EndpointSlice discovery) and the autoscaler with its
+/// Lease election, once a client can be built.
 fn spawn_kube_watchers(
     app: &App,
     kube: crate::discovery::KubeSettings,
+    targets: Vec<crate::autoscale::Target>,
     stop: watch::Receiver<bool>,
 ) {
+    let (routes, metrics) = (app.routes.clone(), app.metrics.clone());
     let certs = app.certs.clone();
     let secrets = certs.as_ref().map(|c| c.secret_slots()).unwrap_or_default();
     let discovery = kube.discovery.then(|| {
@@ -358,6 +391,27 @@ fn spawn_kube_watchers(
                 tokio::spawn(watch);
             }
         }
+        let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let scaler = (!targets.is_empty()).then(|| client.clone());
+        if scaler.is_some() {
+            let elect = crate::autoscale::lease::elect(
+                client.clone(),
+                kube.lease.clone(),
+                leader.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(elect);
+        }
+        let run = crate::autoscale::run(
+            routes,
+            metrics,
+            targets,
+            scaler,
+            leader,
+            kube.autoscale_refresh,
+            stop.clone(),
+        );
+        tokio::spawn(run);
         if let Some((ns, services, routes, metrics)) = discovery {
             tokio::spawn(crate::discovery::endpoints::run(
                 client, ns, services, routes, metrics, stop,
