@@ -118,6 +118,7 @@ pub struct DiscoveryMetrics {
     pub last_event: prometheus::Gauge,
     pub watch_errors: IntCounter,
     pub rebuilds: IntCounter,
+    pub config_reloads: IntCounterVec,
 }
 
 impl DiscoveryMetrics {
@@ -139,11 +140,19 @@ impl DiscoveryMetrics {
                 "scoregate_discovery_rebuilds_total",
                 "Route tables rebuilt from discovery.",
             )?,
+            config_reloads: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_config_reloads_total",
+                    "Service configuration updates, by source and result (ok, rejected).",
+                ),
+                &["source", "result"],
+            )?,
         };
         registry.register(Box::new(m.up.clone()))?;
         registry.register(Box::new(m.last_event.clone()))?;
         registry.register(Box::new(m.watch_errors.clone()))?;
         registry.register(Box::new(m.rebuilds.clone()))?;
+        registry.register(Box::new(m.config_reloads.clone()))?;
         Ok(m)
     }
 }

@@ -235,6 +235,19 @@ pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
     validate(raw, base)
 }
 
+/// Validate `[[services]]` tables on their own (the services ConfigMap). Relative paths (token
+/// public keys) are not allowed to leave the process's working directory assumptions: use absolute ones.
+pub fn services_from_toml(text: &str, discovery: bool) -> Result<Vec<ServiceConfig>, ConfigErrors> {
+    let raw: raw::RawServices = toml::from_str(text).map_err(|e| {
+        let field = e
+            .span()
+            .map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1))
+            .unwrap_or_else(|| "services.toml".to_string());
+        ConfigErrors::one(field, e.message().trim().to_string())
+    })?;
+    validate::services_only(&raw.services, discovery)
+}
+
 mod millis {
     use serde::Serializer;
     use std::time::Duration;

@@ -33,6 +33,16 @@ pub struct RawKubernetes {
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
     pub identity: Option<String>,
     pub autoscale_refresh_ms: Option<u64>,
+    /// ConfigMap (in `namespace`, default "default") whose `services.toml` adds/overrides services.
+    pub services_configmap: Option<String>,
+}
+
+/// The `services.toml` of the services ConfigMap.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServices {
+    #[serde(default)]
+    pub services: Vec<RawService>,
 }
 
 #[derive(Debug, Deserialize)]

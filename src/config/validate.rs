@@ -405,6 +405,7 @@ fn kube_settings(
                 15_000,
             )),
         },
+        services_configmap: k.services_configmap.clone(),
         autoscale_refresh: Duration::from_millis(errs.range(
             "kubernetes.autoscale_refresh_ms",
             k.autoscale_refresh_ms,
@@ -560,6 +561,19 @@ pub fn validate_service_name(name: &str) -> Result<(), String> {
         Err(format!("{name:?} must end with a letter or digit"))
     } else {
         Ok(())
+    }
+}
+
+pub(super) fn services_only(
+    raw: &[RawService],
+    discovery: bool,
+) -> Result<Vec<ServiceConfig>, ConfigErrors> {
+    let mut errs = Errors(Vec::new());
+    let out = services(raw, Path::new("."), discovery, &mut errs);
+    if errs.0.is_empty() {
+        Ok(out)
+    } else {
+        Err(ConfigErrors(errs.0))
     }
 }
 

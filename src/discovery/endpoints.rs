@@ -7,19 +7,20 @@
 
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use futures_util::StreamExt;
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use kube::runtime::WatchStreamExt;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use crate::config::ServiceConfig;
-use crate::metrics::{DiscoveryMetrics, Metrics};
-use crate::routing::{Discovered, RouteHandle, RouteTable};
+use super::RouteSources;
+use crate::metrics::DiscoveryMetrics;
+use crate::routing::Discovered;
 
 pub const SERVICE_LABEL: &str = "scoregate.io/service";
 pub const VERSION_LABEL: &str = "scoregate.io/version";
@@ -81,11 +82,10 @@ fn now_unix() -> f64 {
 pub async fn run(
     client: Client,
     namespace: Option<String>,
-    services: Vec<ServiceConfig>,
-    routes: RouteHandle,
-    metrics: Metrics,
+    sources: Arc<RouteSources>,
     mut stop: watch::Receiver<bool>,
 ) {
+    let metrics = sources.metrics().clone();
     let api: Api<EndpointSlice> = match &namespace {
         Some(ns) => Api::namespaced(client, ns),
         None => Api::all(client),
@@ -125,27 +125,12 @@ pub async fn run(
             },
             _ = async { if let Some(d) = deadline { tokio::time::sleep_until(d).await } else { std::future::pending::<()>().await } }, if synced => {
                 dirty_since = None;
-                rebuild(&store, &services, &routes, &metrics);
+                let discovered = collect(&store.state());
+                let replicas: usize = discovered.values().map(Vec::len).sum();
+                tracing::info!(versions = discovered.len(), replicas, "routes rebuilt from EndpointSlices");
+                sources.set_discovered(discovered);
             }
             _ = stop.wait_for(|s| *s) => return,
         }
     }
-}
-
-fn rebuild(
-    store: &Store<EndpointSlice>,
-    services: &[ServiceConfig],
-    routes: &RouteHandle,
-    metrics: &Metrics,
-) {
-    let discovered = collect(&store.state());
-    let table = RouteTable::rebuild(services, metrics, Some(&routes.load()), &discovered);
-    routes.store(table);
-    metrics.discovery.rebuilds.inc();
-    let replicas: usize = discovered.values().map(Vec::len).sum();
-    tracing::info!(
-        versions = discovered.len(),
-        replicas,
-        "routes rebuilt from EndpointSlices"
-    );
 }

@@ -4,10 +4,81 @@
 
 pub mod endpoints;
 pub mod secret;
+pub mod services;
 
 use std::path::PathBuf;
 
+use std::sync::Mutex;
+
 use kube::Client;
+
+use crate::config::ServiceConfig;
+use crate::metrics::Metrics;
+use crate::routing::{Discovered, RouteHandle, RouteTable};
+
+/// The inputs of the route table — services from the file (and the ConfigMap) and replicas from
+/// EndpointSlices — and the one place that turns them into a new snapshot.
+#[derive(Debug)]
+pub struct RouteSources {
+    file_services: Vec<ServiceConfig>,
+    overrides: Mutex<Vec<ServiceConfig>>,
+    discovered: Mutex<Discovered>,
+    routes: RouteHandle,
+    metrics: Metrics,
+}
+
+impl RouteSources {
+    pub fn new(file_services: Vec<ServiceConfig>, routes: RouteHandle, metrics: Metrics) -> Self {
+        RouteSources {
+            file_services,
+            overrides: Mutex::new(Vec::new()),
+            discovered: Mutex::new(Discovered::new()),
+            routes,
+            metrics,
+        }
+    }
+
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
+    /// Services from the ConfigMap: they replace file services of the same name and add others.
+    pub fn set_overrides(&self, services: Vec<ServiceConfig>) {
+        if let Ok(mut o) = self.overrides.lock() {
+            *o = services;
+        }
+        self.rebuild();
+    }
+
+    pub fn set_discovered(&self, discovered: Discovered) {
+        if let Ok(mut d) = self.discovered.lock() {
+            *d = discovered;
+        }
+        self.rebuild();
+    }
+
+    fn rebuild(&self) {
+        let (Ok(overrides), Ok(discovered)) = (self.overrides.lock(), self.discovered.lock())
+        else {
+            return;
+        };
+        let mut services: Vec<ServiceConfig> = self
+            .file_services
+            .iter()
+            .filter(|f| !overrides.iter().any(|o| o.name == f.name))
+            .cloned()
+            .collect();
+        services.extend(overrides.iter().cloned());
+        let table = RouteTable::rebuild(
+            &services,
+            &self.metrics,
+            Some(&self.routes.load()),
+            &discovered,
+        );
+        self.routes.store(table);
+        self.metrics.discovery.rebuilds.inc();
+    }
+}
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Validated `[kubernetes]` settings.
@@ -23,6 +94,8 @@ pub struct KubeSettings {
     /// The autoscaler's Lease.
     pub lease: crate::autoscale::lease::LeaseSettings,
     pub autoscale_refresh: std::time::Duration,
+    /// A ConfigMap (key `services.toml`) with `[[services]]` tables, watched.
+    pub services_configmap: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

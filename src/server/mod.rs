@@ -360,14 +360,11 @@ fn spawn_kube_watchers(
     let (routes, metrics) = (app.routes.clone(), app.metrics.clone());
     let certs = app.certs.clone();
     let secrets = certs.as_ref().map(|c| c.secret_slots()).unwrap_or_default();
-    let discovery = kube.discovery.then(|| {
-        (
-            kube.namespace.clone(),
-            app.services.clone(),
-            app.routes.clone(),
-            app.metrics.clone(),
-        )
-    });
+    let sources = Arc::new(crate::discovery::RouteSources::new(
+        app.services.clone(),
+        app.routes.clone(),
+        app.metrics.clone(),
+    ));
     tokio::spawn(async move {
         let client = loop {
             match kube.client().await {
@@ -412,9 +409,24 @@ fn spawn_kube_watchers(
             stop.clone(),
         );
         tokio::spawn(run);
-        if let Some((ns, services, routes, metrics)) = discovery {
+        if let Some(cm) = kube.services_configmap.clone() {
+            let ns = kube.namespace.clone().unwrap_or_else(|| "default".into());
+            let w = crate::discovery::services::watch(
+                client.clone(),
+                ns,
+                cm,
+                kube.discovery,
+                sources.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(w);
+        }
+        if kube.discovery {
             tokio::spawn(crate::discovery::endpoints::run(
-                client, ns, services, routes, metrics, stop,
+                client,
+                kube.namespace.clone(),
+                sources,
+                stop,
             ));
         }
     });
