@@ -57,6 +57,11 @@ impl Auth {
     pub fn from_config(c: &AuthConfig) -> Self {
         match c {
             AuthConfig::None => Auth::None,
+            // Keys not read yet: an empty key never matches a presented (non-empty) one.
+            AuthConfig::SecretRef { .. } => Auth::Key {
+                primary: Vec::new(),
+                secondary: None,
+            },
             AuthConfig::Key { primary, secondary } => Auth::Key {
                 primary: primary.as_bytes().to_vec(),
                 secondary: secondary.as_ref().map(|s| s.as_bytes().to_vec()),

@@ -113,13 +113,18 @@ pub enum AuthConfig {
         secondary: Option<String>,
     },
     Token(TokenConfig),
+    /// Key auth with the keys in a Kubernetes Secret (`primary`, `secondary`); until they are
+    /// read, every key is refused.
+    SecretRef {
+        name: String,
+    },
 }
 
 impl AuthConfig {
     pub fn mode(&self) -> &'static str {
         match self {
             AuthConfig::None => "none",
-            AuthConfig::Key { .. } => "key",
+            AuthConfig::Key { .. } | AuthConfig::SecretRef { .. } => "key",
             AuthConfig::Token(_) => "token",
         }
     }

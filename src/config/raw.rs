@@ -132,6 +132,8 @@ pub struct RawService {
     pub token_auth_enabled: Option<bool>,
     pub primary_key: Option<String>,
     pub secondary_key: Option<String>,
+    /// A Secret (in the `[kubernetes]` namespace) with keys `primary` and `secondary`.
+    pub auth_secret: Option<String>,
     pub token: Option<RawToken>,
     pub scoring_timeout_ms: Option<u64>,
     pub replica_max_concurrent_requests: Option<u64>,

@@ -664,11 +664,26 @@ fn auth(s: &RawService, field: &str, base: &Path, errs: &mut Errors) -> AuthConf
             );
         }
     };
+    if key_auth && let Some(name) = &s.auth_secret {
+        if s.primary_key.is_some() || s.secondary_key.is_some() {
+            errs.push(
+                format!("{field}.auth_secret"),
+                "keys come either from auth_secret or from primary_key/secondary_key, not both",
+            );
+        }
+        return AuthConfig::SecretRef { name: name.clone() };
+    }
+    if s.auth_secret.is_some() {
+        errs.push(
+            format!("{field}.auth_secret"),
+            "is only used with key auth (auth_enabled)",
+        );
+    }
     if key_auth {
         let Some(primary) = s.primary_key.clone() else {
             errs.push(
                 format!("{field}.primary_key"),
-                "auth_enabled (the default) needs a primary_key; set one, or set auth_enabled = false",
+                "auth_enabled (the default) needs a primary_key (or auth_secret = \"<Secret name>\"); set one, or set auth_enabled = false",
             );
             return AuthConfig::None;
         };

@@ -1,8 +1,11 @@
 //! The gateway inside a cluster: a kube client (in-cluster config in a pod, a kubeconfig
 //! elsewhere) and the watchers that feed the snapshots: scoring replicas from EndpointSlices
-//! ([`endpoints`]) and the TLS Secret ([`secret`]).
+//! ([`endpoints`]), per-service settings from a ConfigMap ([`services`]), service keys from
+//! Secrets ([`keys`]) and the TLS Secret ([`secret`]). [`RouteSources`] is the one place where
+//! their inputs become a new route table.
 
 pub mod endpoints;
+pub mod keys;
 pub mod secret;
 pub mod services;
 
@@ -11,8 +14,12 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 
 use kube::Client;
+use kube::config::{KubeConfigOptions, Kubeconfig};
 
-use crate::config::ServiceConfig;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use crate::config::{AuthConfig, ServiceConfig};
 use crate::metrics::Metrics;
 use crate::routing::{Discovered, RouteHandle, RouteTable};
 
@@ -23,8 +30,28 @@ pub struct RouteSources {
     file_services: Vec<ServiceConfig>,
     overrides: Mutex<Vec<ServiceConfig>>,
     discovered: Mutex<Discovered>,
+    /// Keys read from `auth_secret` Secrets, by Secret name.
+    keys: Mutex<HashMap<String, (String, Option<String>)>>,
+    /// Where key Secrets are watched from, once a client exists; names already watched.
+    key_watch: Mutex<Option<KeyWatch>>,
     routes: RouteHandle,
     metrics: Metrics,
+}
+
+struct KeyWatch {
+    client: Client,
+    namespace: String,
+    stop: tokio::sync::watch::Receiver<bool>,
+    watched: std::collections::HashSet<String>,
+}
+
+impl std::fmt::Debug for KeyWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KeyWatch")
+            .field("namespace", &self.namespace)
+            .field("watched", &self.watched)
+            .finish()
+    }
 }
 
 impl RouteSources {
@@ -33,6 +60,8 @@ impl RouteSources {
             file_services,
             overrides: Mutex::new(Vec::new()),
             discovered: Mutex::new(Discovered::new()),
+            keys: Mutex::new(HashMap::new()),
+            key_watch: Mutex::new(None),
             routes,
             metrics,
         }
@@ -43,23 +72,52 @@ impl RouteSources {
     }
 
     /// Services from the ConfigMap: they replace file services of the same name and add others.
-    pub fn set_overrides(&self, services: Vec<ServiceConfig>) {
+    pub fn set_overrides(self: &Arc<Self>, services: Vec<ServiceConfig>) {
         if let Ok(mut o) = self.overrides.lock() {
             *o = services;
         }
         self.rebuild();
     }
 
-    pub fn set_discovered(&self, discovered: Discovered) {
+    pub fn set_discovered(self: &Arc<Self>, discovered: Discovered) {
         if let Ok(mut d) = self.discovered.lock() {
             *d = discovered;
         }
         self.rebuild();
     }
 
-    fn rebuild(&self) {
-        let (Ok(overrides), Ok(discovered)) = (self.overrides.lock(), self.discovered.lock())
-        else {
+    /// Keys read from the Secret `name`.
+    pub fn set_keys(self: &Arc<Self>, name: &str, keys: (String, Option<String>)) {
+        if let Ok(mut k) = self.keys.lock() {
+            k.insert(name.to_string(), keys);
+        }
+        self.rebuild();
+    }
+
+    /// Watch key Secrets (in `namespace`) for every `auth_secret`, now and as services change.
+    pub fn watch_keys(
+        self: &Arc<Self>,
+        client: Client,
+        namespace: String,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) {
+        if let Ok(mut w) = self.key_watch.lock() {
+            *w = Some(KeyWatch {
+                client,
+                namespace,
+                stop,
+                watched: Default::default(),
+            });
+        }
+        self.rebuild();
+    }
+
+    fn rebuild(self: &Arc<Self>) {
+        let (Ok(overrides), Ok(discovered), Ok(keys)) = (
+            self.overrides.lock(),
+            self.discovered.lock(),
+            self.keys.lock(),
+        ) else {
             return;
         };
         let mut services: Vec<ServiceConfig> = self
@@ -69,6 +127,18 @@ impl RouteSources {
             .cloned()
             .collect();
         services.extend(overrides.iter().cloned());
+        let mut wanted = Vec::new();
+        for s in &mut services {
+            if let AuthConfig::SecretRef { name } = &s.auth {
+                wanted.push(name.clone());
+                if let Some((primary, secondary)) = keys.get(name) {
+                    s.auth = AuthConfig::Key {
+                        primary: primary.clone(),
+                        secondary: secondary.clone(),
+                    };
+                }
+            }
+        }
         let table = RouteTable::rebuild(
             &services,
             &self.metrics,
@@ -77,9 +147,25 @@ impl RouteSources {
         );
         self.routes.store(table);
         self.metrics.discovery.rebuilds.inc();
+        drop((overrides, discovered, keys));
+        if let Ok(mut guard) = self.key_watch.lock()
+            && let Some(w) = guard.as_mut()
+        {
+            for name in wanted {
+                if w.watched.insert(name.clone()) {
+                    let task = keys::watch(
+                        w.client.clone(),
+                        w.namespace.clone(),
+                        name,
+                        self.clone(),
+                        w.stop.clone(),
+                    );
+                    tokio::spawn(task);
+                }
+            }
+        }
     }
 }
-use kube::config::{KubeConfigOptions, Kubeconfig};
 
 /// Validated `[kubernetes]` settings.
 #[derive(Debug, Clone)]

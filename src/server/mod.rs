@@ -409,6 +409,8 @@ fn spawn_kube_watchers(
             stop.clone(),
         );
         tokio::spawn(run);
+        let ns = kube.namespace.clone().unwrap_or_else(|| "default".into());
+        sources.watch_keys(client.clone(), ns, stop.clone());
         if let Some(cm) = kube.services_configmap.clone() {
             let ns = kube.namespace.clone().unwrap_or_else(|| "default".into());
             let w = crate::discovery::services::watch(
