@@ -230,27 +230,24 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
 
 /// Parse and validate configuration text; `base` resolves relative file paths.
 pub fn from_toml(text: &str, base: &Path) -> Result<Config, ConfigErrors> {
-    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| {
-        let field = e
-            .span()
-            .map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1))
-            .unwrap_or_else(|| "file".to_string());
-        ConfigErrors::one(field, e.message().trim().to_string())
-    })?;
+    let raw: raw::RawConfig = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
     validate(raw, base)
 }
 
 /// Validate `[[services]]` tables on their own (the services ConfigMap). Relative paths (token
 /// public keys) are not allowed to leave the process's working directory assumptions: use absolute ones.
 pub fn services_from_toml(text: &str, discovery: bool) -> Result<Vec<ServiceConfig>, ConfigErrors> {
-    let raw: raw::RawServices = toml::from_str(text).map_err(|e| {
-        let field = e
-            .span()
-            .map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1))
-            .unwrap_or_else(|| "services.toml".to_string());
-        ConfigErrors::one(field, e.message().trim().to_string())
-    })?;
+    let raw: raw::RawServices = toml::from_str(text).map_err(|e| toml_error(text, &e))?;
     validate::services_only(&raw.services, discovery)
+}
+
+/// A TOML syntax or schema error, located by line.
+fn toml_error(text: &str, e: &toml::de::Error) -> ConfigErrors {
+    let field = e
+        .span()
+        .map(|s| format!("line {}", text[..s.start].matches('\n').count() + 1))
+        .unwrap_or_else(|| "file".to_string());
+    ConfigErrors::one(field, e.message().trim().to_string())
 }
 
 mod millis {

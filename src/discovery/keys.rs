@@ -5,14 +5,11 @@
 
 use std::sync::Arc;
 
-use futures_util::StreamExt;
 use k8s_openapi::api::core::v1::Secret;
-use kube::runtime::WatchStreamExt;
-use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
 use tokio::sync::watch;
 
-use super::RouteSources;
+use super::{Named, RouteSources, watch_named};
 
 /// Keys shorter than this are refused (the config file's rule).
 const MIN_KEY_LEN: usize = 16;
@@ -48,37 +45,28 @@ pub async fn watch(
     namespace: String,
     name: String,
     sources: Arc<RouteSources>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
-    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
-    let stream = watcher::watcher(api, cfg).default_backoff();
-    futures_util::pin_mut!(stream);
     let reloads = sources.metrics().discovery.config_reloads.clone();
-    loop {
-        let event = tokio::select! {
-            e = stream.next() => match e { Some(e) => e, None => return },
-            _ = stop.wait_for(|s| *s) => return,
-        };
-        match event {
-            Ok(Event::Apply(s) | Event::InitApply(s)) => match keys(&s) {
-                Ok(k) => {
-                    reloads.with_label_values(&["key_secret", "ok"]).inc();
-                    tracing::info!(%namespace, secret = %name, "service keys loaded");
-                    sources.set_keys(&name, k);
-                }
-                Err(why) => {
-                    reloads.with_label_values(&["key_secret", "rejected"]).inc();
-                    tracing::warn!(%namespace, secret = %name, error = %why, "key Secret refused; the last good keys stay");
-                }
-            },
-            Ok(Event::Delete(_)) => {
-                tracing::warn!(%namespace, secret = %name, "key Secret deleted; the last good keys stay");
+    watch_named(api, &name.clone(), stop, |event| match event {
+        Named::Applied(s) => match keys(&s) {
+            Ok(k) => {
+                reloads.with_label_values(&["key_secret", "ok"]).inc();
+                tracing::info!(%namespace, secret = %name, "service keys loaded");
+                sources.set_keys(&name, k);
             }
-            Ok(Event::Init | Event::InitDone) => {}
-            Err(e) => {
-                tracing::warn!(error = %e, secret = %name, "watching a key Secret failed; retrying with backoff")
+            Err(why) => {
+                reloads.with_label_values(&["key_secret", "rejected"]).inc();
+                tracing::warn!(%namespace, secret = %name, error = %why, "key Secret refused; the last good keys stay");
             }
+        },
+        Named::Deleted => {
+            tracing::warn!(%namespace, secret = %name, "key Secret deleted; the last good keys stay")
         }
-    }
+        Named::Failed(e) => {
+            tracing::warn!(error = %e, secret = %name, "watching a key Secret failed; retrying with backoff")
+        }
+    })
+    .await;
 }

@@ -167,6 +167,59 @@ impl RouteSources {
     }
 }
 
+/// What happened to a watched named object.
+pub(crate) enum Named<K> {
+    /// Created or changed (each resourceVersion once).
+    Applied(K),
+    Deleted,
+    /// The watch failed; it is retried with kube's default backoff.
+    Failed(kube::runtime::watcher::Error),
+}
+
+/// Watch one object by name (`fieldSelector=metadata.name=<name>`, which RBAC `resourceNames`
+/// authorises) until `stop`, handing every change to `on`.
+pub(crate) async fn watch_named<K>(
+    api: kube::Api<K>,
+    name: &str,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+    mut on: impl FnMut(Named<K>),
+) where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
+{
+    use futures_util::StreamExt;
+    use kube::runtime::WatchStreamExt;
+    use kube::runtime::watcher::{self, Event};
+    let cfg = watcher::Config::default().fields(&format!("metadata.name={name}"));
+    let stream = watcher::watcher(api, cfg).default_backoff();
+    futures_util::pin_mut!(stream);
+    let mut last_version: Option<String> = None;
+    loop {
+        let event = tokio::select! {
+            e = stream.next() => match e {
+                Some(e) => e,
+                None => return,
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        };
+        match event {
+            Ok(Event::Apply(obj) | Event::InitApply(obj)) => {
+                let version = obj.meta().resource_version.clone();
+                if version.is_some() && version == last_version {
+                    continue;
+                }
+                last_version = version;
+                on(Named::Applied(obj));
+            }
+            Ok(Event::Delete(_)) => {
+                last_version = None;
+                on(Named::Deleted);
+            }
+            Ok(Event::Init | Event::InitDone) => {}
+            Err(e) => on(Named::Failed(e)),
+        }
+    }
+}
+
 /// Validated `[kubernetes]` settings.
 #[derive(Debug, Clone)]
 pub struct KubeSettings {
