@@ -21,18 +21,12 @@ fn main() -> ExitCode {
         .init();
     tls::install_default_provider();
 
-    let config = match &cli.command {
-        Command::Serve { config } | Command::Check { config } => match config::load(config) {
-            Ok(c) => Some(c),
-            Err(e) => {
-                eprintln!("{e}");
-                return ExitCode::from(EX_CONFIG);
-            }
-        },
-        Command::Demo { .. } | Command::SampleReplica { .. } => None,
-    };
-    let result = match (cli.command, config) {
-        (Command::Check { config: path }, Some(c)) => {
+    let result = match cli.command {
+        Command::Check { config: path } => {
+            let c = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return bad_config(&e),
+            };
             println!(
                 "{}: valid ({} service{}, {} certificate{})",
                 path.display(),
@@ -43,8 +37,15 @@ fn main() -> ExitCode {
             );
             Ok(())
         }
-        (Command::Serve { .. }, Some(c)) => runtime().and_then(|rt| rt.block_on(serve(c))),
-        (Command::SampleReplica { listen, name }, _) => runtime().and_then(|rt| {
+        Command::Serve { config: path } => {
+            // Parsed and validated in full before any port is bound.
+            let c = match config::load(&path) {
+                Ok(c) => c,
+                Err(e) => return bad_config(&e),
+            };
+            runtime().and_then(|rt| rt.block_on(serve(c)))
+        }
+        Command::SampleReplica { listen, name } => runtime().and_then(|rt| {
             rt.block_on(async {
                 let l = tokio::net::TcpListener::bind(listen)
                     .await
@@ -54,30 +55,24 @@ fn main() -> ExitCode {
                 Ok(())
             })
         }),
-        (
-            Command::Demo {
-                listen,
-                admin_listen,
-                key,
-                dir,
-            },
-            _,
-        ) => runtime().and_then(|rt| {
+        Command::Demo {
+            listen,
+            admin_listen,
+            key,
+            dir,
+        } => {
             let opts = demo::DemoOptions {
                 listen,
                 admin_listen,
                 key,
                 dir,
             };
-            match rt.block_on(demo::run(opts, shutdown::signal())) {
-                Err(demo::DemoError::Config(e)) => {
-                    eprintln!("{e}");
-                    std::process::exit(i32::from(EX_CONFIG));
-                }
-                other => other.context("demo failed"),
+            match runtime().map(|rt| rt.block_on(demo::run(opts, shutdown::signal()))) {
+                Ok(Err(demo::DemoError::Config(e))) => return bad_config(&e),
+                Ok(other) => other.context("demo failed"),
+                Err(e) => Err(e),
             }
-        }),
-        _ => Ok(()),
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -86,6 +81,11 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn bad_config(e: &config::ConfigErrors) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::from(EX_CONFIG)
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {

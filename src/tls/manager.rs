@@ -161,23 +161,29 @@ impl CertManager {
             .unwrap_or(false)
     }
 
-    /// The Secret-backed slots: (slot, namespace, name).
-    pub fn secret_slots(&self) -> Vec<(usize, String, String)> {
+    /// `(slot, pick(source))` for every slot whose source `pick` selects.
+    fn slots_from<T>(&self, pick: impl Fn(&CertSource) -> Option<T>) -> Vec<(usize, T)> {
         self.slots
             .lock()
             .map(|slots| {
                 slots
                     .iter()
                     .enumerate()
-                    .filter_map(|(i, s)| match &s.cfg.source {
-                        CertSource::Secret { namespace, name } => {
-                            Some((i, namespace.clone(), name.clone()))
-                        }
-                        _ => None,
-                    })
+                    .filter_map(|(i, s)| pick(&s.cfg.source).map(|t| (i, t)))
                     .collect()
             })
             .unwrap_or_default()
+    }
+
+    /// The Secret-backed slots: (slot, namespace, name).
+    pub fn secret_slots(&self) -> Vec<(usize, String, String)> {
+        self.slots_from(|src| match src {
+            CertSource::Secret { namespace, name } => Some((namespace.clone(), name.clone())),
+            _ => None,
+        })
+        .into_iter()
+        .map(|(i, (ns, name))| (i, ns, name))
+        .collect()
     }
 
     /// Whether slot `slot` currently serves the certificate with this fingerprint.
@@ -232,19 +238,13 @@ impl CertManager {
     }
 
     fn file_slots(&self) -> Vec<(usize, PathBuf, PathBuf)> {
-        self.slots
-            .lock()
-            .map(|slots| {
-                slots
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, s)| match &s.cfg.source {
-                        CertSource::Files { cert, key } => Some((i, cert.clone(), key.clone())),
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
+        self.slots_from(|src| match src {
+            CertSource::Files { cert, key } => Some((cert.clone(), key.clone())),
+            _ => None,
+        })
+        .into_iter()
+        .map(|(i, (cert, key))| (i, cert, key))
+        .collect()
     }
 
     /// Poll every file-backed slot until `stop` turns true.
