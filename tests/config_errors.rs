@@ -420,3 +420,37 @@ fn acme_settings_are_validated() {
         assert!(err.contains(message), "expected {message:?} in:\n{err}");
     }
 }
+
+#[test]
+fn kubernetes_backed_settings_need_a_kubernetes_table() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let service = |extra: &str| {
+        format!(
+            "[listen]\nhttp = \"127.0.0.1:0\"\n\n[[services]]\nname = \"iris\"\n{extra}\n\n[[services.versions]]\nname = \"blue\"\nreplicas = [\"127.0.0.1:9\"]\n"
+        )
+    };
+    let (code, err) = run_serve(dir.path(), &service("auth_secret = \"iris-keys\""));
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("kubernetes: services with auth_secret"),
+        "{err}"
+    );
+    let (code, err) = run_serve(
+        dir.path(),
+        &service("auth_secret = \"iris-keys\"\nprimary_key = \"0123456789abcdef0\""),
+    );
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("services[0].auth_secret: keys come either from auth_secret"),
+        "{err}"
+    );
+    let autoscaled = service("primary_key = \"0123456789abcdef0\"")
+        + "\n[services.versions.autoscale]\ndeployment = \"iris-blue\"\nmax_replicas = 0\n";
+    let (code, err) = run_serve(dir.path(), &autoscaled);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(
+        err.contains("kubernetes: versions with [services.versions.autoscale]"),
+        "{err}"
+    );
+    assert!(err.contains("max_replicas: 0 is out of range"), "{err}");
+}
