@@ -93,27 +93,12 @@ async fn keys_rotate_through_the_secret_without_restart() {
 
     // A weak key is refused; the last good keys stay.
     put(&secrets, "short", None).await;
-    let t = Instant::now();
-    loop {
-        let m = reqwest::get(gw.admin_url("/metrics"))
-            .await
-            .expect("m")
-            .text()
-            .await
-            .expect("t");
-        if counter(
-            &m,
-            r#"scoregate_config_reloads_total{result="rejected",source="key_secret"}"#,
-        ) >= 1
-        {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "weak key not refused"
-        );
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
+    gw.wait_metric(
+        r#"scoregate_config_reloads_total{result="rejected",source="key_secret"}"#,
+        1,
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(post(&c, &url, Some(NEW), ROWS).await.status(), 200);
     expect_error(
         post(&c, &url, Some("short"), ROWS).await,

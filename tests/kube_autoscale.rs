@@ -243,27 +243,12 @@ async fn load_scales_up_at_once_down_after_the_window_with_one_leader() {
         .expect("hpa");
     let stop = Arc::new(AtomicBool::new(false));
     let tasks = load(&pki, gw_b.https("/api/v1/service/iris/score"), stop.clone());
-    let t = Instant::now();
-    loop {
-        let m = reqwest::get(gw_b.admin_url("/metrics"))
-            .await
-            .expect("m")
-            .text()
-            .await
-            .expect("t");
-        if counter(
-            &m,
-            r#"scoregate_autoscale_blocked_total{reason="hpa",service="iris",version="blue"}"#,
-        ) >= 3
-        {
-            break;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(15),
-            "HPA not detected: {m}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    gw_b.wait_metric(
+        r#"scoregate_autoscale_blocked_total{reason="hpa",service="iris",version="blue"}"#,
+        3,
+        Duration::from_secs(15),
+    )
+    .await;
     assert_eq!(
         replicas(&deployments, "iris-blue").await,
         1,

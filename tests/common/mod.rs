@@ -133,6 +133,34 @@ impl TestGateway {
     }
 }
 
+impl TestGateway {
+    /// The admin port's `/metrics` text.
+    pub async fn metrics(&self) -> String {
+        reqwest::get(self.admin_url("/metrics"))
+            .await
+            .expect("metrics")
+            .text()
+            .await
+            .expect("text")
+    }
+
+    /// Wait (bounded by `within`) until the series reaches `at_least`.
+    pub async fn wait_metric(&self, series: &str, at_least: u64, within: Duration) {
+        let t = std::time::Instant::now();
+        loop {
+            let m = self.metrics().await;
+            if counter(&m, series) >= at_least {
+                return;
+            }
+            assert!(
+                t.elapsed() < within,
+                "{series} did not reach {at_least} within {within:?}:\n{m}"
+            );
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+    }
+}
+
 impl Drop for TestGateway {
     fn drop(&mut self) {
         if let Some(t) = &self.task {
