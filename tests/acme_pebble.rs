@@ -235,25 +235,45 @@ fn mode(path: &Path) -> u32 {
         & 0o777
 }
 
+/// Pebble and the configuration of a gateway that orders from it, on free ports.
+struct Bed {
+    pebble: Pebble,
+    state: tempfile::TempDir,
+    tls: u16,
+    toml: String,
+}
+
+impl Bed {
+    /// `dead_validator`: pebble's HTTP-01 validator connects where nothing answers.
+    async fn new(real_validation: bool, dead_validator: bool, acme_extra: &str) -> Bed {
+        let (tls, http) = (free_port(), free_port());
+        let validator = if dead_validator { free_port() } else { http };
+        let pebble = Pebble::start(validator, tls, real_validation).await;
+        let state = tempfile::tempdir().expect("state");
+        let toml = gateway_toml(tls, http, &pebble, state.path(), acme_extra);
+        Bed {
+            pebble,
+            state,
+            tls,
+            toml,
+        }
+    }
+
+    /// Start the gateway and wait for its first pebble certificate; prints how long it took.
+    async fn first_issue(&self, what: &str) -> (TestGateway, serde_json::Value) {
+        let started = Instant::now();
+        let gw = TestGateway::start(&self.toml).await;
+        let issued = wait_issued(&gw, None, Duration::from_secs(60)).await;
+        println!("ACME issuance ({what}): {:?}", started.elapsed());
+        (gw, issued)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_from_pebble_and_serves_a_chain_to_its_root() {
-    let (tls, http) = (free_port(), free_port());
-    let pebble = Pebble::start(http, tls, false).await;
-    let state = tempfile::tempdir().expect("state");
-    let toml = gateway_toml(
-        tls,
-        http,
-        &pebble,
-        state.path(),
-        r#"names = ["iris.scoregate.test"]"#,
-    );
-    let started = Instant::now();
-    let gw = TestGateway::start(&toml).await;
-    let issued = wait_issued(&gw, None, Duration::from_secs(60)).await;
-    println!(
-        "ACME issuance (validation skipped): {:?}",
-        started.elapsed()
-    );
+    let bed = Bed::new(false, false, r#"names = ["iris.scoregate.test"]"#).await;
+    let (pebble, state, tls, toml) = (&bed.pebble, &bed.state, bed.tls, &bed.toml);
+    let (gw, issued) = bed.first_issue("validation skipped").await;
     assert_eq!(issued["names"][0], "iris.scoregate.test");
     assert_eq!(issued["source"], "acme");
     let root = pebble.issuing_root().await;
@@ -266,7 +286,7 @@ async fn issues_from_pebble_and_serves_a_chain_to_its_root() {
 
     // A restart serves the stored certificate at once and reuses the stored account.
     let account = std::fs::read(state.path().join("account.json")).expect("account");
-    let gw = TestGateway::start(&toml).await;
+    let gw = TestGateway::start(toml).await;
     let s = certificates(&gw).await;
     assert_eq!(
         s["certificates"][0]["fingerprint_sha256"],
@@ -281,21 +301,10 @@ async fn issues_from_pebble_and_serves_a_chain_to_its_root() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_http01_validation_renewal_and_stable_leaf_domain_name() {
-    let (tls, http) = (free_port(), free_port());
-    let pebble = Pebble::start(http, tls, true).await;
-    let state = tempfile::tempdir().expect("state");
     // renew_fraction = 1: every certificate is due at once, so renewal follows the first order.
-    let toml = gateway_toml(
-        tls,
-        http,
-        &pebble,
-        state.path(),
-        "leaf_domain_label = \"myiris\"\nregion = \"westeurope\"\nrenew_fraction = 1.0",
-    );
-    let started = Instant::now();
-    let gw = TestGateway::start(&toml).await;
-    let first = wait_issued(&gw, None, Duration::from_secs(60)).await;
-    println!("ACME issuance with real HTTP-01: {:?}", started.elapsed());
+    let extra = "leaf_domain_label = \"myiris\"\nregion = \"westeurope\"\nrenew_fraction = 1.0";
+    let bed = Bed::new(true, false, extra).await;
+    let (gw, first) = bed.first_issue("real HTTP-01").await;
     let name = first["names"][0].as_str().expect("name").to_string();
     assert!(
         name.starts_with("myiris") && name.ends_with(".westeurope.cloudapp.azure.com"),
@@ -314,11 +323,11 @@ async fn real_http01_validation_renewal_and_stable_leaf_domain_name() {
         name.as_str(),
         "renewal keeps the leaf domain name"
     );
-    let root = pebble.issuing_root().await;
-    verify_with_root(&root, &name, tls).await;
+    let root = bed.pebble.issuing_root().await;
+    verify_with_root(&root, &name, bed.tls).await;
     gw.stop().await;
     // And a restart keeps it too.
-    let gw = TestGateway::start(&toml).await;
+    let gw = TestGateway::start(&bed.toml).await;
     assert_eq!(
         certificates(&gw).await["certificates"][0]["name"],
         name.as_str()
@@ -328,26 +337,12 @@ async fn real_http01_validation_renewal_and_stable_leaf_domain_name() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn real_tls_alpn01_validation() {
-    let (tls, http) = (free_port(), free_port());
-    let pebble = Pebble::start(http, tls, true).await;
-    let state = tempfile::tempdir().expect("state");
-    let toml = gateway_toml(
-        tls,
-        http,
-        &pebble,
-        state.path(),
-        "names = [\"alpn.scoregate.test\"]\nchallenge = \"tls-alpn-01\"",
-    );
-    let started = Instant::now();
-    let gw = TestGateway::start(&toml).await;
-    let issued = wait_issued(&gw, None, Duration::from_secs(60)).await;
-    println!(
-        "ACME issuance with real TLS-ALPN-01: {:?}",
-        started.elapsed()
-    );
-    let root = pebble.issuing_root().await;
+    let extra = "names = [\"alpn.scoregate.test\"]\nchallenge = \"tls-alpn-01\"";
+    let bed = Bed::new(true, false, extra).await;
+    let (gw, issued) = bed.first_issue("real TLS-ALPN-01").await;
+    let root = bed.pebble.issuing_root().await;
     assert_eq!(
-        verify_with_root(&root, "alpn.scoregate.test", tls).await,
+        verify_with_root(&root, "alpn.scoregate.test", bed.tls).await,
         issued["fingerprint_sha256"].as_str().expect("fp")
     );
     gw.stop().await;
@@ -355,18 +350,9 @@ async fn real_tls_alpn01_validation() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failed_orders_retry_with_backoff_and_keep_the_current_certificate() {
-    let (tls, http) = (free_port(), free_port());
     // Pebble validates HTTP-01 on a port where nothing answers: every order fails.
-    let pebble = Pebble::start(free_port(), tls, true).await;
-    let state = tempfile::tempdir().expect("state");
-    let toml = gateway_toml(
-        tls,
-        http,
-        &pebble,
-        state.path(),
-        r#"names = ["fail.scoregate.test"]"#,
-    );
-    let gw = TestGateway::start(&toml).await;
+    let bed = Bed::new(true, true, r#"names = ["fail.scoregate.test"]"#).await;
+    let gw = TestGateway::start(&bed.toml).await;
     let before = certificates(&gw).await["certificates"][0]["fingerprint_sha256"]
         .as_str()
         .expect("fp")

@@ -10,7 +10,6 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort, EndpointSlice};
 use kube::api::{Api, DeleteParams, ObjectMeta, PostParams};
 
@@ -101,18 +100,7 @@ async fn tally(c: &reqwest::Client, url: &str, n: usize) -> HashMap<String, usiz
 async fn endpoint_slices_drive_routes_without_restart_and_survive_an_api_outage() {
     let tb = Testbed::start();
     let kube = tb.client().await;
-    let namespaces: Api<Namespace> = Api::all(kube.clone());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NS.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    tb.kubectl(&["create", "namespace", NS]);
     let slices: Api<EndpointSlice> = Api::namespaced(kube.clone(), NS);
 
     // Replicas on a test host of our own: the API server refuses loopback endpoint addresses.

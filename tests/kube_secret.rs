@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{Namespace, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use scoregate::tls::DevCa;
 
@@ -61,18 +61,7 @@ async fn wait_fingerprint(ca: &str, url: &str, want: &str) -> Duration {
 async fn secret_updates_rotate_with_no_failed_request_and_bad_secrets_are_refused() {
     let tb = Testbed::start();
     let kube = tb.client().await;
-    let namespaces: Api<Namespace> = Api::all(kube.clone());
-    let ns = Namespace {
-        metadata: ObjectMeta {
-            name: Some(NS.into()),
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    namespaces
-        .create(&PostParams::default(), &ns)
-        .await
-        .expect("namespace");
+    tb.kubectl(&["create", "namespace", NS]);
     let secrets: Api<Secret> = Api::namespaced(kube.clone(), NS);
 
     let ca = DevCa::new("secret test CA").expect("ca");

@@ -83,10 +83,6 @@ impl Gateway {
         Some(r)
     }
 
-    pub fn routes(&self) -> &RouteHandle {
-        &self.routes
-    }
-
     pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
         let rid = headers::request_id(req.headers());

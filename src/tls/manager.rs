@@ -71,7 +71,7 @@ pub struct CertManager {
 impl CertManager {
     /// `None` when no certificate is configured.
     pub fn new(slots: Vec<SlotConfig>, metrics: CertMetrics) -> Option<Arc<Self>> {
-        let store = CertStore::new(slots.iter().map(|s| s.initial.clone()).collect())?;
+        let store = CertStore::new(slots.iter().map(|s| &s.initial))?;
         let now = SystemTime::now();
         let slots: Vec<Slot> = slots
             .into_iter()
@@ -124,9 +124,7 @@ impl CertManager {
                 self.metrics.served(&s.cfg.name, Some(&old), &s.current);
                 let fingerprint = s.current.fingerprint_sha256.clone();
                 let name = s.cfg.name.clone();
-                if let Some(store) =
-                    CertStore::new(slots.iter().map(|s| s.current.clone()).collect())
-                {
+                if let Some(store) = CertStore::new(slots.iter().map(|s| &s.current)) {
                     self.handle.store(store);
                 }
                 self.metrics.reload(source, "ok");

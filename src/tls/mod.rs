@@ -40,16 +40,17 @@ pub struct CertStore {
     exact: HashMap<String, Arc<CertifiedKey>>,
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Arc<CertifiedKey>,
-    certs: Vec<LoadedCert>,
 }
 
 impl CertStore {
     /// Build a store; the first certificate is the default for clients without a matching SNI.
     /// `None` for an empty list.
-    pub fn new(certs: Vec<LoadedCert>) -> Option<Self> {
+    pub fn new<'a>(certs: impl IntoIterator<Item = &'a LoadedCert>) -> Option<Self> {
         let mut exact = HashMap::new();
         let mut wildcard = HashMap::new();
-        for c in &certs {
+        let mut default = None;
+        for c in certs {
+            default.get_or_insert_with(|| c.key.clone());
             for name in &c.names {
                 let name = name.to_ascii_lowercase();
                 if let Some(suffix) = name.strip_prefix("*.") {
@@ -61,12 +62,10 @@ impl CertStore {
                 }
             }
         }
-        let default = certs.first()?.key.clone();
         Some(CertStore {
             exact,
             wildcard,
-            default,
-            certs,
+            default: default?,
         })
     }
 
@@ -85,10 +84,6 @@ impl CertStore {
         }
         self.default.clone()
     }
-
-    pub fn certificates(&self) -> &[LoadedCert] {
-        &self.certs
-    }
 }
 
 /// The swappable cell holding the served certificates.
@@ -103,10 +98,6 @@ impl CertHandle {
     /// Replace the served certificates; handshakes after this see the new store.
     pub fn store(&self, store: CertStore) {
         self.0.store(Arc::new(store));
-    }
-
-    pub fn load(&self) -> Arc<CertStore> {
-        self.0.load_full()
     }
 }
 
