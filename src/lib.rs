@@ -20,6 +20,8 @@
 //! - [`metrics`] — the Prometheus registry and pre-resolved handles.
 //! - [`demo`] — `scoregate demo` and its sample model replica.
 //! - [`shutdown`] — SIGTERM/SIGINT.
+//! - [`control`] — attach/detach/update/status and the certificate lifecycle of a cluster
+//!   (server-side apply, marker, workspace registry).
 //! - [`cli`] — the command line.
 
 pub mod acme;
@@ -28,6 +30,7 @@ pub mod auth;
 pub mod autoscale;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod discovery;
 pub mod fsutil;

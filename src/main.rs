@@ -5,8 +5,8 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use scoregate::cli::{Cli, Command};
-use scoregate::{config, demo, server, shutdown, tls};
+use scoregate::cli::{CertCommand, Cli, Command};
+use scoregate::{config, control, demo, server, shutdown, tls};
 
 const EX_CONFIG: u8 = 64;
 
@@ -23,6 +23,43 @@ fn main() -> ExitCode {
     tls::install_default_provider();
 
     let result = match cli.command {
+        Command::Attach(a) => {
+            let env = a.common.env();
+            let opts = control::commands::AttachOptions {
+                compute: a.compute.clone(),
+                purpose: a.purpose.clone(),
+                load_balancer: a.load_balancer.clone(),
+                subnet: a.subnet.clone(),
+                tls: a.tls.options(),
+                namespace: a.namespace.clone(),
+                image: a.image.clone(),
+                wait: a.wait.wait(),
+            };
+            return run_control(a.common.output, control::commands::attach(opts, &env));
+        }
+        Command::Update(u) => {
+            let env = u.common.env();
+            let opts = control::commands::UpdateOptions {
+                compute: u.compute.clone(),
+                purpose: u.purpose.clone(),
+                load_balancer: u.load_balancer.clone(),
+                subnet: u.subnet.clone(),
+                tls: u.tls.options(),
+                image: u.image.clone(),
+                allow_public_plaintext: u.allow_public_plaintext,
+                wait: u.wait.wait(),
+            };
+            return run_control(u.common.output, control::commands::update(opts, &env));
+        }
+        Command::Detach { compute, common } => {
+            let env = common.env();
+            return run_control(common.output, control::commands::detach(&compute, &env));
+        }
+        Command::Status { compute, common } => {
+            let env = common.env();
+            return run_control(common.output, control::commands::status(&compute, &env));
+        }
+        Command::Cert(c) => return cert(c),
         Command::Check { config: path } => {
             let c = match config::load(&path) {
                 Ok(c) => c,
@@ -80,6 +117,77 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::FAILURE
+        }
+    }
+}
+
+fn cert(c: CertCommand) -> ExitCode {
+    use control::cert;
+    match c {
+        CertCommand::Set {
+            compute,
+            cert_pem_file,
+            key_pem_file,
+            common,
+        } => {
+            let env = common.env();
+            run_control(
+                common.output,
+                cert::set(&compute, &cert_pem_file, &key_pem_file, &env),
+            )
+        }
+        CertCommand::Export {
+            compute,
+            dir,
+            common,
+        } => {
+            let env = common.env();
+            run_control(common.output, cert::export(&compute, &dir, &env))
+        }
+        CertCommand::Status { compute, common } => {
+            let env = common.env();
+            run_control(common.output, cert::status(&compute, &env))
+        }
+        CertCommand::Renew { compute, common } => {
+            let env = common.env();
+            run_control(common.output, cert::renew(&compute, &env))
+        }
+        CertCommand::Disable {
+            compute,
+            allow_public_plaintext,
+            wait,
+            common,
+        } => {
+            let env = common.env();
+            run_control(
+                common.output,
+                cert::disable(&compute, allow_public_plaintext, wait.wait(), &env),
+            )
+        }
+    }
+}
+
+/// Run one control command; its result on stdout in `format`, errors on stderr. Exit 64 for
+/// bad options (nothing touched), 1 for refusals and failures.
+fn run_control(
+    format: control::output::Format,
+    fut: impl std::future::Future<Output = Result<serde_json::Value, control::ControlError>>,
+) -> ExitCode {
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(v) => {
+            print!("{}", control::output::render(&v, format));
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(e.exit_code())
         }
     }
 }

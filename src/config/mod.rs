@@ -3,7 +3,7 @@
 //! the allowed values, before any port is bound (`main` exits 64 on [`ConfigErrors`]).
 
 pub mod raw;
-mod validate;
+pub(crate) mod validate;
 
 use std::fmt;
 use std::net::SocketAddr;

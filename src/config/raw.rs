@@ -33,7 +33,9 @@ pub struct RawKubernetes {
     /// This replica's identity in the Lease (default: $POD_NAME, else the host name).
     pub identity: Option<String>,
     pub autoscale_refresh_ms: Option<u64>,
-    /// ConfigMap (in `namespace`, default "default") whose `services.toml` adds/overrides services.
+    /// Namespace of the services ConfigMap and key Secrets (default: `namespace`, else "default").
+    pub config_namespace: Option<String>,
+    /// ConfigMap (in `config_namespace`) whose `services.toml` adds/overrides services.
     pub services_configmap: Option<String>,
 }
 

@@ -241,6 +241,9 @@ pub struct KubeSettings {
     /// The autoscaler's Lease.
     pub lease: crate::autoscale::lease::LeaseSettings,
     pub autoscale_refresh: std::time::Duration,
+    /// Namespace of the services ConfigMap and the key Secrets (default: `namespace`, else
+    /// "default").
+    pub config_namespace: Option<String>,
     /// A ConfigMap (key `services.toml`) with `[[services]]` tables, watched.
     pub services_configmap: Option<String>,
 }

@@ -409,10 +409,15 @@ fn spawn_kube_watchers(
             stop.clone(),
         );
         tokio::spawn(run);
-        let ns = kube.namespace.clone().unwrap_or_else(|| "default".into());
+        let config_ns = kube
+            .config_namespace
+            .clone()
+            .or_else(|| kube.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let ns = config_ns.clone();
         sources.watch_keys(client.clone(), ns, stop.clone());
         if let Some(cm) = kube.services_configmap.clone() {
-            let ns = kube.namespace.clone().unwrap_or_else(|| "default".into());
+            let ns = config_ns.clone();
             let w = crate::discovery::services::watch(
                 client.clone(),
                 ns,

@@ -9,7 +9,7 @@ use super::raw::{RawConfig, RawLimits};
 use super::{Config, ConfigErrors, FieldError, Limits, Listen};
 
 mod services;
-mod tls;
+pub(crate) mod tls;
 
 use services::services;
 pub(super) use services::services_only;
@@ -241,6 +241,7 @@ fn kube_settings(
             )),
         },
         services_configmap: k.services_configmap.clone(),
+        config_namespace: k.config_namespace.clone(),
         autoscale_refresh: Duration::from_millis(errs.range(
             "kubernetes.autoscale_refresh_ms",
             k.autoscale_refresh_ms,

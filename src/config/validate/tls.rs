@@ -190,7 +190,7 @@ pub(super) fn tls_settings(
 
 /// Azure's DNS label rule for `leaf_domain_label`: lowercase letters, digits and '-', starting
 /// with a letter; with the 6 generated characters at most 63 characters.
-fn valid_dns_label(label: &str) -> bool {
+pub(crate) fn valid_dns_label(label: &str) -> bool {
     (1..=57).contains(&label.len())
         && label.starts_with(|c: char| c.is_ascii_lowercase())
         && label

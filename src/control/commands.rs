@@ -1,0 +1,440 @@
+//! `attach`, `detach`, `update` and `status`: check everything, then touch the cluster.
+
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+
+use serde_json::{Value, json};
+
+use super::cluster::{self, Cluster};
+use super::registry::{Entry, Workspace};
+use super::render;
+use super::spec::{self, ChosenTls, OptionError};
+use super::{Attachment, ControlError, Env, Purpose, TlsMode, TlsOptions, Wait};
+
+/// `scoregate attach` as options.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub compute: String,
+    pub purpose: Option<String>,
+    pub load_balancer: Option<String>,
+    pub subnet: Option<String>,
+    pub tls: TlsOptions,
+    pub namespace: Option<String>,
+    pub image: Option<String>,
+    pub wait: Wait,
+}
+
+/// `scoregate update` as options: only what is given changes.
+#[derive(Debug, Clone)]
+pub struct UpdateOptions {
+    pub compute: String,
+    pub purpose: Option<String>,
+    pub load_balancer: Option<String>,
+    pub subnet: Option<String>,
+    pub tls: TlsOptions,
+    pub image: Option<String>,
+    /// Allow plain HTTP behind a public load balancer.
+    pub allow_public_plaintext: bool,
+    pub wait: Wait,
+}
+
+fn refuse_options(errs: Vec<OptionError>) -> Result<(), ControlError> {
+    if errs.is_empty() {
+        Ok(())
+    } else {
+        Err(ControlError::Options(errs))
+    }
+}
+
+/// Plain HTTP in front of the internet sends scoring keys in clear text: refused unless asked.
+fn check_plaintext(a: &Attachment, allowed: bool, errs: &mut Vec<OptionError>) {
+    if a.tls == TlsMode::Disabled && a.load_balancer == spec::LoadBalancerType::PublicIp && !allowed
+    {
+        errs.push(OptionError {
+            field: "--no-ssl".into(),
+            message: "TLS can be turned off only behind an InternalLoadBalancer: on a PublicIp \
+                      endpoint scoring keys would cross the internet in clear text. Use \
+                      --load-balancer InternalLoadBalancer, or --allow-public-plaintext to do it anyway"
+                .into(),
+        });
+    }
+}
+
+async fn check_capacity(c: &Cluster, purpose: Purpose, env: &Env) -> Result<u64, ControlError> {
+    let (vcpus, nodes) = cluster::vcpus(c).await?;
+    match purpose {
+        Purpose::FastProd if vcpus < spec::FASTPROD_MIN_VCPUS => {
+            Err(ControlError::Refused(format!(
+                "Cluster purpose FastProd needs at least {} vCPUs; the cluster has {vcpus} on {nodes} \
+             schedulable node(s). Add nodes (e.g. 3 × 4-vCPU VMs), or attach with --purpose DevTest.",
+                spec::FASTPROD_MIN_VCPUS
+            )))
+        }
+        Purpose::DevTest if vcpus < spec::DEVTEST_MIN_VCPUS => {
+            env.step(format_args!(
+                "warning: DevTest is recommended with at least {} vCPUs; the cluster has {vcpus}",
+                spec::DEVTEST_MIN_VCPUS
+            ));
+            Ok(vcpus)
+        }
+        _ => Ok(vcpus),
+    }
+}
+
+/// The objects that must stay (the Secret of a custom mode stays even when not re-rendered).
+fn keep_set(a: &Attachment, objects: &[Value]) -> BTreeSet<String> {
+    let mut keep: BTreeSet<String> = objects.iter().map(cluster::describe).collect();
+    if matches!(a.tls, TlsMode::Custom { .. }) {
+        keep.insert(format!("Secret/{}/{}", a.namespace, render::TLS_SECRET));
+    }
+    keep
+}
+
+/// The scoring endpoint users call.
+pub fn endpoint(a: &Attachment, address: Option<&str>) -> String {
+    let host = a
+        .tls
+        .host()
+        .or_else(|| address.map(str::to_string))
+        .unwrap_or_else(|| "<load balancer address>".into());
+    let scheme = if a.tls == TlsMode::Disabled {
+        "http"
+    } else {
+        "https"
+    };
+    format!("{scheme}://{host}/api/v1/service/<service-name>/score")
+}
+
+fn report(a: &Attachment, workspace: &str, r: Option<&cluster::Rollout>) -> Value {
+    json!({
+        "compute": a.compute,
+        "workspace": workspace,
+        "namespace": a.namespace,
+        "purpose": a.purpose.as_str(),
+        "load_balancer": a.load_balancer.as_str(),
+        "subnet": a.subnet,
+        "tls": a.tls.label(),
+        "host": a.tls.host(),
+        "replicas_ready": r.map(|r| format!("{}/{}", r.ready, r.desired)),
+        "address": r.and_then(|r| r.address.clone()),
+        "endpoint": endpoint(a, r.and_then(|r| r.address.as_deref())),
+    })
+}
+
+async fn apply_and_wait(
+    c: &Cluster,
+    a: &Attachment,
+    pem: Option<&(Vec<u8>, Vec<u8>)>,
+    wait: Wait,
+    env: &Env,
+) -> Result<(Vec<String>, Vec<String>, Option<cluster::Rollout>), ControlError> {
+    let objects = render::objects(a, pem);
+    env.step(format_args!(
+        "[1/3] applying {} objects (field manager {})",
+        objects.len(),
+        render::MANAGER
+    ));
+    let applied = cluster::apply_all(c, &objects, env).await?;
+    let removed = cluster::prune(c, &a.compute, &a.namespace, &keep_set(a, &objects), env).await?;
+    cluster::write_marker(c, a).await?;
+    if !wait.enabled {
+        return Ok((applied, removed, None));
+    }
+    env.step("[2/3] waiting for the gateway replicas and [3/3] the load balancer address");
+    let r = cluster::wait_ready(c, &a.namespace, wait, env).await?;
+    Ok((applied, removed, Some(r)))
+}
+
+/// Attach a cluster: check options, the workspace, the cluster (version, capacity, marker),
+/// then apply, record and wait.
+pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> {
+    let mut errs: Vec<OptionError> = spec::compute_name_errors(&o.compute)
+        .into_iter()
+        .map(|message| OptionError {
+            field: "compute name".into(),
+            message,
+        })
+        .collect();
+    let purpose = match Purpose::parse(o.purpose.as_deref().unwrap_or("FastProd")) {
+        Ok(p) => Some(p),
+        Err(message) => {
+            errs.push(OptionError {
+                field: "--purpose".into(),
+                message,
+            });
+            None
+        }
+    };
+    let lb = spec::choose_load_balancer(
+        o.load_balancer.as_deref(),
+        o.subnet.as_deref(),
+        None,
+        &mut errs,
+    );
+    let tls = spec::choose_tls(&o.tls, None, &mut errs);
+    let namespace = o
+        .namespace
+        .clone()
+        .unwrap_or_else(|| render::DEFAULT_NAMESPACE.into());
+    if let Err(e) = crate::config::validate_service_name(&namespace) {
+        errs.push(OptionError {
+            field: "--namespace".into(),
+            message: format!("{namespace:?} is not a namespace name: {e}"),
+        });
+    }
+    let mut ws = Workspace::load(&env.workspace)?;
+    let (Some(purpose), Some((load_balancer, subnet)), Some(ChosenTls { mode, pem, .. })) =
+        (purpose, lb, tls)
+    else {
+        return Err(ControlError::Options(errs));
+    };
+    let mut a = Attachment {
+        compute: o.compute.clone(),
+        workspace: ws.workspace.clone(),
+        namespace,
+        purpose,
+        load_balancer,
+        subnet,
+        tls: mode,
+        image: o
+            .image
+            .clone()
+            .unwrap_or_else(|| render::DEFAULT_IMAGE.into()),
+        attached_at: super::now_unix(),
+        created_namespace: false,
+    };
+    check_plaintext(&a, false, &mut errs);
+    refuse_options(errs)?;
+    if let Some(e) = ws.computes.get(&o.compute) {
+        return Err(ControlError::Refused(format!(
+            "Compute {:?} already exists in workspace {:?} (cluster {}, namespace {}). Choose \
+             another name, or detach it first: scoregate detach {}",
+            o.compute, ws.workspace, e.server, e.namespace, o.compute
+        )));
+    }
+
+    let c = cluster::connect(env.kubeconfig.as_deref(), env.context.as_deref()).await?;
+    env.step(format_args!("cluster {}", c.server));
+    let (major, minor, git) = cluster::server_version(&c).await?;
+    cluster::check_version((major, minor), &git, &env.supported_versions)?;
+    env.step(format_args!("  Kubernetes {git}: supported"));
+    let vcpus = check_capacity(&c, purpose, env).await?;
+    env.step(format_args!(
+        "  {vcpus} vCPUs: enough for {}",
+        purpose.as_str()
+    ));
+    if let Some(m) = cluster::read_marker(&c).await? {
+        return Err(ControlError::Refused(format!(
+            "This cluster is already attached as compute {:?} of workspace {:?} (namespace {}, \
+             since {}). One cluster serves one attachment: detach it first (scoregate detach {}) \
+             or attach another cluster.",
+            m.compute, m.workspace, m.namespace, m.attached_at, m.compute
+        )));
+    }
+    a.created_namespace = cluster::ensure_namespace(&c, &a).await?;
+    let (applied, _, rollout) = apply_and_wait(&c, &a, pem.as_ref(), o.wait, env).await?;
+    ws.computes.insert(
+        a.compute.clone(),
+        Entry {
+            kubeconfig: env.kubeconfig.as_ref().map(|p| absolute(p.clone())),
+            context: env.context.clone(),
+            server: c.server.clone(),
+            namespace: a.namespace.clone(),
+            attached_at: a.attached_at,
+        },
+    );
+    ws.save(&env.workspace)?;
+    let mut out = report(&a, &ws.workspace, rollout.as_ref());
+    out["applied"] = json!(applied);
+    env.step(format_args!(
+        "scoring endpoint: {}",
+        out["endpoint"].as_str().unwrap_or_default()
+    ));
+    Ok(out)
+}
+
+fn absolute(p: PathBuf) -> PathBuf {
+    std::fs::canonicalize(&p).unwrap_or(p)
+}
+
+/// The registry entry (if any) and a connection: flags first, then what the entry recorded.
+pub async fn locate(
+    compute: &str,
+    env: &Env,
+) -> Result<(Workspace, Option<Entry>, Cluster), ControlError> {
+    let ws = Workspace::load(&env.workspace)?;
+    let entry = ws.computes.get(compute).cloned();
+    if entry.is_none() && env.kubeconfig.is_none() && env.context.is_none() {
+        return Err(ControlError::Refused(format!(
+            "compute {compute:?} is not in workspace {:?} ({}); attach it with `scoregate attach \
+             {compute}`, or name its cluster with --kubeconfig/--context",
+            ws.workspace,
+            env.workspace.display()
+        )));
+    }
+    let kubeconfig = env
+        .kubeconfig
+        .clone()
+        .or_else(|| entry.as_ref().and_then(|e| e.kubeconfig.clone()));
+    let context = env
+        .context
+        .clone()
+        .or_else(|| entry.as_ref().and_then(|e| e.context.clone()));
+    let c = cluster::connect(kubeconfig.as_deref(), context.as_deref()).await?;
+    Ok((ws, entry, c))
+}
+
+/// The marker of `compute`, refusing a cluster attached under another name.
+pub async fn attachment(compute: &str, c: &Cluster) -> Result<Attachment, ControlError> {
+    match cluster::read_marker(c).await? {
+        Some(a) if a.compute == compute => Ok(a),
+        Some(a) => Err(ControlError::Refused(format!(
+            "the cluster at {} is attached as compute {:?}, not {compute:?}",
+            c.server, a.compute
+        ))),
+        None => Err(ControlError::Refused(format!(
+            "compute {compute:?} is not attached to the cluster at {} (no marker \
+             {}/{}); attach it with `scoregate attach {compute}`",
+            c.server,
+            render::MARKER_NAMESPACE,
+            render::MARKER
+        ))),
+    }
+}
+
+/// Detach: remove what attach installed (by ownership label), the marker and the registry
+/// entry. Never the cluster, its nodes or the scoring workloads; harmless to repeat.
+pub async fn detach(compute: &str, env: &Env) -> Result<Value, ControlError> {
+    let (mut ws, entry, c) = match locate(compute, env).await {
+        Ok(x) => x,
+        Err(ControlError::Refused(_)) => {
+            env.step(format_args!(
+                "compute {compute:?}: nothing to remove (not in the workspace)"
+            ));
+            return Ok(json!({"compute": compute, "removed": [], "namespace_deleted": false}));
+        }
+        Err(e) => return Err(e),
+    };
+    let marker = cluster::read_marker(&c).await?;
+    if let Some(m) = marker.as_ref().filter(|m| m.compute != compute) {
+        return Err(ControlError::Refused(format!(
+            "the cluster at {} is attached as compute {:?}, not {compute:?}; nothing removed",
+            c.server, m.compute
+        )));
+    }
+    let namespace = marker
+        .as_ref()
+        .map(|m| m.namespace.clone())
+        .or_else(|| entry.as_ref().map(|e| e.namespace.clone()))
+        .unwrap_or_else(|| render::DEFAULT_NAMESPACE.into());
+    env.step(format_args!(
+        "detaching compute {compute} (namespace {namespace})"
+    ));
+    let mut removed = cluster::prune(&c, compute, &namespace, &BTreeSet::new(), env).await?;
+    if cluster::delete_marker(&c).await? {
+        removed.push(format!(
+            "ConfigMap/{}/{}",
+            render::MARKER_NAMESPACE,
+            render::MARKER
+        ));
+    }
+    let mut namespace_deleted = false;
+    if marker.as_ref().is_some_and(|m| m.created_namespace) {
+        namespace_deleted = cluster::delete_namespace_if_empty(&c, &namespace).await?;
+        if namespace_deleted {
+            removed.push(format!("Namespace/{namespace}"));
+        } else {
+            env.step(format_args!(
+                "  kept Namespace/{namespace}: other objects live in it"
+            ));
+        }
+    }
+    if ws.computes.remove(compute).is_some() {
+        ws.save(&env.workspace)?;
+        env.step(format_args!(
+            "  removed {compute} from workspace {}",
+            ws.workspace
+        ));
+    }
+    if removed.is_empty() {
+        env.step("  nothing left to remove");
+    }
+    Ok(json!({"compute": compute, "removed": removed, "namespace_deleted": namespace_deleted}))
+}
+
+/// Change purpose, load balancer or TLS mode in place; the running gateways pick up a new
+/// Secret by their watch and a new config by a rolling update (no downtime: maxUnavailable 0).
+pub async fn update(o: UpdateOptions, env: &Env) -> Result<Value, ControlError> {
+    let (ws, _, c) = locate(&o.compute, env).await?;
+    let current = attachment(&o.compute, &c).await?;
+    let mut errs = Vec::new();
+    let mut a = current.clone();
+    if let Some(p) = &o.purpose {
+        match Purpose::parse(p) {
+            Ok(p) => a.purpose = p,
+            Err(message) => errs.push(OptionError {
+                field: "--purpose".into(),
+                message,
+            }),
+        }
+    }
+    if let Some((lb, subnet)) = spec::choose_load_balancer(
+        o.load_balancer.as_deref(),
+        o.subnet.as_deref(),
+        Some((current.load_balancer, current.subnet.clone())),
+        &mut errs,
+    ) {
+        a.load_balancer = lb;
+        a.subnet = subnet;
+    }
+    let mut pem = None;
+    if !o.tls.is_empty() {
+        let keep = match &current.tls {
+            TlsMode::Auto { label, suffix, .. } => Some((label.as_str(), suffix.as_str())),
+            _ => None,
+        };
+        if let Some(t) = spec::choose_tls(&o.tls, keep, &mut errs) {
+            a.tls = t.mode;
+            pem = t.pem;
+        }
+    }
+    if let Some(image) = &o.image {
+        a.image = image.clone();
+    }
+    check_plaintext(&a, o.allow_public_plaintext, &mut errs);
+    refuse_options(errs)?;
+    if a == current && pem.is_none() {
+        env.step(format_args!("compute {}: nothing to change", a.compute));
+        return Ok(report(&a, &ws.workspace, None));
+    }
+    if a.purpose != current.purpose {
+        check_capacity(&c, a.purpose, env).await?;
+    }
+    env.step(format_args!(
+        "updating compute {}: purpose {} → {}, load balancer {} → {}, TLS {} → {}",
+        a.compute,
+        current.purpose.as_str(),
+        a.purpose.as_str(),
+        current.load_balancer.as_str(),
+        a.load_balancer.as_str(),
+        current.tls.label(),
+        a.tls.label()
+    ));
+    let (applied, removed, rollout) = apply_and_wait(&c, &a, pem.as_ref(), o.wait, env).await?;
+    let mut out = report(&a, &ws.workspace, rollout.as_ref());
+    out["applied"] = json!(applied);
+    out["removed"] = json!(removed);
+    Ok(out)
+}
+
+/// Attachment, purpose, load balancer type and address, TLS mode, replicas.
+pub async fn status(compute: &str, env: &Env) -> Result<Value, ControlError> {
+    let (ws, _, c) = locate(compute, env).await?;
+    let a = attachment(compute, &c).await?;
+    let r = cluster::rollout(&c, &a.namespace).await?;
+    let mut out = report(&a, &ws.workspace, Some(&r));
+    out["cluster"] = json!(c.server);
+    out["attached_at"] = json!(a.attached_at);
+    out["image"] = json!(a.image);
+    Ok(out)
+}

@@ -1,0 +1,137 @@
+//! The control module: `attach`, `detach`, `update`, `status` and the certificate lifecycle
+//! (`cert set|export|status|renew|disable`) of a Kubernetes cluster, in the role of Azure ML's
+//! `AksCompute.attach_configuration / enable_ssl / detach / update`.
+//!
+//! - [`spec`] — the attachment (purpose, load balancer, TLS mode) and the pure option checks with
+//!   Azure's messages;
+//! - [`render`] — the objects an attachment consists of, rendered from it alone;
+//! - [`cluster`] — the kube side: version, capacity, marker, server-side apply, prune, waiting;
+//! - [`registry`] — the workspace: a file of attached computes;
+//! - [`commands`] — attach/detach/update/status; [`cert`] — the certificate commands;
+//! - [`output`] — `--output table|json|yaml`.
+//!
+//! Everything is checked before the cluster is touched; objects are applied with one field
+//! manager, so a failed run is reported object by object and a re-run converges.
+
+pub mod cert;
+pub mod cluster;
+pub mod commands;
+pub mod output;
+pub mod registry;
+pub mod render;
+pub mod spec;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+pub use spec::{Attachment, LoadBalancerType, OptionError, Purpose, TlsMode, TlsOptions};
+
+/// Kubernetes minor versions attach supports (the API server's `/version`).
+pub const SUPPORTED_VERSIONS: &[(u32, u32)] = &[(1, 30), (1, 31), (1, 32), (1, 33), (1, 34)];
+
+/// Where a command finds the workspace and the cluster, and how it reports progress.
+#[derive(Debug, Clone)]
+pub struct Env {
+    /// The workspace registry file.
+    pub workspace: PathBuf,
+    /// Overrides the registry's kubeconfig (attach: the cluster to attach).
+    pub kubeconfig: Option<PathBuf>,
+    pub context: Option<String>,
+    /// Progress lines on stderr.
+    pub progress: bool,
+    pub supported_versions: Vec<(u32, u32)>,
+}
+
+impl Env {
+    pub fn step(&self, msg: impl std::fmt::Display) {
+        if self.progress {
+            eprintln!("{msg}");
+        }
+    }
+}
+
+/// How long attach/update wait for the rollout and the load balancer address.
+#[derive(Debug, Clone, Copy)]
+pub struct Wait {
+    pub enabled: bool,
+    pub timeout: Duration,
+    pub poll: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    /// Bad options: nothing was touched (exit 64).
+    #[error("{}", list(.0))]
+    Options(Vec<OptionError>),
+    /// The cluster or workspace does not allow it; nothing was changed.
+    #[error("{0}")]
+    Refused(String),
+    #[error("workspace {path}: {source}")]
+    Registry {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("workspace {path} is not a scoregate workspace file: {source}")]
+    RegistryFormat {
+        path: PathBuf,
+        #[source]
+        source: serde_json::Error,
+    },
+    #[error("{0}")]
+    Connect(#[source] crate::discovery::DiscoveryError),
+    #[error("{action}: {source}")]
+    Kube {
+        action: String,
+        #[source]
+        source: kube::Error,
+    },
+    /// Some objects were applied before one failed; a re-run converges.
+    #[error(
+        "applying {failed} failed: {source}\napplied before the failure: {}\nnothing was rolled back; fix the cause and run the same command again (it converges)",
+        if .applied.is_empty() { "nothing".to_string() } else { .applied.join(", ") }
+    )]
+    Partial {
+        applied: Vec<String>,
+        failed: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn list(errs: &[OptionError]) -> String {
+    errs.iter()
+        .map(|e| e.to_string())
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+impl ControlError {
+    pub(crate) fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ControlError {
+        let action = action.into();
+        move |source| ControlError::Kube { action, source }
+    }
+
+    /// Exit code: 64 for bad options (nothing touched), 1 otherwise.
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            ControlError::Options(_) => 64,
+            _ => 1,
+        }
+    }
+}
+
+pub(crate) fn now_unix() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}

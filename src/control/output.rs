@@ -1,0 +1,155 @@
+//! `--output table|json|yaml` for the control commands' results.
+
+use serde_json::Value;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+    Yaml,
+}
+
+pub fn render(v: &Value, f: Format) -> String {
+    match f {
+        Format::Json => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+        Format::Yaml => {
+            let mut s = String::new();
+            yaml(v, 0, &mut s);
+            s
+        }
+        Format::Table => table(v),
+    }
+}
+
+fn scalar(v: &Value) -> String {
+    match v {
+        Value::Null => "-".into(),
+        Value::String(s) => s.clone(),
+        Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
+            a.iter().map(scalar).collect::<Vec<_>>().join(", ")
+        }
+        other => other.to_string(),
+    }
+}
+
+/// Scalars as `KEY  value` rows; lists of objects as tables with a header row.
+fn table(v: &Value) -> String {
+    let Value::Object(m) = v else {
+        return scalar(v) + "\n";
+    };
+    let width = m.keys().map(|k| k.len()).max().unwrap_or(0);
+    let mut out = String::new();
+    let mut nested = Vec::new();
+    for (k, val) in m {
+        match val {
+            Value::Array(items) if items.iter().any(Value::is_object) => nested.push((k, items)),
+            Value::Object(_) => {
+                out += &format!("{:width$}  {}\n", k.to_uppercase(), "");
+                for line in table(val).lines() {
+                    out += &format!("  {line}\n");
+                }
+            }
+            _ => out += &format!("{:width$}  {}\n", k.to_uppercase(), scalar(val)),
+        }
+    }
+    for (k, items) in nested {
+        out += &format!("\n{}\n", k.to_uppercase());
+        let mut cols: Vec<String> = Vec::new();
+        for i in items {
+            if let Value::Object(o) = i {
+                for c in o.keys() {
+                    if !cols.contains(c) {
+                        cols.push(c.clone());
+                    }
+                }
+            }
+        }
+        let rows: Vec<Vec<String>> = items
+            .iter()
+            .map(|i| cols.iter().map(|c| scalar(&i[c.as_str()])).collect())
+            .collect();
+        let widths: Vec<usize> = cols
+            .iter()
+            .enumerate()
+            .map(|(n, c)| {
+                rows.iter()
+                    .map(|r| r[n].len())
+                    .chain([c.len()])
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |cells: Vec<String>| {
+            cells
+                .iter()
+                .zip(&widths)
+                .map(|(c, w)| format!("{c:w$}"))
+                .collect::<Vec<_>>()
+                .join("  ")
+                .trim_end()
+                .to_string()
+                + "\n"
+        };
+        out += &line(cols.iter().map(|c| c.to_uppercase()).collect());
+        for r in rows {
+            out += &line(r);
+        }
+    }
+    out
+}
+
+/// YAML 1.2 (strings JSON-quoted, which YAML reads as they are).
+fn yaml(v: &Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        Value::Object(m) if m.is_empty() => out.push_str("{}\n"),
+        Value::Array(a) if a.is_empty() => out.push_str("[]\n"),
+        Value::Object(m) => {
+            for (k, val) in m {
+                out.push_str(&format!("{pad}{}:", Value::String(k.clone())));
+                block(val, indent, out);
+            }
+        }
+        Value::Array(a) => {
+            for val in a {
+                out.push_str(&format!("{pad}-"));
+                block(val, indent, out);
+            }
+        }
+        other => out.push_str(&format!("{pad}{other}\n")),
+    }
+}
+
+fn block(val: &Value, indent: usize, out: &mut String) {
+    match val {
+        Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            yaml(val, indent + 2, out);
+        }
+        Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            yaml(val, indent + 2, out);
+        }
+        Value::Object(_) => out.push_str(" {}\n"),
+        Value::Array(_) => out.push_str(" []\n"),
+        other => out.push_str(&format!(" {other}\n")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats() {
+        let v = serde_json::json!({"compute": "aks1", "replicas": [{"pod": "a", "fp": "x"}], "n": null});
+        let t = render(&v, Format::Table);
+        assert!(t.contains("COMPUTE   aks1"), "{t}");
+        assert!(t.contains("POD  FP\na    x\n"), "{t}");
+        let y = render(&v, Format::Yaml);
+        assert_eq!(
+            y,
+            "\"compute\": \"aks1\"\n\"replicas\":\n  -\n    \"pod\": \"a\"\n    \"fp\": \"x\"\n\"n\": null\n"
+        );
+    }
+}
