@@ -150,6 +150,10 @@ pub struct AttachArgs {
     /// Gateway container image.
     #[arg(long)]
     pub image: Option<String>,
+    /// Check the options and print the objects (`-o yaml`) without touching the cluster; the
+    /// TLS Secret is left out (create it with `scoregate cert set` or kubectl).
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
     #[command(flatten)]

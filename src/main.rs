@@ -34,6 +34,7 @@ fn main() -> ExitCode {
                 namespace: a.namespace.clone(),
                 image: a.image.clone(),
                 wait: a.wait.wait(),
+                dry_run: a.dry_run,
             };
             return run_control(a.common.output, control::commands::attach(opts, &env));
         }

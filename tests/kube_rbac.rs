@@ -1,4 +1,5 @@
-//! The gateway's own ServiceAccount with the RBAC rules of deploy/rbac.yaml, applied by kubectl
+//! The gateway's own ServiceAccount with the RBAC rules of deploy/base (what `scoregate attach`
+//! installs), applied by kubectl
 //! to the real API server: the gateway runs with that identity (discovery + TLS Secret) and
 //! everything beyond the rules is refused with a real 403.
 
@@ -29,8 +30,8 @@ async fn service_account_can_do_what_the_gateway_needs_and_nothing_more() {
     tb.kubectl(&[
         "apply",
         "--server-side",
-        "-f",
-        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/rbac.yaml"),
+        "-k",
+        concat!(env!("CARGO_MANIFEST_DIR"), "/deploy/overlays/public"),
     ]);
     let admin = tb.client().await;
 
@@ -207,6 +208,7 @@ admin = "127.0.0.1:0"
 [kubernetes]
 kubeconfig = {kc:?}
 discovery = true
+lease_namespace = "scoregate"
 
 [tls.kubernetes_secret]
 name = "scoregate-tls"

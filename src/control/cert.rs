@@ -162,7 +162,17 @@ async fn replica_fingerprints(
             out.push(row);
             continue;
         }
-        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{ADMIN_PORT}/proxy/certificates");
+        // The container port named "admin" (the gateway's admin listener), else the default.
+        let port = p
+            .spec
+            .as_ref()
+            .into_iter()
+            .flat_map(|s| s.containers.iter())
+            .flat_map(|c| c.ports.iter().flatten())
+            .find(|cp| cp.name.as_deref() == Some("admin"))
+            .map(|cp| cp.container_port)
+            .unwrap_or(i32::from(ADMIN_PORT));
+        let path = format!("/api/v1/namespaces/{ns}/pods/{name}:{port}/proxy/certificates");
         let answer = match http::Request::get(&path).body(Vec::new()) {
             Ok(req) => c.client.request_text(req).await.map_err(|e| e.to_string()),
             Err(e) => Err(e.to_string()),

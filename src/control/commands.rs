@@ -22,6 +22,8 @@ pub struct AttachOptions {
     pub namespace: Option<String>,
     pub image: Option<String>,
     pub wait: Wait,
+    /// Print the objects instead of touching the cluster (no Secret: it would hold the key).
+    pub dry_run: bool,
 }
 
 /// `scoregate update` as options: only what is given changes.
@@ -121,13 +123,13 @@ fn report(a: &Attachment, workspace: &str, r: Option<&cluster::Rollout>) -> Valu
     })
 }
 
-async fn apply_and_wait(
+/// Apply the objects, prune what the attachment no longer needs, record the marker.
+async fn apply_phase(
     c: &Cluster,
     a: &Attachment,
-    pem: Option<&(Vec<u8>, Vec<u8>)>,
-    wait: Wait,
+    pem: Option<&spec::PemPair>,
     env: &Env,
-) -> Result<(Vec<String>, Vec<String>, Option<cluster::Rollout>), ControlError> {
+) -> Result<(Vec<String>, Vec<String>), ControlError> {
     let objects = render::objects(a, pem);
     env.step(format_args!(
         "[1/3] applying {} objects (field manager {})",
@@ -137,12 +139,23 @@ async fn apply_and_wait(
     let applied = cluster::apply_all(c, &objects, env).await?;
     let removed = cluster::prune(c, &a.compute, &a.namespace, &keep_set(a, &objects), env).await?;
     cluster::write_marker(c, a).await?;
+    Ok((applied, removed))
+}
+
+async fn wait_phase(
+    c: &Cluster,
+    a: &Attachment,
+    wait: Wait,
+    env: &Env,
+) -> Result<Option<cluster::Rollout>, ControlError> {
     if !wait.enabled {
-        return Ok((applied, removed, None));
+        // Not waiting, but say what is there now (an update keeps its address).
+        return cluster::rollout(c, &a.namespace).await.map(Some);
     }
     env.step("[2/3] waiting for the gateway replicas and [3/3] the load balancer address");
-    let r = cluster::wait_ready(c, &a.namespace, wait, env).await?;
-    Ok((applied, removed, Some(r)))
+    cluster::wait_ready(c, &a.namespace, wait, env)
+        .await
+        .map(Some)
 }
 
 /// Attach a cluster: check options, the workspace, the cluster (version, capacity, marker),
@@ -205,6 +218,11 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
     };
     check_plaintext(&a, false, &mut errs);
     refuse_options(errs)?;
+    if o.dry_run {
+        let mut items = vec![render::namespace(&a)];
+        items.extend(render::objects(&a, None));
+        return Ok(json!({"apiVersion": "v1", "kind": "List", "items": items}));
+    }
     if let Some(e) = ws.computes.get(&o.compute) {
         return Err(ControlError::Refused(format!(
             "Compute {:?} already exists in workspace {:?} (cluster {}, namespace {}). Choose \
@@ -217,7 +235,9 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
     env.step(format_args!("cluster {}", c.server));
     let (major, minor, git) = cluster::server_version(&c).await?;
     cluster::check_version((major, minor), &git, &env.supported_versions)?;
-    env.step(format_args!("  Kubernetes {git}: supported"));
+    env.step(format_args!(
+        "  Kubernetes {major}.{minor} ({git}): supported"
+    ));
     let vcpus = check_capacity(&c, purpose, env).await?;
     env.step(format_args!(
         "  {vcpus} vCPUs: enough for {}",
@@ -228,11 +248,16 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
             "This cluster is already attached as compute {:?} of workspace {:?} (namespace {}, \
              since {}). One cluster serves one attachment: detach it first (scoregate detach {}) \
              or attach another cluster.",
-            m.compute, m.workspace, m.namespace, m.attached_at, m.compute
+            m.compute,
+            m.workspace,
+            m.namespace,
+            super::utc(m.attached_at),
+            m.compute
         )));
     }
     a.created_namespace = cluster::ensure_namespace(&c, &a).await?;
-    let (applied, _, rollout) = apply_and_wait(&c, &a, pem.as_ref(), o.wait, env).await?;
+    let (applied, _) = apply_phase(&c, &a, pem.as_ref(), env).await?;
+    // Recorded before waiting: the attachment exists from here on (a timeout leaves it listed).
     ws.computes.insert(
         a.compute.clone(),
         Entry {
@@ -244,6 +269,7 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
         },
     );
     ws.save(&env.workspace)?;
+    let rollout = wait_phase(&c, &a, o.wait, env).await?;
     let mut out = report(&a, &ws.workspace, rollout.as_ref());
     out["applied"] = json!(applied);
     env.step(format_args!(
@@ -420,7 +446,8 @@ pub async fn update(o: UpdateOptions, env: &Env) -> Result<Value, ControlError> 
         current.tls.label(),
         a.tls.label()
     ));
-    let (applied, removed, rollout) = apply_and_wait(&c, &a, pem.as_ref(), o.wait, env).await?;
+    let (applied, removed) = apply_phase(&c, &a, pem.as_ref(), env).await?;
+    let rollout = wait_phase(&c, &a, o.wait, env).await?;
     let mut out = report(&a, &ws.workspace, rollout.as_ref());
     out["applied"] = json!(applied);
     out["removed"] = json!(removed);
@@ -434,7 +461,7 @@ pub async fn status(compute: &str, env: &Env) -> Result<Value, ControlError> {
     let r = cluster::rollout(&c, &a.namespace).await?;
     let mut out = report(&a, &ws.workspace, Some(&r));
     out["cluster"] = json!(c.server);
-    out["attached_at"] = json!(a.attached_at);
+    out["attached_at"] = json!(super::utc(a.attached_at));
     out["image"] = json!(a.image);
     Ok(out)
 }

@@ -12,6 +12,15 @@ pub enum Format {
 pub fn render(v: &Value, f: Format) -> String {
     match f {
         Format::Json => serde_json::to_string_pretty(v).unwrap_or_default() + "\n",
+        // A List of objects becomes a multi-document stream, as `kubectl apply -f -` reads it.
+        Format::Yaml if v["kind"] == "List" => {
+            let mut s = String::new();
+            for item in v["items"].as_array().into_iter().flatten() {
+                s.push_str("---\n");
+                yaml(item, 0, &mut s);
+            }
+            s
+        }
         Format::Yaml => {
             let mut s = String::new();
             yaml(v, 0, &mut s);
@@ -98,41 +107,89 @@ fn table(v: &Value) -> String {
     out
 }
 
-/// YAML 1.2 (strings JSON-quoted, which YAML reads as they are).
+/// YAML 1.2 (block style; strings plain when unambiguous, multi-line ones as `|` literals,
+/// everything else JSON-quoted, which YAML reads as it is).
 fn yaml(v: &Value, indent: usize, out: &mut String) {
     let pad = " ".repeat(indent);
     match v {
-        Value::Object(m) if m.is_empty() => out.push_str("{}\n"),
-        Value::Array(a) if a.is_empty() => out.push_str("[]\n"),
+        Value::Object(m) if m.is_empty() => out.push_str(&format!("{pad}{{}}\n")),
+        Value::Array(a) if a.is_empty() => out.push_str(&format!("{pad}[]\n")),
         Value::Object(m) => {
             for (k, val) in m {
-                out.push_str(&format!("{pad}{}:", Value::String(k.clone())));
-                block(val, indent, out);
+                out.push_str(&format!("{pad}{}:", string(k)));
+                block(val, indent + 2, out);
             }
         }
         Value::Array(a) => {
             for val in a {
-                out.push_str(&format!("{pad}-"));
-                block(val, indent, out);
+                match val {
+                    // `- first: …` with the other keys aligned under it.
+                    Value::Object(m) if !m.is_empty() => {
+                        let mut item = String::new();
+                        yaml(val, indent + 2, &mut item);
+                        out.push_str(&pad);
+                        out.push_str("- ");
+                        out.push_str(&item[indent + 2..]);
+                    }
+                    _ => {
+                        out.push_str(&format!("{pad}-"));
+                        block(val, indent + 2, out);
+                    }
+                }
             }
         }
-        other => out.push_str(&format!("{pad}{other}\n")),
+        other => out.push_str(&format!("{pad}{}\n", scalar_yaml(other))),
     }
 }
 
+/// The value after `key:` or `-`, nested at `indent`.
 fn block(val: &Value, indent: usize, out: &mut String) {
     match val {
         Value::Object(m) if !m.is_empty() => {
             out.push('\n');
-            yaml(val, indent + 2, out);
+            yaml(val, indent, out);
         }
         Value::Array(a) if !a.is_empty() => {
             out.push('\n');
-            yaml(val, indent + 2, out);
+            yaml(val, indent, out);
         }
         Value::Object(_) => out.push_str(" {}\n"),
         Value::Array(_) => out.push_str(" []\n"),
-        other => out.push_str(&format!(" {other}\n")),
+        Value::String(s) if s.contains('\n') && !s.starts_with(' ') => {
+            let pad = " ".repeat(indent);
+            out.push_str(if s.ends_with('\n') { " |\n" } else { " |-\n" });
+            for line in s.lines() {
+                if line.is_empty() {
+                    out.push('\n');
+                } else {
+                    out.push_str(&format!("{pad}{line}\n"));
+                }
+            }
+        }
+        other => out.push_str(&format!(" {}\n", scalar_yaml(other))),
+    }
+}
+
+fn scalar_yaml(v: &Value) -> String {
+    match v {
+        Value::String(s) => string(s),
+        other => other.to_string(),
+    }
+}
+
+/// Plain when it cannot be read as anything but this string.
+fn string(s: &str) -> String {
+    let reserved = [
+        "true", "false", "null", "yes", "no", "on", "off", "y", "n", "~",
+    ];
+    let plain = s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/')
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
+        && !reserved.contains(&s.to_ascii_lowercase().as_str());
+    if plain {
+        s.to_string()
+    } else {
+        Value::String(s.to_string()).to_string()
     }
 }
 
@@ -149,7 +206,13 @@ mod tests {
         let y = render(&v, Format::Yaml);
         assert_eq!(
             y,
-            "\"compute\": \"aks1\"\n\"replicas\":\n  -\n    \"pod\": \"a\"\n    \"fp\": \"x\"\n\"n\": null\n"
+            "compute: aks1\nreplicas:\n  - pod: a\n    fp: x\n\"n\": null\n"
+        );
+        let v =
+            serde_json::json!({"a": "true", "b": "x: y", "c": "l1\nl2\n", "d": "8443", "e": []});
+        assert_eq!(
+            render(&v, Format::Yaml),
+            "a: \"true\"\nb: \"x: y\"\nc: |\n  l1\n  l2\nd: \"8443\"\ne: []\n"
         );
     }
 }

@@ -291,6 +291,11 @@ fn load_balancer(a: &Attachment) -> Value {
     })
 }
 
+/// The namespace (attach creates it only when missing; the plain manifests include it).
+pub fn namespace(a: &Attachment) -> Value {
+    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(a, &a.namespace, false)})
+}
+
 /// The marker ConfigMap recording `a` in the cluster.
 pub fn marker(a: &Attachment) -> Value {
     let mut m = meta(a, MARKER, false);

@@ -154,26 +154,22 @@ pub fn compute_name_errors(name: &str) -> Vec<String> {
     let mut out = Vec::new();
     let n = name.chars().count();
     if !(3..=24).contains(&n) {
-        out.push(format!(
-            "compute name must be 3 to 24 characters long; {name:?} has {n}"
-        ));
+        out.push(format!("must be 3 to 24 characters long; {name:?} has {n}"));
     }
     if let Some(bad) = name
         .chars()
         .find(|c| !(c.is_ascii_alphanumeric() || *c == '-'))
     {
         out.push(format!(
-            "compute name may contain only letters, digits and '-'; {name:?} contains {bad:?}"
+            "may contain only letters, digits and '-'; {name:?} contains {bad:?}"
         ));
     }
     if !name.starts_with(|c: char| c.is_ascii_alphabetic()) {
-        out.push(format!(
-            "compute name must start with a letter; {name:?} does not"
-        ));
+        out.push(format!("must start with a letter; {name:?} does not"));
     }
     if !name.ends_with(|c: char| c.is_ascii_alphanumeric()) {
         out.push(format!(
-            "compute name must end with a letter or digit; {name:?} does not"
+            "must end with a letter or digit; {name:?} does not"
         ));
     }
     out

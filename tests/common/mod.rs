@@ -512,6 +512,8 @@ pub struct TestNet {
     ns: String,
     host_if: String,
     pub ns_ip: std::net::IpAddr,
+    /// This side of the veth pair (in the test's own namespace, reachable by the API server).
+    pub host_ip: std::net::IpAddr,
     children: std::sync::Mutex<Vec<std::process::Child>>,
 }
 
@@ -565,6 +567,7 @@ impl TestNet {
             ns,
             host_if,
             ns_ip: ns_ip.parse().expect("ip"),
+            host_ip: host_ip.parse().expect("ip"),
             children: std::sync::Mutex::new(Vec::new()),
         }
     }
