@@ -11,12 +11,11 @@ COPY src ./src
 COPY benches ./benches
 RUN touch src/main.rs src/lib.rs && cargo build --release --locked --bin scoregate
 
-FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
-    && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --no-create-home --shell /usr/sbin/nologin scoregate
+# Runtime: distroless (glibc, CA certificates, no shell, no package manager), non-root.
+FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /src/target/release/scoregate /usr/local/bin/scoregate
-USER 10001:10001
-EXPOSE 8443 9100
+USER 65532:65532
+# TLS, plain HTTP, admin (metrics, probes). Kubernetes probes replace a HEALTHCHECK.
+EXPOSE 8443 8080 9100
 ENTRYPOINT ["/usr/local/bin/scoregate"]
 CMD ["serve", "--config", "/etc/scoregate/scoregate.toml"]

