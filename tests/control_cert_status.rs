@@ -195,6 +195,7 @@ cname = "scoring.example.com"
     // The table shows one row per replica.
     let (code, out, err) = cli(&[&["cert", "status", "aks-dev"][..], &common[..]].concat());
     assert_eq!(code, 0, "{err}");
+    println!("$ scoregate cert status aks-dev\n{out}");
     assert!(
         out.contains("ROTATION_COMPLETE  true")
             && out.contains("scoregate-0")

@@ -27,7 +27,13 @@ pub async fn set(compute: &str, cert: &Path, key: &Path, env: &Env) -> Result<Va
         )));
     };
     let mut errs = Vec::new();
-    let Some((pem, loaded)) = spec::checked_pair(cert, key, cname, &mut errs) else {
+    let Some((pem, loaded)) = spec::checked_pair(
+        cert,
+        key,
+        cname,
+        ("--cert-pem-file", "--key-pem-file"),
+        &mut errs,
+    ) else {
         return Err(ControlError::Options(errs));
     };
     let secret = render::objects(&a, Some(&pem))

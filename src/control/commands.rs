@@ -436,15 +436,28 @@ pub async fn update(o: UpdateOptions, env: &Env) -> Result<Value, ControlError> 
     if a.purpose != current.purpose {
         check_capacity(&c, a.purpose, env).await?;
     }
+    let mut changes = Vec::new();
+    for (what, old, new) in [
+        (
+            "purpose",
+            current.purpose.as_str().to_string(),
+            a.purpose.as_str().to_string(),
+        ),
+        ("load balancer", lb_label(&current), lb_label(&a)),
+        ("TLS", tls_label(&current.tls), tls_label(&a.tls)),
+        ("image", current.image.clone(), a.image.clone()),
+    ] {
+        if old != new {
+            changes.push(format!("{what} {old} → {new}"));
+        }
+    }
+    if pem.is_some() && changes.iter().all(|c| !c.starts_with("TLS")) {
+        changes.push("new certificate".into());
+    }
     env.step(format_args!(
-        "updating compute {}: purpose {} → {}, load balancer {} → {}, TLS {} → {}",
+        "updating compute {}: {}",
         a.compute,
-        current.purpose.as_str(),
-        a.purpose.as_str(),
-        current.load_balancer.as_str(),
-        a.load_balancer.as_str(),
-        current.tls.label(),
-        a.tls.label()
+        changes.join(", ")
     ));
     let (applied, removed) = apply_phase(&c, &a, pem.as_ref(), env).await?;
     let rollout = wait_phase(&c, &a, o.wait, env).await?;
@@ -464,4 +477,18 @@ pub async fn status(compute: &str, env: &Env) -> Result<Value, ControlError> {
     out["attached_at"] = json!(super::utc(a.attached_at));
     out["image"] = json!(a.image);
     Ok(out)
+}
+
+fn lb_label(a: &Attachment) -> String {
+    match &a.subnet {
+        Some(subnet) => format!("{} ({subnet})", a.load_balancer.as_str()),
+        None => a.load_balancer.as_str().to_string(),
+    }
+}
+
+fn tls_label(t: &TlsMode) -> String {
+    match t.host() {
+        Some(h) => format!("{} ({h})", t.label()),
+        None => t.label().to_string(),
+    }
 }

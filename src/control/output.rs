@@ -58,6 +58,13 @@ fn table(v: &Value) -> String {
                     out += &format!("  {line}\n");
                 }
             }
+            // Long lists one item per line.
+            Value::Array(items) if items.len() > 3 => {
+                out += &format!("{:width$}  {} items\n", k.to_uppercase(), items.len());
+                for i in items {
+                    out += &format!("{:width$}  - {}\n", "", scalar(i));
+                }
+            }
             _ => out += &format!("{:width$}  {}\n", k.to_uppercase(), scalar(val)),
         }
     }

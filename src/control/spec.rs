@@ -324,7 +324,14 @@ pub fn choose_tls(
         push("--ssl-cname", MSG_SSL_INCOMPLETE.into());
         return None;
     };
-    checked_pair(cert, key, cname, errs).map(|(pem, summary)| ChosenTls {
+    checked_pair(
+        cert,
+        key,
+        cname,
+        ("--ssl-cert-pem-file", "--ssl-key-pem-file"),
+        errs,
+    )
+    .map(|(pem, summary)| ChosenTls {
         mode: TlsMode::Custom {
             cname: cname.clone(),
         },
@@ -339,6 +346,7 @@ pub fn checked_pair(
     cert: &std::path::Path,
     key: &std::path::Path,
     cname: &str,
+    flags: (&str, &str),
     errs: &mut Vec<OptionError>,
 ) -> Option<(PemPair, crate::tls::LoadedCert)> {
     let read =
@@ -352,8 +360,8 @@ pub fn checked_pair(
                 None
             }
         };
-    let c = read(cert, "--ssl-cert-pem-file", errs);
-    let k = read(key, "--ssl-key-pem-file", errs);
+    let c = read(cert, flags.0, errs);
+    let k = read(key, flags.1, errs);
     let (c, k) = (c?, k?);
     let loaded = match crate::tls::load_pem_pair(
         &c,
@@ -364,7 +372,7 @@ pub fn checked_pair(
         Ok(l) => l,
         Err(e) => {
             errs.push(OptionError {
-                field: "--ssl-cert-pem-file".into(),
+                field: flags.0.into(),
                 message: format!("{e}"),
             });
             return None;
@@ -376,7 +384,7 @@ pub fn checked_pair(
     };
     if let Err(e) = crate::tls::validate(&loaded, &policy, std::time::SystemTime::now()) {
         errs.push(OptionError {
-            field: "--ssl-cert-pem-file".into(),
+            field: flags.0.into(),
             message: format!("{e}"),
         });
         return None;
