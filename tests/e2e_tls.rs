@@ -167,6 +167,9 @@ async fn sni_picks_the_right_certificate() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("CN = a.scoregate.test"), "{text}");
     assert!(text.contains("TLSv1.3"), "{text}");
+    // The server's order wins: AES-128-GCM (SHA-256 key schedule) although OpenSSL lists
+    // TLS_AES_256_GCM_SHA384 first.
+    assert!(text.contains("TLS_AES_128_GCM_SHA256"), "{text}");
     gw.stop().await;
 }
 
@@ -194,6 +197,7 @@ async fn tls12_is_offered_and_alpn_prefers_h2() {
     .expect("join");
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("Protocol  : TLSv1.2"), "{text}");
+    assert!(text.contains("ECDHE-ECDSA-AES128-GCM-SHA256"), "{text}");
     assert!(text.contains("ALPN protocol: h2"), "{text}");
     let metrics = reqwest::get(gw.admin_url("/metrics"))
         .await

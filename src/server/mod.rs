@@ -307,7 +307,9 @@ impl Conn {
         let gateway = self.app.gateway.clone();
         let svc = service_fn(move |req| {
             let gateway = gateway.clone();
-            async move { Ok::<_, Infallible>(gateway.handle(req, info).await) }
+            // Boxed: the request future is a few KB and HTTP/2 moves it into a task per stream.
+            let fut = Box::pin(async move { gateway.handle(req, info).await });
+            async move { Ok::<_, Infallible>(fut.await) }
         });
         let conn = self.builder.serve_connection(io, svc).into_owned();
         if let Err(e) = self.watcher.watch(conn).await {

@@ -28,6 +28,22 @@ pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// The server's provider: AES-128-GCM suites first and the server's order wins. TLS 1.3's
+/// key schedule then runs on SHA-256 (hardware-accelerated) instead of SHA-384, which made up
+/// ~18% of a resumed handshake's CPU in the profile; AES-128-GCM is TLS 1.3's mandatory suite
+/// and Go's and Caddy's first choice too.
+fn server_provider() -> Arc<rustls::crypto::CryptoProvider> {
+    use rustls::CipherSuite as C;
+    let mut p = rustls::crypto::aws_lc_rs::default_provider();
+    p.cipher_suites.sort_by_key(|s| match s.suite() {
+        C::TLS13_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+        | C::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+        _ => 1,
+    });
+    Arc::new(p)
+}
+
 /// Install aws-lc-rs as the process default; harmless when already installed.
 pub fn install_default_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
@@ -133,7 +149,7 @@ pub fn server_config(
     } else {
         &[&rustls::version::TLS13]
     };
-    let mut cfg = ServerConfig::builder_with_provider(provider())
+    let mut cfg = ServerConfig::builder_with_provider(server_provider())
         .with_protocol_versions(versions)
         .map_err(TlsError::Rustls)?
         .with_no_client_auth()
@@ -146,6 +162,7 @@ pub fn server_config(
         // Only ever chosen by a validator that offers nothing else.
         cfg.alpn_protocols.push(ACME_TLS_ALPN.to_vec());
     }
+    cfg.ignore_client_order = true;
     cfg.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new().map_err(TlsError::Rustls)?;
     cfg.session_storage = rustls::server::ServerSessionMemoryCache::new(16 * 1024);
     Ok(Arc::new(cfg))

@@ -1,0 +1,359 @@
+//! TLS handshake load for the peer comparison (benches/peers/run.sh): every request on a new
+//! TLS connection — full handshakes (no session resumption at all: wrk with `Connection: close`
+//! resumes sessions, so it cannot measure these) or resumed ones (TLS 1.3 tickets / TLS 1.2
+//! session ids kept by the client).
+//!
+//!   cargo bench --bench handshakes -- ADDR SECONDS CONCURRENCY full|resumed [PATH] [KEY]
+//!   … ADDR SECONDS CONNECTIONS idle     hold CONNECTIONS TLS connections open (the RSS test);
+//!                                       prints `{"open": N}` once they are all up
+//!   … ADDR SECONDS CONNECTIONS rate-tls|rate-plain PATH KEY RATE
+//!                                       open-loop keep-alive load at RATE req/s; latency from
+//!                                       each request's scheduled time (no coordinated
+//!                                       omission): p50, p99, p99.9 in µs
+//!
+//! Prints one JSON line. Without arguments (as `cargo test --all-targets` runs it) it does
+//! nothing.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// The peers serve a throwaway self-signed certificate: trust what they send (the handshake's
+/// cost for the server is the same).
+#[derive(Debug)]
+struct AcceptAny(Arc<rustls::crypto::CryptoProvider>);
+
+impl ServerCertVerifier for AcceptAny {
+    fn verify_server_cert(
+        &self,
+        _: &CertificateDer<'_>,
+        _: &[CertificateDer<'_>],
+        _: &ServerName<'_>,
+        _: &[u8],
+        _: UnixTime,
+    ) -> Result<ServerCertVerified, rustls::Error> {
+        Ok(ServerCertVerified::assertion())
+    }
+    // Signatures are not checked either: the load generator must not be the bottleneck (an
+    // ECDSA verification costs the client more than the signature costs the server).
+    fn verify_tls12_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn verify_tls13_signature(
+        &self,
+        _: &[u8],
+        _: &CertificateDer<'_>,
+        _: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        Ok(HandshakeSignatureValid::assertion())
+    }
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.0.signature_verification_algorithms.supported_schemes()
+    }
+}
+
+async fn one(
+    connector: &tokio_rustls::TlsConnector,
+    addr: SocketAddr,
+    request: &[u8],
+) -> Result<bool, String> {
+    let tcp = tokio::net::TcpStream::connect(addr)
+        .await
+        .map_err(|e| e.to_string())?;
+    tcp.set_nodelay(true).map_err(|e| e.to_string())?;
+    let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+    let mut tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| e.to_string())?;
+    let resumed = matches!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Resumed)
+    );
+    tls.write_all(request).await.map_err(|e| e.to_string())?;
+    let mut buf = Vec::with_capacity(1024);
+    // `Connection: close`: the response ends when the server closes.
+    match tls.read_to_end(&mut buf).await {
+        Ok(_) => {}
+        // Some servers close without close_notify; the response is complete when it is there.
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {}
+        Err(e) => return Err(e.to_string()),
+    }
+    if buf.starts_with(b"HTTP/1.1 200") {
+        Ok(resumed)
+    } else {
+        Err(format!(
+            "unexpected answer {:?}",
+            String::from_utf8_lossy(&buf[..buf.len().min(40)])
+        ))
+    }
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| a != "--bench")
+        .collect();
+    if args.len() < 4 {
+        return;
+    }
+    let addr: SocketAddr = args[0].parse().expect("ADDR as ip:port");
+    let secs: u64 = args[1].parse().expect("SECONDS");
+    let conc: usize = args[2].parse().expect("CONCURRENCY");
+    match args[3].as_str() {
+        "idle" => return idle(addr, secs, conc),
+        mode @ ("rate-tls" | "rate-plain") => {
+            let rate: u64 = args.get(6).and_then(|r| r.parse().ok()).expect("RATE");
+            let req = request(&args[4], Some(&args[5]), false);
+            return rate_mode(addr, secs, conc, mode == "rate-tls", req, rate);
+        }
+        _ => {}
+    }
+    let full = match args[3].as_str() {
+        "full" => true,
+        "resumed" => false,
+        other => panic!("mode {other:?}: full, resumed, idle, rate-tls or rate-plain"),
+    };
+    let path = args.get(4).cloned().unwrap_or_else(|| "/".into());
+    let key = args.get(5).cloned();
+    let request = String::from_utf8(request(&path, key.as_deref(), true)).expect("utf-8");
+    let connector = connector(!full);
+    let rt = runtime();
+    let (done, errors, resumed) = (
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+        Arc::new(AtomicU64::new(0)),
+    );
+    let start = Instant::now();
+    let deadline = start + Duration::from_secs(secs);
+    let first_error = Arc::new(std::sync::Mutex::new(None::<String>));
+    rt.block_on(async {
+        let mut tasks = Vec::new();
+        for _ in 0..conc {
+            let (connector, request) = (connector.clone(), request.clone().into_bytes());
+            let (done, errors, resumed, first_error) = (
+                done.clone(),
+                errors.clone(),
+                resumed.clone(),
+                first_error.clone(),
+            );
+            tasks.push(tokio::spawn(async move {
+                while Instant::now() < deadline {
+                    match one(&connector, addr, &request).await {
+                        Ok(r) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            if r {
+                                resumed.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Err(e) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            if let Ok(mut f) = first_error.lock() {
+                                f.get_or_insert(e);
+                            }
+                        }
+                    }
+                }
+            }));
+        }
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let elapsed = start.elapsed().as_secs_f64();
+    let n = done.load(Ordering::Relaxed);
+    println!(
+        "{{\"mode\":\"{}\",\"requests\":{n},\"errors\":{},\"seconds\":{elapsed:.2},\"rps\":{:.0},\"resumed\":{}}}",
+        if full { "full" } else { "resumed" },
+        errors.load(Ordering::Relaxed),
+        n as f64 / elapsed,
+        resumed.load(Ordering::Relaxed)
+    );
+    if let Ok(f) = first_error.lock()
+        && let Some(e) = f.as_ref()
+    {
+        eprintln!("first error: {e}");
+    }
+}
+
+fn request(path: &str, key: Option<&str>, close: bool) -> Vec<u8> {
+    let body = r#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#;
+    let mut r = format!(
+        "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    if close {
+        r += "Connection: close\r\n";
+    }
+    if let Some(k) = key {
+        r += &format!("Authorization: Bearer {k}\r\n");
+    }
+    r += "\r\n";
+    r += body;
+    r.into_bytes()
+}
+
+fn connector(resume: bool) -> tokio_rustls::TlsConnector {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut config = ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .expect("versions")
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(AcceptAny(provider)))
+        .with_no_client_auth();
+    if !resume {
+        config.resumption = rustls::client::Resumption::disabled();
+    }
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime")
+}
+
+/// Open `n` TLS connections (full handshakes), say so, hold them for `secs`.
+fn idle(addr: SocketAddr, secs: u64, n: usize) {
+    let connector = connector(false);
+    runtime().block_on(async {
+        let mut held = Vec::with_capacity(n);
+        let mut errors = 0;
+        for _ in 0..n {
+            let r = async {
+                let tcp = tokio::net::TcpStream::connect(addr).await?;
+                let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+                connector.connect(name, tcp).await
+            }
+            .await;
+            match r {
+                Ok(c) => held.push(c),
+                Err(_) => errors += 1,
+            }
+        }
+        println!(
+            "{{\"mode\":\"idle\",\"open\":{},\"errors\":{errors}}}",
+            held.len()
+        );
+        tokio::time::sleep(Duration::from_secs(secs)).await;
+        drop(held);
+    });
+}
+
+/// Read one HTTP/1.1 response with a Content-Length body; whether it was a 200.
+async fn read_response<S: tokio::io::AsyncRead + Unpin>(
+    s: &mut S,
+    buf: &mut Vec<u8>,
+) -> std::io::Result<bool> {
+    buf.clear();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            while buf.len() < end + 4 + len {
+                let n = s.read(&mut chunk).await?;
+                if n == 0 {
+                    return Err(std::io::ErrorKind::UnexpectedEof.into());
+                }
+                buf.extend_from_slice(&chunk[..n]);
+            }
+            return Ok(head.starts_with("http/1.1 200"));
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Open-loop keep-alive load: `conns` connections share `rate` req/s; each request's latency is
+/// measured from when it was due, so a stall counts for every request it delays.
+fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>, rate: u64) {
+    let connector = connector(true);
+    let per_conn = Duration::from_secs_f64(conns as f64 / rate as f64);
+    let (lat, errors) = runtime().block_on(async {
+        let mut tasks = Vec::new();
+        for i in 0..conns {
+            let (connector, req) = (connector.clone(), req.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut lat = Vec::new();
+                let mut errors = 0u64;
+                let tcp = match tokio::net::TcpStream::connect(addr).await {
+                    Ok(t) => t,
+                    Err(_) => return (lat, 1),
+                };
+                let _ = tcp.set_nodelay(true);
+                let mut stream: Box<dyn Stream> = if tls {
+                    let name = ServerName::try_from("localhost").expect("name");
+                    match connector.connect(name, tcp).await {
+                        Ok(t) => Box::new(t),
+                        Err(_) => return (lat, 1),
+                    }
+                } else {
+                    Box::new(tcp)
+                };
+                let start = tokio::time::Instant::now() + per_conn.mul_f64(i as f64 / conns as f64);
+                let end = start + Duration::from_secs(secs);
+                let mut due = start;
+                let mut buf = Vec::with_capacity(1024);
+                while due < end {
+                    tokio::time::sleep_until(due).await;
+                    let ok = stream.write_all(&req).await.is_ok()
+                        && matches!(read_response(&mut stream, &mut buf).await, Ok(true));
+                    if ok {
+                        lat.push(due.elapsed().as_micros() as u32);
+                    } else {
+                        errors += 1;
+                        break;
+                    }
+                    due += per_conn;
+                }
+                (lat, errors)
+            }));
+        }
+        let mut all = Vec::new();
+        let mut errors = 0;
+        for t in tasks {
+            if let Ok((l, e)) = t.await {
+                all.extend(l);
+                errors += e;
+            }
+        }
+        (all, errors)
+    });
+    let mut lat = lat;
+    lat.sort_unstable();
+    let q = |p: f64| {
+        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!(
+        "{{\"mode\":\"rate\",\"tls\":{tls},\"requests\":{},\"errors\":{errors},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+        lat.len(),
+        q(0.5),
+        q(0.99),
+        q(0.999)
+    );
+}
+
+trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
