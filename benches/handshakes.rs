@@ -204,7 +204,7 @@ fn request(path: &str, key: Option<&str>, close: bool) -> Vec<u8> {
     r.into_bytes()
 }
 
-fn connector(resume: bool) -> tokio_rustls::TlsConnector {
+fn client_config(resume: bool) -> Arc<ClientConfig> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let mut config = ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -215,7 +215,11 @@ fn connector(resume: bool) -> tokio_rustls::TlsConnector {
     if !resume {
         config.resumption = rustls::client::Resumption::disabled();
     }
-    tokio_rustls::TlsConnector::from(Arc::new(config))
+    Arc::new(config)
+}
+
+fn connector(resume: bool) -> tokio_rustls::TlsConnector {
+    tokio_rustls::TlsConnector::from(client_config(resume))
 }
 
 fn runtime() -> tokio::runtime::Runtime {
@@ -253,10 +257,7 @@ fn idle(addr: SocketAddr, secs: u64, n: usize) {
 }
 
 /// Read one HTTP/1.1 response with a Content-Length body; whether it was a 200.
-async fn read_response<S: tokio::io::AsyncRead + Unpin>(
-    s: &mut S,
-    buf: &mut Vec<u8>,
-) -> std::io::Result<bool> {
+fn read_response<S: std::io::Read>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Result<bool> {
     buf.clear();
     let mut chunk = [0u8; 4096];
     loop {
@@ -268,7 +269,7 @@ async fn read_response<S: tokio::io::AsyncRead + Unpin>(
                 .and_then(|v| v.trim().parse().ok())
                 .unwrap_or(0);
             while buf.len() < end + 4 + len {
-                let n = s.read(&mut chunk).await?;
+                let n = s.read(&mut chunk)?;
                 if n == 0 {
                     return Err(std::io::ErrorKind::UnexpectedEof.into());
                 }
@@ -276,7 +277,7 @@ async fn read_response<S: tokio::io::AsyncRead + Unpin>(
             }
             return Ok(head.starts_with("http/1.1 200"));
         }
-        let n = s.read(&mut chunk).await?;
+        let n = s.read(&mut chunk)?;
         if n == 0 {
             return Err(std::io::ErrorKind::UnexpectedEof.into());
         }
@@ -285,61 +286,59 @@ async fn read_response<S: tokio::io::AsyncRead + Unpin>(
 }
 
 /// Open-loop keep-alive load: `conns` connections share `rate` req/s; each request's latency is
-/// measured from when it was due, so a stall counts for every request it delays.
+/// measured from when it was due, so a stall counts for every request it delays. One OS thread
+/// per connection with blocking I/O: `thread::sleep` wakes within the kernel's timer slack
+/// (~50 µs), where tokio's timer has 1 ms granularity.
 fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>, rate: u64) {
-    let connector = connector(true);
+    use std::io::Write;
+    let config = client_config(true);
     let per_conn = Duration::from_secs_f64(conns as f64 / rate as f64);
-    let (lat, errors) = runtime().block_on(async {
-        let mut tasks = Vec::new();
-        for i in 0..conns {
-            let (connector, req) = (connector.clone(), req.clone());
-            tasks.push(tokio::spawn(async move {
+    let t0 = Instant::now() + Duration::from_millis(200);
+    let handles: Vec<_> = (0..conns)
+        .map(|i| {
+            let (config, req) = (config.clone(), req.clone());
+            std::thread::spawn(move || -> (Vec<u32>, u64) {
                 let mut lat = Vec::new();
-                let mut errors = 0u64;
-                let tcp = match tokio::net::TcpStream::connect(addr).await {
-                    Ok(t) => t,
-                    Err(_) => return (lat, 1),
+                let Ok(tcp) = std::net::TcpStream::connect(addr) else {
+                    return (lat, 1);
                 };
                 let _ = tcp.set_nodelay(true);
-                let mut stream: Box<dyn Stream> = if tls {
+                let mut stream: Box<dyn ReadWrite> = if tls {
                     let name = ServerName::try_from("localhost").expect("name");
-                    match connector.connect(name, tcp).await {
-                        Ok(t) => Box::new(t),
-                        Err(_) => return (lat, 1),
-                    }
+                    let Ok(conn) = rustls::ClientConnection::new(config, name) else {
+                        return (lat, 1);
+                    };
+                    Box::new(rustls::StreamOwned::new(conn, tcp))
                 } else {
                     Box::new(tcp)
                 };
-                let start = tokio::time::Instant::now() + per_conn.mul_f64(i as f64 / conns as f64);
+                let start = t0 + per_conn.mul_f64(i as f64 / conns as f64);
                 let end = start + Duration::from_secs(secs);
-                let mut due = start;
-                let mut buf = Vec::with_capacity(1024);
+                let (mut due, mut buf) = (start, Vec::with_capacity(1024));
                 while due < end {
-                    tokio::time::sleep_until(due).await;
-                    let ok = stream.write_all(&req).await.is_ok()
-                        && matches!(read_response(&mut stream, &mut buf).await, Ok(true));
-                    if ok {
-                        lat.push(due.elapsed().as_micros() as u32);
-                    } else {
-                        errors += 1;
-                        break;
+                    let now = Instant::now();
+                    if due > now {
+                        std::thread::sleep(due - now);
                     }
+                    let ok = stream.write_all(&req).is_ok()
+                        && matches!(read_response(&mut stream, &mut buf), Ok(true));
+                    if !ok {
+                        return (lat, 1);
+                    }
+                    lat.push(due.elapsed().as_micros() as u32);
                     due += per_conn;
                 }
-                (lat, errors)
-            }));
+                (lat, 0)
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for h in handles {
+        if let Ok((l, e)) = h.join() {
+            lat.extend(l);
+            errors += e;
         }
-        let mut all = Vec::new();
-        let mut errors = 0;
-        for t in tasks {
-            if let Ok((l, e)) = t.await {
-                all.extend(l);
-                errors += e;
-            }
-        }
-        (all, errors)
-    });
-    let mut lat = lat;
+    }
     lat.sort_unstable();
     let q = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -355,5 +354,5 @@ fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>,
     );
 }
 
-trait Stream: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
-impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Stream for T {}
+trait ReadWrite: std::io::Read + std::io::Write + Send {}
+impl<T: std::io::Read + std::io::Write + Send> ReadWrite for T {}

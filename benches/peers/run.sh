@@ -8,8 +8,12 @@
 #   benches/peers/run.sh [REPETITIONS=3] [SECONDS=10]
 #
 # Writes benches/peers/results.md (the table, with date and machine) and results.jsonl.
-# Measured today: keep-alive HTTP/1.1 (wrk, 64 connections) and HTTP/2 (h2load, 16 connections
-# x 10 streams). Every process it starts is stopped by PID; every loop is bounded.
+# Loads: keep-alive HTTP/1.1 (wrk, 64 connections), HTTP/2 (h2load, 16 connections x 10 streams),
+# full TLS 1.3 handshakes (ECDSA P-256 and RSA-2048) and resumed ones (benches/handshakes.rs, a
+# new connection per request, 32 at a time), latency at a fixed 2,000 req/s over 8 keep-alive
+# connections minus the same load sent directly to the backend, RSS per idle TLS connection (1,000
+# held open), syscalls per proxied request (strace -c -f on the serving process, 20,000 requests).
+# Every process it starts is stopped by PID; every loop is bounded.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 REPS="${1:-3}"
@@ -23,7 +27,11 @@ done
 if ((${#need[@]})); then
   apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
+command -v strace >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null; }
 (cd "$ROOT" && cargo build --release -q)
+HS="$(cd "$ROOT" && cargo bench --bench handshakes --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)"
+case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac
+[ -x "$HS" ] || { echo "benches/handshakes did not build" >&2; exit 1; }
 
 W="$(mktemp -d)"
 PIDS=()
@@ -40,6 +48,8 @@ wait_port() { for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/n
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
+openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
+  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$W/rsa-key.pem" -out "$W/rsa-cert.pem" 2>/dev/null
 BODY='{"predictions":[{"label":"virginica","probability":0.9054},{"label":"not-virginica","probability":0.0012}],"model":"iris","version":"blue","took_ms":0.21,"request":"bench"}'
 KEY="bench-key-0123456789abcdef"
 BACKEND=$(free_port)
@@ -56,8 +66,9 @@ taskset -c 1 nginx -c "$W/backend/nginx.conf" -p "$W/backend" &
 PIDS+=($!)
 wait_port "$BACKEND"
 
-start_target() { # name port -> pid in TARGET_PID
-  local name=$1 port=$2 d="$W/$1"
+start_target() { # name port [cert prefix] -> pid in TARGET_PID, serving pid in SERVING_PID
+  local name=$1 port=$2 c=${3:-} d="$W/$1"
+
   mkdir -p "$d"
   case $name in
     nginx)
@@ -67,12 +78,12 @@ events { worker_connections 8192; }
 http { access_log off; keepalive_requests 1000000;
   upstream be { server 127.0.0.1:$BACKEND; keepalive 128; keepalive_requests 1000000; }
   server { listen 127.0.0.1:$port ssl http2;
-    ssl_certificate $W/cert.pem; ssl_certificate_key $W/key.pem; ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_certificate $W/${c}cert.pem; ssl_certificate_key $W/${c}key.pem; ssl_protocols TLSv1.2 TLSv1.3;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
       taskset -c 0 nginx -c "$d/nginx.conf" -p "$d" & ;;
     haproxy)
-      cat "$W/cert.pem" "$W/key.pem" >"$d/both.pem"
+      cat "$W/${c}cert.pem" "$W/${c}key.pem" >"$d/both.pem"
       cat >"$d/haproxy.cfg" <<CONF
 global
   nbthread 1
@@ -97,8 +108,8 @@ CONF
 [listen]
 tls = "127.0.0.1:$port"
 [[tls.certificates]]
-cert = "$W/cert.pem"
-key = "$W/key.pem"
+cert = "$W/${c}cert.pem"
+key = "$W/${c}key.pem"
 [[services]]
 name = "iris"
 primary_key = "$KEY"
@@ -112,7 +123,14 @@ CONF
   TARGET_PID=$!
   PIDS+=("$TARGET_PID")
   wait_port "$port"
+  SERVING_PID=$TARGET_PID
+  if [ "$name" = nginx ]; then # the worker serves; the master only supervises
+    for _ in $(seq 1 50); do SERVING_PID=$(pgrep -P "$TARGET_PID" | head -1) && [ -n "$SERVING_PID" ] && break; sleep 0.05; done
+  fi
 }
+stop_target() { kill "$TARGET_PID" 2>/dev/null || true; wait "$TARGET_PID" 2>/dev/null || true; }
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
 
 URL_PATH=/api/v1/service/iris/score
 cat >"$W/post.lua" <<LUA
@@ -141,42 +159,114 @@ for rep in $(seq 1 "$REPS"); do
     h2_rps=$(awk '/^finished in/ {print $4}' <<<"$h2")
     h2_fail=$(awk '/^requests:/ {print $10+$12+$14}' <<<"$h2")
     h2_non2xx=$(awk '/^status codes:/ {print $5+$7+$9}' <<<"$h2")
-    printf '{"rep":%d,"target":"%s","keepalive_rps":%s,"keepalive_errors":%s,"h2_rps":%s,"h2_failed":%s,"h2_non2xx":%s}\n' \
-      "$rep" "$t" "${ka_rps:-0}" "$ka_err" "${h2_rps:-0}" "${h2_fail:-0}" "${h2_non2xx:-0}" | tee -a "$OUT/results.jsonl"
-    kill "$TARGET_PID" 2>/dev/null || true
-    wait "$TARGET_PID" 2>/dev/null || true
+    addr="127.0.0.1:$port"
+    full=$(taskset -c 1 "$HS" "$addr" "$SECS" 32 full "$URL_PATH" "$KEY")
+    # 8 at a time: the rustls client keeps 8 tickets per server, so more would fall back to full.
+    resumed=$(taskset -c 1 "$HS" "$addr" "$SECS" 8 resumed "$URL_PATH" "$KEY")
+    lat=$(taskset -c 1 "$HS" "$addr" "$SECS" 8 rate-tls "$URL_PATH" "$KEY" 2000)
+    # RSS per idle TLS connection: 1,000 held open (after a full handshake each).
+    rss0=$(rss_kb "$SERVING_PID")
+    taskset -c 1 "$HS" "$addr" 8 1000 idle >"$W/idle.out" &
+    IDLE=$!; PIDS+=("$IDLE")
+    for _ in $(seq 1 100); do grep -q open "$W/idle.out" 2>/dev/null && break; sleep 0.1; done
+    sleep 1
+    rss1=$(rss_kb "$SERVING_PID")
+    idle_open=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["open"])' "$W/idle.out" 2>/dev/null || echo 0)
+    wait "$IDLE" 2>/dev/null || true
+    # Syscalls per proxied request.
+    timeout 60 strace -c -f -q -p "$SERVING_PID" -o "$W/strace.txt" &
+    ST=$!; PIDS+=("$ST"); sleep 0.5
+    taskset -c 1 h2load -n 20000 -c 64 -t 1 --h1 -d "$W/body.json" \
+      -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "$url" >"$W/h2load-strace.txt" 2>&1 || true
+    kill -INT "$ST" 2>/dev/null || true; wait "$ST" 2>/dev/null || true
+    calls=$(awk '$1 ~ /^[0-9.]+$/ && $NF != "total" {c += $4} END {print c+0}' "$W/strace.txt")
+    stop_target
+    # Full handshakes with RSA-2048.
+    port=$(free_port)
+    start_target "$t" "$port" rsa-
+    rsa=$(taskset -c 1 "$HS" "127.0.0.1:$port" "$SECS" 32 full "$URL_PATH" "$KEY")
+    stop_target
+    python3 - "$rep" "$t" "$ka_rps" "$ka_err" "$h2_rps" "$h2_fail" "$h2_non2xx" "$full" "$resumed" "$lat" "$rss0" "$rss1" "$idle_open" "${calls:-0}" "$rsa" <<'PY' | tee -a "$OUT/results.jsonl"
+import json, sys
+a = sys.argv[1:]
+full, resumed, lat, rsa = (json.loads(x) for x in (a[7], a[8], a[9], a[14]))
+open_ = int(a[12]) or 1
+print(json.dumps({"rep": int(a[0]), "target": a[1], "keepalive_rps": float(a[2] or 0),
+    "keepalive_errors": int(a[3]), "h2_rps": float(a[4] or 0), "h2_failed": int(a[5] or 0),
+    "h2_non2xx": int(a[6] or 0), "full_hs": full["rps"], "rsa_full_hs": rsa["rps"],
+    "resumed_hs": resumed["rps"], "resumed_share": round(resumed["resumed"] / max(resumed["requests"], 1), 3),
+    "lat_p50_us": lat["p50_us"], "lat_p99_us": lat["p99_us"],
+    "rss_per_idle_conn_kb": round((int(a[11]) - int(a[10])) / open_, 2), "idle_open": int(a[12]),
+    "syscalls_per_req": round(int(a[13]) / 20000, 2),
+    "hs_errors": full["errors"] + resumed["errors"] + rsa["errors"] + lat["errors"]}))
+PY
   done
+  # The same open-loop load sent straight to the backend (plain HTTP): the baseline of "added".
+  taskset -c 1 "$HS" "127.0.0.1:$BACKEND" "$SECS" 8 rate-plain "$URL_PATH" "$KEY" 2000 \
+    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"rep": '"$rep"', "target": "direct", "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"]}))' \
+    | tee -a "$OUT/results.jsonl"
 done
 
 python3 - "$OUT" <<'PY'
 import json, statistics, sys, datetime, platform, os
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{out}/results.jsonl")]
-def col(t, k): return [r[k] for r in rows if r["target"] == t]
-def ratios(k):
+reps = sorted({r["rep"] for r in rows})
+def get(rep, t, k):
+    return next((r[k] for r in rows if r["rep"] == rep and r["target"] == t and k in r), None)
+# Latency is reported as added over the direct baseline of the same repetition.
+for r in rows:
+    for k in ("lat_p50_us", "lat_p99_us"):
+        if r["target"] != "direct" and k in r:
+            base = get(r["rep"], "direct", k) or 0
+            r["added_" + k] = max(r[k] - base, 1)
+metrics = [  # key, label, higher is better, format
+    ("keepalive_rps", "keep-alive TLS HTTP/1.1 req/s (wrk -c64)", True, "{:,.0f}"),
+    ("h2_rps", "HTTP/2 req/s (h2load -c16 -m10)", True, "{:,.0f}"),
+    ("full_hs", "full TLS 1.3 handshakes/s, ECDSA P-256 (new connection per request)", True, "{:,.0f}"),
+    ("rsa_full_hs", "full TLS 1.3 handshakes/s, RSA-2048", True, "{:,.0f}"),
+    ("resumed_hs", "resumed handshakes/s", True, "{:,.0f}"),
+    ("added_lat_p50_us", "latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
+    ("added_lat_p99_us", "latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
+    ("rss_per_idle_conn_kb", "RSS per idle TLS connection (KiB, 1,000 open)", False, "{:,.1f}"),
+    ("syscalls_per_req", "syscalls per proxied request (strace -c)", False, "{:,.2f}"),
+]
+def ratios(k, higher):
     res = []
-    for rep in sorted({r["rep"] for r in rows}):
-        by = {r["target"]: r[k] for r in rows if r["rep"] == rep}
-        best = max(by.get("nginx", 0), by.get("haproxy", 0))
-        if best: res.append(by["scoregate"] / best)
+    for rep in reps:
+        peers = [v for v in (get(rep, "nginx", k), get(rep, "haproxy", k)) if v is not None]
+        sg = get(rep, "scoregate", k)
+        if not peers or sg is None:
+            continue
+        best = max(peers) if higher else min(peers)
+        if best > 0:
+            res.append(sg / best)
     return res
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.machine())
 lines = [f"# Peer comparison — {datetime.date.today()} on {cpu}, {os.cpu_count()} cores", "",
-         "Each target alone on core 0 (1 worker), wrk/h2load and the backend on core 1. Median (min–max) of "
-         f"{len({r['rep'] for r in rows})} repetitions; ratio = scoregate / better of nginx and haproxy, same repetition.", "",
+         "Each target alone on core 0 (1 worker), the load generators and the backend on core 1. Median (min–max) of "
+         f"{len(reps)} repetitions; ratio = scoregate / better peer of the same repetition (higher is better for "
+         "rates, lower for latency, memory and syscalls).", "",
          "| metric | nginx | haproxy | scoregate | ratio (median, min–max) |", "|---|---|---|---|---|"]
-for k, name in [("keepalive_rps", "keep-alive TLS HTTP/1.1 req/s (wrk -c64)"), ("h2_rps", "HTTP/2 req/s (h2load -c16 -m10)")]:
+for k, name, higher, fmt in metrics:
     cells = []
     for t in ("nginx", "haproxy", "scoregate"):
-        v = col(t, k)
-        cells.append(f"{statistics.median(v):,.0f} ({min(v):,.0f}–{max(v):,.0f})" if v else "—")
-    r = ratios(k)
+        v = [r[k] for r in rows if r["target"] == t and k in r]
+        cells.append(f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}–{fmt.format(max(v))})" if v else "—")
+    r = ratios(k, higher)
     cells.append(f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})" if r else "—")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-errors = sum(r["keepalive_errors"] + r["h2_failed"] + r["h2_non2xx"] for r in rows)
-lines += ["", f"Errors in all runs: {errors}.", "",
-          "Not measured yet (issue 6): full and resumed handshake rates, latency added at 2k req/s, RSS per idle "
-          "connection, syscalls per request."]
+direct = [r for r in rows if r["target"] == "direct"]
+if direct:
+    lines += ["", "Direct to the backend at 2,000 req/s (the baseline): p50 "
+              f"{statistics.median(r['lat_p50_us'] for r in direct):,.0f} µs, p99 "
+              f"{statistics.median(r['lat_p99_us'] for r in direct):,.0f} µs."]
+share = {t: statistics.median([r["resumed_share"] for r in rows if r["target"] == t and "resumed_share" in r] or [0])
+         for t in ("nginx", "haproxy", "scoregate")}
+lines += ["", "Share of connections actually resumed in the resumed run: " +
+          ", ".join(f"{t} {v:.0%}" for t, v in share.items()) + "."]
+errors = sum(r.get("keepalive_errors", 0) + r.get("h2_failed", 0) + r.get("h2_non2xx", 0) + r.get("hs_errors", 0) for r in rows)
+lines += ["", f"Errors in all runs: {errors}."]
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
 PY
