@@ -1,5 +1,6 @@
 //! Micro-benchmarks of the per-request work that does not touch the network: route lookup,
-//! version choice, auth, header hygiene, request ids. Run: `cargo bench --bench request_path`.
+//! version choice, auth, header hygiene, request ids, the certificate resolver (per handshake)
+//! and metrics recording. Run: `cargo bench --bench request_path`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -71,6 +72,43 @@ fn bench(c: &mut Criterion) {
             headers::set_forwarded(&mut h, "10.1.2.3".parse().expect("ip"), true);
             h.insert(headers::REQUEST_ID, headers::request_id(&h));
             black_box(h)
+        })
+    });
+    c.bench_function("request_id_new", |b| {
+        b.iter(|| black_box(headers::new_request_id()))
+    });
+    // The resolver's work per handshake: one snapshot load, exact name, then wildcard, else
+    // the default.
+    let ca = scoregate::tls::DevCa::new("bench CA").expect("ca");
+    let loaded: Vec<_> = [
+        "iris.example.com",
+        "*.models.example.com",
+        "other.example.com",
+    ]
+    .iter()
+    .map(|n| {
+        let leaf = ca.issue(&[n.to_string()]).expect("leaf");
+        scoregate::tls::load_pem_pair(leaf.cert_pem.as_bytes(), leaf.key_pem.as_bytes(), "c", "k")
+            .expect("pem")
+    })
+    .collect();
+    let handle = scoregate::tls::CertHandle::new(
+        scoregate::tls::CertStore::new(loaded.iter()).expect("store"),
+    );
+    c.bench_function("cert_resolve_exact", |b| {
+        b.iter(|| black_box(handle.resolve(black_box(Some("other.example.com")))))
+    });
+    c.bench_function("cert_resolve_wildcard", |b| {
+        b.iter(|| black_box(handle.resolve(black_box(Some("a.models.example.com")))))
+    });
+    let vm = metrics.version("iris", "blue");
+    c.bench_function("metrics_record_request", |b| {
+        b.iter(|| {
+            vm.in_flight.inc();
+            vm.queue_wait.observe(black_box(0.000_02));
+            vm.upstream.observe(black_box(0.000_4));
+            vm.observe(black_box(200), black_box(0.000_5));
+            vm.in_flight.dec();
         })
     });
 }

@@ -32,47 +32,76 @@ pub fn request_id(headers: &HeaderMap) -> HeaderValue {
     new_request_id()
 }
 
-/// A random UUID (version 4 layout).
+/// A random UUID (version 4 layout), formatted on the stack.
 pub fn new_request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
     let r = fastrand::u128(..);
     let r = (r & !(0xF << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
-    let s = format!(
-        "{:08x}-{:04x}-{:04x}-{:04x}-{:012x}",
-        (r >> 96) as u32,
-        (r >> 80) as u16,
-        (r >> 64) as u16,
-        (r >> 48) as u16,
-        r as u64 & 0xFFFF_FFFF_FFFF
-    );
-    HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("0"))
+    let mut out = [0u8; 36];
+    let mut nibble = 32;
+    for (i, b) in out.iter_mut().enumerate() {
+        if matches!(i, 8 | 13 | 18 | 23) {
+            *b = b'-';
+        } else {
+            nibble -= 1;
+            *b = HEX[((r >> (nibble * 4)) & 0xF) as usize];
+        }
+    }
+    HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// Remove hop-by-hop headers, including any the `Connection` header names.
 /// `Transfer-Encoding` goes too: hyper frames each hop's body itself.
+/// One pass over the (few) names present instead of a hash lookup per listed name.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
-        .collect();
-    for n in named {
+    let mut doomed: Vec<HeaderName> = Vec::new(); // no allocation unless something is found
+    for name in headers.keys() {
+        if name == header::TRANSFER_ENCODING || HOP_BY_HOP.contains(name) {
+            doomed.push(name.clone());
+        }
+    }
+    if doomed.is_empty() {
+        return;
+    }
+    if doomed.contains(&header::CONNECTION) {
+        for v in headers.get_all(header::CONNECTION) {
+            let Ok(v) = v.to_str() else { continue };
+            for token in v.split(',') {
+                let token = token.trim();
+                if token.eq_ignore_ascii_case("keep-alive") || token.eq_ignore_ascii_case("close") {
+                    continue; // listed above, or not a header name worth a lookup
+                }
+                if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                    doomed.push(n);
+                }
+            }
+        }
+    }
+    for n in doomed {
         headers.remove(n);
     }
-    for n in HOP_BY_HOP {
-        headers.remove(n);
-    }
-    headers.remove(header::TRANSFER_ENCODING);
 }
 
-/// Append the client address to `X-Forwarded-For` and set `X-Forwarded-Proto`.
+/// Append the client address to `X-Forwarded-For` and set `X-Forwarded-Proto`, formatting on
+/// the stack.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
-    let xff = match headers.get(X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) => format!("{prev}, {client}"),
-        None => client.to_string(),
+    use std::io::Write;
+    let mut buf = [0u8; 64];
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{client}");
+    let written = 64 - w.len();
+    let ip = &buf[..written];
+    let value = match headers.get(X_FORWARDED_FOR) {
+        Some(prev) => {
+            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
+            v.extend_from_slice(prev.as_bytes());
+            v.extend_from_slice(b", ");
+            v.extend_from_slice(ip);
+            HeaderValue::from_bytes(&v)
+        }
+        None => HeaderValue::from_bytes(ip),
     };
-    if let Ok(v) = HeaderValue::from_str(&xff) {
+    if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
     }
     headers.insert(
@@ -110,6 +139,32 @@ mod tests {
         let id = request_id(&h);
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4');
+        for _ in 0..1000 {
+            let id = new_request_id();
+            let b = id.as_bytes();
+            assert!([8, 13, 18, 23].iter().all(|&i| b[i] == b'-'), "{id:?}");
+            assert_eq!(b[14], b'4', "{id:?}");
+            assert!(matches!(b[19], b'8' | b'9' | b'a' | b'b'), "{id:?}");
+            assert!(
+                b.iter()
+                    .all(|c| *c == b'-' || c.is_ascii_digit() || (b'a'..=b'f').contains(c)),
+                "{id:?}"
+            );
+        }
+        assert_ne!(new_request_id(), new_request_id());
+    }
+
+    #[test]
+    fn connection_close_alone_strips_only_connection() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, "close".parse().expect("v"));
+        h.insert(header::HOST, "x".parse().expect("v"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        let mut h = HeaderMap::new();
+        h.insert(header::HOST, "x".parse().expect("v"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]
@@ -119,5 +174,9 @@ mod tests {
         set_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), true);
         assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
         assert_eq!(h[X_FORWARDED_PROTO], "https");
+        let mut h = HeaderMap::new();
+        set_forwarded(&mut h, "2001:db8::1".parse().expect("ip"), false);
+        assert_eq!(h[X_FORWARDED_FOR], "2001:db8::1");
+        assert_eq!(h[X_FORWARDED_PROTO], "http");
     }
 }

@@ -111,6 +111,11 @@ impl CertHandle {
         CertHandle(Arc::new(ArcSwap::from_pointee(store)))
     }
 
+    /// The certificate for an SNI name in the current snapshot (one lock-free load).
+    pub fn resolve(&self, sni: Option<&str>) -> Arc<CertifiedKey> {
+        self.0.load().resolve(sni)
+    }
+
     /// Replace the served certificates; handshakes after this see the new store.
     pub fn store(&self, store: CertStore) {
         self.0.store(Arc::new(store));
@@ -133,7 +138,7 @@ impl ResolvesServerCert for Resolver {
         {
             return hello.server_name().and_then(|n| ch.alpn(n));
         }
-        Some(self.certs.0.load().resolve(hello.server_name()))
+        Some(self.certs.resolve(hello.server_name()))
     }
 }
 
