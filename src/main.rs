@@ -198,11 +198,17 @@ fn bad_config(e: &config::ConfigErrors) -> ExitCode {
     ExitCode::from(EX_CONFIG)
 }
 
+/// The tokio runtime: one worker per core (`TOKIO_WORKER_THREADS` to change it); with exactly
+/// one worker the current-thread scheduler, which skips the work-stealing machinery a single
+/// worker cannot use.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .context("starting the tokio runtime")
+    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
+    let mut b = if single {
+        tokio::runtime::Builder::new_current_thread()
+    } else {
+        tokio::runtime::Builder::new_multi_thread()
+    };
+    b.enable_all().build().context("starting the tokio runtime")
 }
 
 async fn serve(config: config::Config) -> anyhow::Result<()> {
