@@ -129,14 +129,13 @@ pub struct TlsArgs {
     pub no_ssl: bool,
 }
 
+/// What attach sets and update changes.
 #[derive(Debug, Clone, clap::Args)]
-pub struct AttachArgs {
-    /// Compute name: 3-24 letters, digits or '-', starting with a letter.
-    pub compute: String,
-    /// FastProd (3 gateway replicas, needs 12 vCPUs) or DevTest (1 replica).
+pub struct SettingsArgs {
+    /// FastProd (3 gateway replicas, needs 12 vCPUs; attach's default) or DevTest (1 replica).
     #[arg(long)]
     pub purpose: Option<String>,
-    /// PublicIp (default) or InternalLoadBalancer.
+    /// PublicIp (attach's default) or InternalLoadBalancer.
     #[arg(long)]
     pub load_balancer: Option<String>,
     /// Subnet of an internal load balancer (default aks-subnet).
@@ -144,12 +143,20 @@ pub struct AttachArgs {
     pub subnet: Option<String>,
     #[command(flatten)]
     pub tls: TlsArgs,
-    /// Namespace for the gateway (default scoregate).
-    #[arg(long)]
-    pub namespace: Option<String>,
     /// Gateway container image.
     #[arg(long)]
     pub image: Option<String>,
+}
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct AttachArgs {
+    /// Compute name: 3-24 letters, digits or '-', starting with a letter.
+    pub compute: String,
+    #[command(flatten)]
+    pub settings: SettingsArgs,
+    /// Namespace for the gateway (default scoregate).
+    #[arg(long)]
+    pub namespace: Option<String>,
     /// Check the options and print the objects (`-o yaml`) without touching the cluster; the
     /// TLS Secret is left out (create it with `scoregate cert set` or kubectl).
     #[arg(long)]
@@ -163,16 +170,8 @@ pub struct AttachArgs {
 #[derive(Debug, Clone, clap::Args)]
 pub struct UpdateArgs {
     pub compute: String,
-    #[arg(long)]
-    pub purpose: Option<String>,
-    #[arg(long)]
-    pub load_balancer: Option<String>,
-    #[arg(long)]
-    pub subnet: Option<String>,
     #[command(flatten)]
-    pub tls: TlsArgs,
-    #[arg(long)]
-    pub image: Option<String>,
+    pub settings: SettingsArgs,
     /// Allow --no-ssl behind a PublicIp load balancer.
     #[arg(long)]
     pub allow_public_plaintext: bool,
@@ -226,16 +225,23 @@ pub enum CertCommand {
     },
 }
 
-impl TlsArgs {
-    pub fn options(&self) -> crate::control::TlsOptions {
-        crate::control::TlsOptions {
-            cert_file: self.ssl_cert_pem_file.clone(),
-            key_file: self.ssl_key_pem_file.clone(),
-            cname: self.ssl_cname.clone(),
-            leaf_domain_label: self.leaf_domain_label.clone(),
-            region: self.region.clone(),
-            acme_directory: self.acme_directory.clone(),
-            no_ssl: self.no_ssl,
+impl SettingsArgs {
+    pub fn settings(&self) -> crate::control::commands::Settings {
+        let t = &self.tls;
+        crate::control::commands::Settings {
+            purpose: self.purpose.clone(),
+            load_balancer: self.load_balancer.clone(),
+            subnet: self.subnet.clone(),
+            tls: crate::control::TlsOptions {
+                cert_file: t.ssl_cert_pem_file.clone(),
+                key_file: t.ssl_key_pem_file.clone(),
+                cname: t.ssl_cname.clone(),
+                leaf_domain_label: t.leaf_domain_label.clone(),
+                region: t.region.clone(),
+                acme_directory: t.acme_directory.clone(),
+                no_ssl: t.no_ssl,
+            },
+            image: self.image.clone(),
         }
     }
 }

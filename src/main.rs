@@ -5,7 +5,7 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
-use scoregate::cli::{CertCommand, Cli, Command};
+use scoregate::cli::{CertCommand, Cli, Command, ControlArgs};
 use scoregate::{config, control, demo, server, shutdown, tls};
 
 const EX_CONFIG: u8 = 64;
@@ -24,41 +24,37 @@ fn main() -> ExitCode {
 
     let result = match cli.command {
         Command::Attach(a) => {
-            let env = a.common.env();
             let opts = control::commands::AttachOptions {
-                compute: a.compute.clone(),
-                purpose: a.purpose.clone(),
-                load_balancer: a.load_balancer.clone(),
-                subnet: a.subnet.clone(),
-                tls: a.tls.options(),
-                namespace: a.namespace.clone(),
-                image: a.image.clone(),
+                compute: a.compute,
+                settings: a.settings.settings(),
+                namespace: a.namespace,
                 wait: a.wait.wait(),
                 dry_run: a.dry_run,
             };
-            return run_control(a.common.output, control::commands::attach(opts, &env));
+            return run_control(&a.common, async |env| {
+                control::commands::attach(opts, &env).await
+            });
         }
         Command::Update(u) => {
-            let env = u.common.env();
             let opts = control::commands::UpdateOptions {
-                compute: u.compute.clone(),
-                purpose: u.purpose.clone(),
-                load_balancer: u.load_balancer.clone(),
-                subnet: u.subnet.clone(),
-                tls: u.tls.options(),
-                image: u.image.clone(),
+                compute: u.compute,
+                settings: u.settings.settings(),
                 allow_public_plaintext: u.allow_public_plaintext,
                 wait: u.wait.wait(),
             };
-            return run_control(u.common.output, control::commands::update(opts, &env));
+            return run_control(&u.common, async |env| {
+                control::commands::update(opts, &env).await
+            });
         }
         Command::Detach { compute, common } => {
-            let env = common.env();
-            return run_control(common.output, control::commands::detach(&compute, &env));
+            return run_control(&common, async |env| {
+                control::commands::detach(&compute, &env).await
+            });
         }
         Command::Status { compute, common } => {
-            let env = common.env();
-            return run_control(common.output, control::commands::status(&compute, &env));
+            return run_control(&common, async |env| {
+                control::commands::status(&compute, &env).await
+            });
         }
         Command::Cert(c) => return cert(c),
         Command::Check { config: path } => {
@@ -130,49 +126,39 @@ fn cert(c: CertCommand) -> ExitCode {
             cert_pem_file,
             key_pem_file,
             common,
-        } => {
-            let env = common.env();
-            run_control(
-                common.output,
-                cert::set(&compute, &cert_pem_file, &key_pem_file, &env),
-            )
-        }
+        } => run_control(&common, async |env| {
+            cert::set(&compute, &cert_pem_file, &key_pem_file, &env).await
+        }),
         CertCommand::Export {
             compute,
             dir,
             common,
-        } => {
-            let env = common.env();
-            run_control(common.output, cert::export(&compute, &dir, &env))
-        }
+        } => run_control(&common, async |env| {
+            cert::export(&compute, &dir, &env).await
+        }),
         CertCommand::Status { compute, common } => {
-            let env = common.env();
-            run_control(common.output, cert::status(&compute, &env))
+            run_control(&common, async |env| cert::status(&compute, &env).await)
         }
         CertCommand::Renew { compute, common } => {
-            let env = common.env();
-            run_control(common.output, cert::renew(&compute, &env))
+            run_control(&common, async |env| cert::renew(&compute, &env).await)
         }
         CertCommand::Disable {
             compute,
             allow_public_plaintext,
             wait,
             common,
-        } => {
-            let env = common.env();
-            run_control(
-                common.output,
-                cert::disable(&compute, allow_public_plaintext, wait.wait(), &env),
-            )
-        }
+        } => run_control(&common, async |env| {
+            cert::disable(&compute, allow_public_plaintext, wait.wait(), &env).await
+        }),
     }
 }
 
-/// Run one control command; its result on stdout in `format`, errors on stderr. Exit 64 for
-/// bad options (nothing touched), 1 for refusals and failures.
+/// Run one control command with the environment its flags describe; its result on stdout in
+/// `--output`'s format, errors on stderr. Exit 64 for bad options (nothing touched), 1 for
+/// refusals and failures.
 fn run_control(
-    format: control::output::Format,
-    fut: impl std::future::Future<Output = Result<serde_json::Value, control::ControlError>>,
+    common: &ControlArgs,
+    command: impl AsyncFnOnce(control::Env) -> Result<serde_json::Value, control::ControlError>,
 ) -> ExitCode {
     let rt = match runtime() {
         Ok(rt) => rt,
@@ -181,9 +167,9 @@ fn run_control(
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(fut) {
+    match rt.block_on(command(common.env())) {
         Ok(v) => {
-            print!("{}", control::output::render(&v, format));
+            print!("{}", control::output::render(&v, common.output));
             ExitCode::SUCCESS
         }
         Err(e) => {

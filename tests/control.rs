@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -16,46 +15,7 @@ use kube::api::{Patch, PatchParams};
 use scoregate::tls::{DevCa, Leaf};
 use serde_json::{Value, json};
 
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn cli(args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_scoregate"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run scoregate");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
-
-/// A Node with `cpu` allocatable (as a kubelet would report it).
-fn node(tb: &Testbed, name: &str, cpu: &str) {
-    let path = tb.dir.path().join(format!("{name}.json"));
-    std::fs::write(
-        &path,
-        json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}).to_string(),
-    )
-    .expect("write");
-    tb.kubectl(&["apply", "-f", path.to_str().expect("path")]);
-    let status = json!({"status": {"allocatable": {"cpu": cpu, "memory": "16Gi", "pods": "110"},
-                                   "capacity": {"cpu": "4", "memory": "16Gi", "pods": "110"}}});
-    tb.kubectl(&[
-        "patch",
-        "node",
-        name,
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        &status.to_string(),
-    ]);
-}
+use common::scoregate as cli;
 
 /// What the Deployment controller and the cloud's load balancer would do: once the gateway
 /// Deployment exists, report its replicas ready and give the Service an address.
@@ -139,7 +99,7 @@ async fn attach_update_rotate_detach_on_a_real_api_server() {
     ];
 
     // One 4-vCPU node (kubelet reports 3860m): FastProd is refused, DevTest fits.
-    node(&tb, "node-1", "3860m");
+    tb.node("node-1", "3860m");
     let o = run(&[
         &["attach", "aks-prod", "--purpose", "FastProd"][..],
         &custom[..],
@@ -166,15 +126,16 @@ async fn attach_update_rotate_detach_on_a_real_api_server() {
     let e = scoregate::control::commands::attach(
         scoregate::control::commands::AttachOptions {
             compute: "aks-old".into(),
-            purpose: Some("DevTest".into()),
-            load_balancer: Some("InternalLoadBalancer".into()),
-            subnet: None,
-            tls: scoregate::control::TlsOptions {
-                no_ssl: true,
+            settings: scoregate::control::commands::Settings {
+                purpose: Some("DevTest".into()),
+                load_balancer: Some("InternalLoadBalancer".into()),
+                tls: scoregate::control::TlsOptions {
+                    no_ssl: true,
+                    ..Default::default()
+                },
                 ..Default::default()
             },
             namespace: None,
-            image: None,
             wait: scoregate::control::Wait {
                 enabled: false,
                 timeout: Duration::from_secs(1),
@@ -596,8 +557,8 @@ async fn attach_update_rotate_detach_on_a_real_api_server() {
     assert!(o.stderr.contains("nothing left to remove"), "{}", o.stderr);
 
     // Two more 4-vCPU nodes: FastProd fits, with three gateway replicas, internal LB.
-    node(&tb, "node-2", "3860m");
-    node(&tb, "node-3", "3860m");
+    tb.node("node-2", "3860m");
+    tb.node("node-3", "3860m");
     let o = run(&[
         &[
             "attach",

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -15,16 +14,8 @@ use scoregate::tls::DevCa;
 use serde_json::{Value, json};
 
 fn cli(args: &[&str]) -> (i32, String, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_scoregate"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run scoregate");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let o = scoregate(args);
+    (o.code, o.stdout, o.stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -52,19 +43,7 @@ async fn cert_status_shows_what_each_replica_serves_through_a_rotation() {
         (c.display().to_string(), k.display().to_string(), leaf)
     };
     let (c1, k1, leaf1) = write_pair("v1");
-    let node = json!({"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}).to_string();
-    let node_file = dir.path().join("node.json");
-    std::fs::write(&node_file, node).expect("w");
-    tb.kubectl(&["apply", "-f", node_file.to_str().expect("p")]);
-    tb.kubectl(&[
-        "patch",
-        "node",
-        "n1",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"allocatable":{"cpu":"2","pods":"110"}}}"#,
-    ]);
+    tb.node("n1", "2");
     let (code, _, err) = cli(&[
         &[
             "attach",

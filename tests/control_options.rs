@@ -1,28 +1,12 @@
 //! The control CLI's option checks, as a black box: every rule once, with Azure's messages
 //! where Azure has one, exit 64, and no cluster touched (the kubeconfig does not even exist).
 
+mod common;
+
 use std::path::Path;
-use std::process::Command;
 
+use common::scoregate as cli;
 use scoregate::tls::DevCa;
-
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-fn cli(args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_scoregate"))
-        .args(args)
-        .output()
-        .expect("run scoregate");
-    Out {
-        code: o.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
-    }
-}
 
 fn s(p: &Path) -> &str {
     p.to_str().expect("utf-8 path")

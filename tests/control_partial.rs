@@ -5,20 +5,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 
 fn cli(args: &[&str]) -> (i32, String) {
-    let o = Command::new(env!("CARGO_BIN_EXE_scoregate"))
-        .args(args)
-        .env("RUST_LOG", "warn")
-        .output()
-        .expect("run scoregate");
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
+    let o = scoregate(args);
+    (o.code, o.stderr)
 }
 
 const LIMITED: &str = r#"{"apiVersion": "v1", "kind": "List", "items": [
@@ -39,22 +30,7 @@ const LIMITED: &str = r#"{"apiVersion": "v1", "kind": "List", "items": [
 fn a_failed_attach_says_what_was_applied_and_a_rerun_converges() {
     let tb = Testbed::start();
     let dir = tempfile::tempdir().expect("tempdir");
-    let node = dir.path().join("node.json");
-    std::fs::write(
-        &node,
-        r#"{"apiVersion": "v1", "kind": "Node", "metadata": {"name": "n1"}}"#,
-    )
-    .expect("w");
-    tb.kubectl(&["apply", "-f", node.to_str().expect("p")]);
-    tb.kubectl(&[
-        "patch",
-        "node",
-        "n1",
-        "--subresource=status",
-        "--type=merge",
-        "-p",
-        r#"{"status":{"allocatable":{"cpu":"4","pods":"110"}}}"#,
-    ]);
+    tb.node("n1", "4");
     let rbac = dir.path().join("rbac.json");
     std::fs::write(&rbac, LIMITED).expect("w");
     tb.kubectl(&["create", "serviceaccount", "operator", "-n", "default"]);

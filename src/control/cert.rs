@@ -149,11 +149,7 @@ async fn replica_fingerprints(
     ns: &str,
     compute: &str,
 ) -> Result<Vec<Value>, ControlError> {
-    let lp = ListParams::default().labels(&format!(
-        "app.kubernetes.io/name={},{}={compute}",
-        render::APP,
-        render::LABEL_COMPUTE
-    ));
+    let lp = ListParams::default().labels(&render::pod_label_selector(compute));
     let pods = Api::<Pod>::namespaced(c.client.clone(), ns)
         .list(&lp)
         .await
@@ -245,14 +241,13 @@ pub async fn disable(
     super::commands::update(
         UpdateOptions {
             compute: compute.to_string(),
-            purpose: None,
-            load_balancer: None,
-            subnet: None,
-            tls: TlsOptions {
-                no_ssl: true,
-                ..TlsOptions::default()
+            settings: super::commands::Settings {
+                tls: TlsOptions {
+                    no_ssl: true,
+                    ..TlsOptions::default()
+                },
+                ..Default::default()
             },
-            image: None,
             allow_public_plaintext,
             wait,
         },

@@ -11,16 +11,23 @@ use super::render;
 use super::spec::{self, ChosenTls, OptionError};
 use super::{Attachment, ControlError, Env, Purpose, TlsMode, TlsOptions, Wait};
 
-/// `scoregate attach` as options.
-#[derive(Debug, Clone)]
-pub struct AttachOptions {
-    pub compute: String,
+/// What attach sets and update may change; `None`/empty: the default (attach) or unchanged
+/// (update).
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
     pub purpose: Option<String>,
     pub load_balancer: Option<String>,
     pub subnet: Option<String>,
     pub tls: TlsOptions,
-    pub namespace: Option<String>,
     pub image: Option<String>,
+}
+
+/// `scoregate attach` as options.
+#[derive(Debug, Clone)]
+pub struct AttachOptions {
+    pub compute: String,
+    pub settings: Settings,
+    pub namespace: Option<String>,
     pub wait: Wait,
     /// Print the objects instead of touching the cluster (no Secret: it would hold the key).
     pub dry_run: bool,
@@ -30,14 +37,22 @@ pub struct AttachOptions {
 #[derive(Debug, Clone)]
 pub struct UpdateOptions {
     pub compute: String,
-    pub purpose: Option<String>,
-    pub load_balancer: Option<String>,
-    pub subnet: Option<String>,
-    pub tls: TlsOptions,
-    pub image: Option<String>,
+    pub settings: Settings,
     /// Allow plain HTTP behind a public load balancer.
     pub allow_public_plaintext: bool,
     pub wait: Wait,
+}
+
+/// `--purpose`, with Azure's message when it is neither value.
+fn parse_purpose(s: &str, errs: &mut Vec<OptionError>) -> Option<Purpose> {
+    Purpose::parse(s)
+        .map_err(|message| {
+            errs.push(OptionError {
+                field: "--purpose".into(),
+                message,
+            })
+        })
+        .ok()
 }
 
 fn refuse_options(errs: Vec<OptionError>) -> Result<(), ControlError> {
@@ -168,23 +183,15 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
             message,
         })
         .collect();
-    let purpose = match Purpose::parse(o.purpose.as_deref().unwrap_or("FastProd")) {
-        Ok(p) => Some(p),
-        Err(message) => {
-            errs.push(OptionError {
-                field: "--purpose".into(),
-                message,
-            });
-            None
-        }
-    };
+    let set = &o.settings;
+    let purpose = parse_purpose(set.purpose.as_deref().unwrap_or("FastProd"), &mut errs);
     let lb = spec::choose_load_balancer(
-        o.load_balancer.as_deref(),
-        o.subnet.as_deref(),
+        set.load_balancer.as_deref(),
+        set.subnet.as_deref(),
         None,
         &mut errs,
     );
-    let tls = spec::choose_tls(&o.tls, None, &mut errs);
+    let tls = spec::choose_tls(&set.tls, None, &mut errs);
     let namespace = o
         .namespace
         .clone()
@@ -209,7 +216,7 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
         load_balancer,
         subnet,
         tls: mode,
-        image: o
+        image: set
             .image
             .clone()
             .unwrap_or_else(|| render::DEFAULT_IMAGE.into()),
@@ -395,18 +402,17 @@ pub async fn update(o: UpdateOptions, env: &Env) -> Result<Value, ControlError> 
     let current = attachment(&o.compute, &c).await?;
     let mut errs = Vec::new();
     let mut a = current.clone();
-    if let Some(p) = &o.purpose {
-        match Purpose::parse(p) {
-            Ok(p) => a.purpose = p,
-            Err(message) => errs.push(OptionError {
-                field: "--purpose".into(),
-                message,
-            }),
-        }
+    let set = &o.settings;
+    if let Some(p) = set
+        .purpose
+        .as_deref()
+        .and_then(|p| parse_purpose(p, &mut errs))
+    {
+        a.purpose = p;
     }
     if let Some((lb, subnet)) = spec::choose_load_balancer(
-        o.load_balancer.as_deref(),
-        o.subnet.as_deref(),
+        set.load_balancer.as_deref(),
+        set.subnet.as_deref(),
         Some((current.load_balancer, current.subnet.clone())),
         &mut errs,
     ) {
@@ -414,17 +420,17 @@ pub async fn update(o: UpdateOptions, env: &Env) -> Result<Value, ControlError> 
         a.subnet = subnet;
     }
     let mut pem = None;
-    if !o.tls.is_empty() {
+    if !set.tls.is_empty() {
         let keep = match &current.tls {
             TlsMode::Auto { label, suffix, .. } => Some((label.as_str(), suffix.as_str())),
             _ => None,
         };
-        if let Some(t) = spec::choose_tls(&o.tls, keep, &mut errs) {
+        if let Some(t) = spec::choose_tls(&set.tls, keep, &mut errs) {
             a.tls = t.mode;
             pem = t.pem;
         }
     }
-    if let Some(image) = &o.image {
+    if let Some(image) = &set.image {
         a.image = image.clone();
     }
     check_plaintext(&a, o.allow_public_plaintext, &mut errs);

@@ -144,6 +144,11 @@ pub fn objects(a: &Attachment, pem: Option<&(Vec<u8>, Vec<u8>)>) -> Vec<Value> {
     out
 }
 
+/// The gateway Pods of `compute`, as a label selector string.
+pub fn pod_label_selector(compute: &str) -> String {
+    format!("app.kubernetes.io/name={APP},{LABEL_COMPUTE}={compute}")
+}
+
 fn pod_selector(a: &Attachment) -> Value {
     json!({"app.kubernetes.io/name": APP, LABEL_COMPUTE: a.compute})
 }
@@ -197,8 +202,6 @@ fn deployment(a: &Attachment) -> Value {
         mounts.push(json!({"name": "state", "mountPath": "/var/lib/scoregate"}));
         volumes.push(json!({"name": "state", "emptyDir": {}}));
     }
-    let mut labels = labels(a);
-    labels["app.kubernetes.io/name"] = json!(APP);
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(a, GATEWAY, true),
         "spec": {
@@ -207,7 +210,7 @@ fn deployment(a: &Attachment) -> Value {
             "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
             "template": {
                 "metadata": {
-                    "labels": labels,
+                    "labels": labels(a),
                     "annotations": {
                         ANNOTATION_CONFIG_HASH: hash,
                         "prometheus.io/scrape": "true",

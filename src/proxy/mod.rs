@@ -242,8 +242,10 @@ impl Gateway {
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
         parts.headers.insert(headers::REQUEST_ID, rid.clone());
-        if let Ok(name) = HeaderValue::from_str(&v.name) {
-            parts.headers.insert(headers::MODEL_DEPLOYMENT, name);
+        if let Some(name) = &v.header {
+            parts
+                .headers
+                .insert(headers::MODEL_DEPLOYMENT, name.clone());
         }
         let done = Completion {
             lease,

@@ -51,6 +51,9 @@ pub fn parse_path(path: &str) -> Option<(&str, Endpoint)> {
 #[derive(Debug)]
 pub struct Version {
     pub name: String,
+    /// `name` as the `azureml-model-deployment` response header value, built once here
+    /// instead of per response (version names are validated header-safe).
+    pub header: Option<http::HeaderValue>,
     pub traffic_percentile: u8,
     pub protocol: Protocol,
     pub replicas: Arc<ReplicaSet>,
@@ -104,6 +107,7 @@ impl Service {
                     .unwrap_or_else(|| ReplicaSet::new(&addrs, v.protocol, &c.settings));
                 Version {
                     name: v.name.clone(),
+                    header: http::HeaderValue::from_str(&v.name).ok(),
                     traffic_percentile: v.traffic_percentile,
                     protocol: v.protocol,
                     replicas,

@@ -234,3 +234,47 @@ impl Testbed {
         path
     }
 }
+
+impl Testbed {
+    /// A Node with `cpu` allocatable, as its kubelet would report it (no kubelet runs here).
+    pub fn node(&self, name: &str, cpu: &str) {
+        let path = self.dir.path().join(format!("node-{name}.json"));
+        let node =
+            format!(r#"{{"apiVersion": "v1", "kind": "Node", "metadata": {{"name": "{name}"}}}}"#);
+        std::fs::write(&path, node).expect("write node");
+        self.kubectl(&["apply", "-f", path.to_str().expect("path")]);
+        let status = format!(
+            r#"{{"status": {{"allocatable": {{"cpu": "{cpu}", "memory": "16Gi", "pods": "110"}}}}}}"#
+        );
+        self.kubectl(&[
+            "patch",
+            "node",
+            name,
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            &status,
+        ]);
+    }
+}
+
+/// What the `scoregate` binary printed and how it exited.
+pub struct CliOut {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Run the `scoregate` binary as a black box.
+pub fn scoregate(args: &[&str]) -> CliOut {
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .args(args)
+        .env("RUST_LOG", "warn")
+        .output()
+        .expect("run scoregate");
+    CliOut {
+        code: o.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&o.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
+    }
+}
