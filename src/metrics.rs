@@ -32,6 +32,7 @@ pub struct Metrics {
     queue_wait: HistogramVec,
     in_flight: IntGaugeVec,
     queued: IntGaugeVec,
+    ejections: IntCounterVec,
     rejected: IntCounterVec,
     tls_handshakes: IntCounterVec,
     pub connections_open: IntGauge,
@@ -265,6 +266,7 @@ pub struct VersionMetrics {
     pub queue_wait: Histogram,
     pub in_flight: IntGauge,
     pub queued: IntGauge,
+    pub ejections: IntCounter,
 }
 
 impl VersionMetrics {
@@ -331,6 +333,13 @@ impl Metrics {
                 ),
                 &["service", "version"],
             )?,
+            ejections: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_replica_ejections_total",
+                    "Replicas taken out of service by outlier detection (consecutive transport failures).",
+                ),
+                &["service", "version"],
+            )?,
             rejected: IntCounterVec::new(
                 Opts::new(
                     "scoregate_requests_rejected_total",
@@ -360,6 +369,7 @@ impl Metrics {
         m.registry.register(Box::new(m.queue_wait.clone()))?;
         m.registry.register(Box::new(m.in_flight.clone()))?;
         m.registry.register(Box::new(m.queued.clone()))?;
+        m.registry.register(Box::new(m.ejections.clone()))?;
         m.registry.register(Box::new(m.rejected.clone()))?;
         m.registry.register(Box::new(m.tls_handshakes.clone()))?;
         m.registry.register(Box::new(m.connections_open.clone()))?;
@@ -377,6 +387,7 @@ impl Metrics {
             queue_wait: self.queue_wait.with_label_values(&sv),
             in_flight: self.in_flight.with_label_values(&sv),
             queued: self.queued.with_label_values(&sv),
+            ejections: self.ejections.with_label_values(&sv),
         }
     }
 

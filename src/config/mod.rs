@@ -92,6 +92,10 @@ pub struct ServiceSettings {
     #[serde(rename = "max_request_wait_time_ms", with = "millis")]
     pub max_request_wait_time: Duration,
     pub max_queued_requests: u32,
+    /// Outlier detection: this many consecutive transport failures eject a replica (0 = never).
+    pub outlier_consecutive_failures: u32,
+    #[serde(rename = "outlier_base_ejection_ms", with = "millis")]
+    pub outlier_base_ejection: Duration,
 }
 
 impl Default for ServiceSettings {
@@ -101,6 +105,8 @@ impl Default for ServiceSettings {
             replica_max_concurrent_requests: 1,
             max_request_wait_time: Duration::from_millis(500),
             max_queued_requests: 1_000,
+            outlier_consecutive_failures: 5,
+            outlier_base_ejection: Duration::from_secs(30),
         }
     }
 }

@@ -142,6 +142,10 @@ pub struct RawService {
     /// Milliseconds a request may wait for a free replica (Azure's name and unit).
     pub max_request_wait_time: Option<u64>,
     pub max_queued_requests: Option<u64>,
+    /// Consecutive transport failures (connect, reset, garbage, timeout) that eject a replica.
+    pub outlier_consecutive_failures: Option<u64>,
+    /// First ejection length; it grows with each ejection (× n, at most 10×).
+    pub outlier_base_ejection_ms: Option<u64>,
     #[serde(default)]
     pub versions: Vec<RawVersion>,
 }

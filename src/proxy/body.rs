@@ -12,7 +12,7 @@ use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, Incoming, SizeHint};
 
 use crate::routing::Service;
-use crate::upstream::{Checkout, Lease};
+use crate::upstream::{Checkout, Lease, Outcome};
 
 /// What the gateway answers with: a replica's streamed body or its own small JSON.
 pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
@@ -29,12 +29,16 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
-    fn finish(self, complete: bool) {
+    /// `complete`: the body was read to its end; `broken`: the replica broke it off.
+    fn finish(self, complete: bool, broken: bool) {
         let m = &self.service.versions[self.version].metrics;
         m.observe(self.code, self.start.elapsed().as_secs_f64());
         m.in_flight.dec();
         if complete {
+            super::report(&self.lease, Outcome::Answered, &self.service, self.version);
             self.checkout.release(&self.lease.replica);
+        } else if broken {
+            super::report(&self.lease, Outcome::Failed, &self.service, self.version);
         }
         // Dropping the lease frees the replica slot for the next waiter.
     }
@@ -54,9 +58,9 @@ impl TrackedBody {
         }
     }
 
-    fn finish(&mut self, complete: bool) {
+    fn finish(&mut self, complete: bool, broken: bool) {
         if let Some(d) = self.done.take() {
-            d.finish(complete);
+            d.finish(complete, broken);
         }
     }
 }
@@ -72,9 +76,9 @@ impl Body for TrackedBody {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => this.finish(true),
-            Poll::Ready(Some(Err(_))) => this.finish(false),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true),
+            Poll::Ready(None) => this.finish(true, false),
+            Poll::Ready(Some(Err(_))) => this.finish(false, true),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true, false),
             _ => {}
         }
         polled
@@ -94,6 +98,6 @@ impl Drop for TrackedBody {
         // Dropped by the server: either fully sent (an empty or known-length body hyper did not
         // poll to the end) or the client went away mid-body.
         let complete = self.inner.is_end_stream();
-        self.finish(complete);
+        self.finish(complete, false);
     }
 }

@@ -31,7 +31,7 @@ use crate::acme::challenge::HTTP01_PREFIX;
 use crate::config::Protocol;
 use crate::metrics::Metrics;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
-use crate::upstream::{Lease, Saturated};
+use crate::upstream::{Lease, Outcome, Saturated, UpstreamError};
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -228,10 +228,14 @@ impl Gateway {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => {
                 v.metrics.in_flight.dec();
+                if !matches!(e, UpstreamError::BodyTooLarge) {
+                    report(&lease, Outcome::Failed, service, version);
+                }
                 return Err(GatewayError::Upstream(e));
             }
             Err(_) => {
                 v.metrics.in_flight.dec();
+                report(&lease, Outcome::Failed, service, version);
                 return Err(GatewayError::Timeout(
                     service.settings.scoring_timeout.as_millis(),
                 ));
@@ -314,6 +318,22 @@ impl Gateway {
                 usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
             ),
         )
+    }
+}
+
+/// Tell outlier detection how an exchange ended; count and log an ejection it causes.
+pub(crate) fn report(lease: &Lease, outcome: Outcome, service: &Service, version: usize) {
+    if let Some(e) = lease.report(outcome) {
+        let v = &service.versions[version];
+        v.metrics.ejections.inc();
+        tracing::warn!(
+            service = service.name.as_str(),
+            version = v.name.as_str(),
+            replica = %e.addr,
+            ejected_for_ms = e.duration.as_millis() as u64,
+            ejected_now = e.ejected_now,
+            "replica ejected after consecutive failures"
+        );
     }
 }
 

@@ -3,6 +3,7 @@
 //! among replicas under their concurrency limit), and pooled connections ([`replica`]).
 
 mod ewma;
+mod outlier;
 mod replica;
 
 use std::net::SocketAddr;
@@ -17,6 +18,7 @@ use tokio::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::config::{Protocol, ServiceSettings};
+pub use outlier::{Ejection, Outcome};
 pub use replica::{Checkout, Replica, UpstreamBody, UpstreamError};
 
 /// Why no replica slot was granted.
@@ -46,6 +48,11 @@ pub struct ReplicaSet {
     queued: AtomicU32,
     max_queued: u32,
     max_wait: Duration,
+    outlier: outlier::Policy,
+    /// What discovery (or the file) wants; the served list is this minus the ejected replicas.
+    desired: Mutex<Vec<SocketAddr>>,
+    /// Replicas out for a while after consecutive failures, with when they come back.
+    ejected: Mutex<Vec<(Arc<Replica>, Instant)>>,
 }
 
 /// A granted slot on one replica; dropping it frees the slot.
@@ -88,6 +95,9 @@ impl ReplicaSet {
             .collect();
         let capacity = replicas.len() * limit as usize;
         Arc::new(ReplicaSet {
+            outlier: outlier::Policy::from_settings(settings),
+            desired: Mutex::new(addrs.to_vec()),
+            ejected: Mutex::new(Vec::new()),
             replicas: ArcSwap::from_pointee(replicas),
             protocol,
             limit,
@@ -106,6 +116,7 @@ impl ReplicaSet {
             && self.limit == settings.replica_max_concurrent_requests
             && self.max_queued == settings.max_queued_requests
             && self.max_wait == settings.max_request_wait_time
+            && self.outlier == outlier::Policy::from_settings(settings)
     }
 
     pub fn replicas(&self) -> Arc<Vec<Arc<Replica>>> {
@@ -118,11 +129,26 @@ impl ReplicaSet {
         let Ok(_guard) = self.update_lock.lock() else {
             return;
         };
+        if let Ok(mut d) = self.desired.lock() {
+            d.clear();
+            d.extend_from_slice(addrs);
+        }
+        let Ok(mut ejected) = self.ejected.lock() else {
+            return;
+        };
+        // An ejected replica that discovery dropped is forgotten; one it keeps stays out.
+        ejected.retain(|(r, _)| addrs.contains(&r.addr));
         let old = self.replicas.load_full();
-        if old.len() == addrs.len() && old.iter().zip(addrs).all(|(r, a)| r.addr == *a) {
+        let served: Vec<SocketAddr> = addrs
+            .iter()
+            .filter(|a| !ejected.iter().any(|(r, _)| r.addr == **a))
+            .copied()
+            .collect();
+        drop(ejected);
+        if old.len() == served.len() && old.iter().zip(&served).all(|(r, a)| r.addr == *a) {
             return;
         }
-        let next: Vec<Arc<Replica>> = addrs
+        let next: Vec<Arc<Replica>> = served
             .iter()
             .map(|a| {
                 old.iter()
@@ -131,6 +157,12 @@ impl ReplicaSet {
                     .unwrap_or_else(|| Arc::new(Replica::new(*a, self.protocol, self.limit)))
             })
             .collect();
+        self.swap(&old, next);
+    }
+
+    /// Serve `next` instead of `old`, moving capacity with the replicas (caller holds
+    /// `update_lock`).
+    fn swap(&self, old: &[Arc<Replica>], next: Vec<Arc<Replica>>) {
         let limit = self.limit as usize;
         let added = next
             .iter()

@@ -57,6 +57,10 @@ pub struct Replica {
     limit: u32,
     pub(super) in_flight: AtomicU32,
     latency: PeakEwma,
+    /// Outlier detection: failures in a row, times ejected, when the last ejection ended.
+    pub(super) failures: AtomicU32,
+    pub(super) ejections: AtomicU32,
+    pub(super) last_ejected: Mutex<Option<tokio::time::Instant>>,
     idle: Mutex<Vec<http1::SendRequest<UpstreamBody>>>,
     shared_h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
 }
@@ -86,6 +90,9 @@ impl Replica {
             limit,
             in_flight: AtomicU32::new(0),
             latency: PeakEwma::default(),
+            failures: AtomicU32::new(0),
+            ejections: AtomicU32::new(0),
+            last_ejected: Mutex::new(None),
             idle: Mutex::new(Vec::new()),
             shared_h2: Mutex::new(None),
         }

@@ -114,6 +114,20 @@ fn settings(s: &RawService, field: &str, errs: &mut Errors) -> ServiceSettings {
             1_000_000,
             u64::from(d.max_queued_requests),
         ) as u32,
+        outlier_consecutive_failures: errs.range(
+            &format!("{field}.outlier_consecutive_failures"),
+            s.outlier_consecutive_failures,
+            0,
+            1_000,
+            u64::from(d.outlier_consecutive_failures),
+        ) as u32,
+        outlier_base_ejection: Duration::from_millis(errs.range(
+            &format!("{field}.outlier_base_ejection_ms"),
+            s.outlier_base_ejection_ms,
+            100,
+            3_600_000,
+            d.outlier_base_ejection.as_millis() as u64,
+        )),
     }
 }
 

@@ -1,0 +1,210 @@
+//! Upstream faults, from raw TCP replicas that misbehave on purpose: a reset mid-response, a close
+//! before replying, a replica that accepts and never answers, garbage, an oversized header. Each
+//! gives the client a 502/504 with its JSON reason (or a cut-off body when the reply had started),
+//! the gateway keeps serving, and a replica that keeps failing is ejected while the others serve.
+
+mod common;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use common::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+#[derive(Clone, Copy, Debug)]
+enum Fault {
+    /// Start a 1,000-byte reply, send 10 bytes, then reset the connection (RST).
+    ResetMidResponse,
+    /// Read the request, close without a byte.
+    CloseBeforeReply,
+    /// Read the request, then say nothing, holding the connection open.
+    NeverAnswer,
+    /// Not HTTP at all.
+    Garbage,
+    /// A status line followed by a 1 MiB header.
+    OversizedHeader,
+}
+
+struct FaultyReplica {
+    addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for FaultyReplica {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+async fn faulty(fault: Fault) -> FaultyReplica {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = listener.accept().await else {
+                continue;
+            };
+            tokio::spawn(misbehave(s, fault));
+        }
+    });
+    FaultyReplica { addr, task }
+}
+
+async fn misbehave(mut s: TcpStream, fault: Fault) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut seen = Vec::new();
+    while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+        match s.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => seen.extend_from_slice(&buf[..n]),
+        }
+    }
+    match fault {
+        Fault::ResetMidResponse => {
+            let _ = s
+                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"partial\"")
+                .await;
+            let _ = s.flush().await;
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            let _ = s.set_zero_linger();
+            drop(s);
+        }
+        Fault::CloseBeforeReply => drop(s),
+        Fault::NeverAnswer => {
+            tokio::time::sleep(Duration::from_secs(3600)).await;
+        }
+        Fault::Garbage => {
+            let _ = s.write_all(b"\x16\x03\x01 this is not HTTP\r\n\r\n").await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        Fault::OversizedHeader => {
+            let mut reply = b"HTTP/1.1 200 OK\r\nx-huge: ".to_vec();
+            reply.extend(std::iter::repeat_n(b'a', 1024 * 1024));
+            reply.extend_from_slice(b"\r\ncontent-length: 2\r\n\r\n{}");
+            let _ = s.write_all(&reply).await;
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+    }
+}
+
+const SCORE: &str = "/api/v1/service/iris/score";
+
+#[tokio::test]
+async fn each_fault_is_a_502_or_504_with_its_reason_and_the_gateway_keeps_serving() {
+    let cases = [
+        (Fault::CloseBeforeReply, 502, "replica_closed_connection"),
+        (Fault::NeverAnswer, 504, "scoring_timeout"),
+        (Fault::Garbage, 502, "replica_bad_response"),
+        (Fault::OversizedHeader, 502, "replica_bad_response"),
+    ];
+    let model = Backend::model().await;
+    for (fault, status, reason) in cases {
+        let bad = faulty(fault).await;
+        let pki = Pki::new(&["localhost"]);
+        // A lone replica is never ejected: every request reaches the faulty one.
+        let gw =
+            TestGateway::start(&service_toml(&pki, "scoring_timeout_ms = 500", &[bad.addr])).await;
+        let c = client(&pki.ca_pem).build().expect("client");
+        for _ in 0..3 {
+            let r = post(&c, &gw.https(SCORE), Some(KEY), ROWS).await;
+            let body = expect_error(r, status, reason).await;
+            assert!(
+                !body.to_string().contains("127.0.0.1"),
+                "{fault:?}: no replica address leaks to the client: {body}"
+            );
+        }
+        gw.stop().await;
+    }
+    // The same gateway code keeps serving a healthy replica after all of it.
+    let pki = Pki::new(&["localhost"]);
+    let gw = TestGateway::start(&service_toml(&pki, "", &[model.addr])).await;
+    let c = client(&pki.ca_pem).build().expect("client");
+    assert_eq!(
+        post(&c, &gw.https(SCORE), Some(KEY), ROWS).await.status(),
+        200
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_reset_mid_response_cuts_the_body_and_counts_as_a_failure() {
+    let bad = faulty(Fault::ResetMidResponse).await;
+    let model = Backend::model().await;
+    let pki = Pki::new(&["localhost"]);
+    let gw = TestGateway::start(&service_toml(
+        &pki,
+        "outlier_consecutive_failures = 2",
+        &[bad.addr, model.addr],
+    ))
+    .await;
+    let c = client(&pki.ca_pem).build().expect("client");
+    let (mut cut, mut ok) = (0, 0);
+    for _ in 0..30 {
+        let r = post(&c, &gw.https(SCORE), Some(KEY), ROWS).await;
+        assert_eq!(r.status(), 200, "the reply had started: the status stands");
+        match r.bytes().await {
+            Ok(b) if b.len() == 1000 => panic!("a reset reply arrived whole"),
+            Ok(_) => ok += 1,
+            // The body is cut off: the client sees an error, never a hang or a short "success".
+            Err(_) => cut += 1,
+        }
+    }
+    assert_eq!(cut, 2, "ejected after two broken replies ({ok} whole)");
+    let m = gw.metrics().await;
+    assert_eq!(
+        counter(
+            &m,
+            r#"scoregate_replica_ejections_total{service="iris",version="blue"}"#
+        ),
+        1,
+        "{m}"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_failing_replica_is_ejected_and_the_others_keep_serving() {
+    for fault in [Fault::CloseBeforeReply, Fault::Garbage, Fault::NeverAnswer] {
+        let bad = faulty(fault).await;
+        let good = Backend::model().await;
+        let pki = Pki::new(&["localhost"]);
+        let gw = TestGateway::start(&service_toml(
+            &pki,
+            "scoring_timeout_ms = 300\noutlier_consecutive_failures = 3\noutlier_base_ejection_ms = 60000",
+            &[bad.addr, good.addr],
+        ))
+        .await;
+        let c = client(&pki.ca_pem).build().expect("client");
+        let mut failed = 0;
+        let mut last_failure = 0;
+        for i in 0..60 {
+            let r = post(&c, &gw.https(SCORE), Some(KEY), ROWS).await;
+            if r.status() != 200 {
+                failed += 1;
+                last_failure = i;
+            }
+        }
+        let m = gw.metrics().await;
+        let ejections = counter(
+            &m,
+            r#"scoregate_replica_ejections_total{service="iris",version="blue"}"#,
+        );
+        match fault {
+            // Fast failures look cheap to the latency-aware balancer: only ejection stops them.
+            Fault::CloseBeforeReply | Fault::Garbage => {
+                assert_eq!(failed, 3, "{fault:?}: exactly the failures that trip it");
+                assert_eq!(ejections, 1, "{fault:?}");
+            }
+            // A timeout costs the replica its latency score: the balancer avoids it before
+            // ejection has to.
+            _ => {
+                assert!((1..=3).contains(&failed), "{fault:?}: {failed} failures");
+                assert_eq!(ejections, u64::from(failed == 3), "{fault:?}");
+            }
+        }
+        assert!(last_failure < 59, "{fault:?}: served after the ejection");
+        gw.stop().await;
+    }
+}
