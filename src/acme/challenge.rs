@@ -36,6 +36,13 @@ impl Challenges {
         self.http.read().ok()?.get(token).cloned()
     }
 
+    /// The HTTP-01 answer for a request path: `None` when the path is not a challenge path,
+    /// `Some(None)` for an unknown token, `Some(Some(key_authorization))` for a pending one.
+    pub fn answer_path(&self, path: &str) -> Option<Option<String>> {
+        path.strip_prefix(HTTP01_PREFIX)
+            .map(|token| self.http(token))
+    }
+
     /// Build and keep the RFC 8737 certificate for `name` (acmeIdentifier = SHA-256 digest of
     /// the key authorization).
     pub fn put_alpn(&self, name: &str, digest: &[u8]) -> Result<(), rcgen::Error> {

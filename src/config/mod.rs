@@ -54,6 +54,9 @@ pub struct Limits {
     pub header_read_timeout: Duration,
     #[serde(rename = "handshake_timeout_ms", with = "millis")]
     pub handshake_timeout: Duration,
+    /// A connection with no request in flight and no byte either way for this long is closed.
+    #[serde(rename = "idle_timeout_ms", with = "millis")]
+    pub idle_timeout: Duration,
     #[serde(rename = "shutdown_grace_ms", with = "millis")]
     pub shutdown_grace: Duration,
     pub max_connections: usize,
@@ -66,6 +69,7 @@ impl Default for Limits {
             max_header_bytes: 64 * 1024,
             header_read_timeout: Duration::from_secs(10),
             handshake_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(30),
             max_connections: 10_000,
         }

@@ -122,6 +122,7 @@ pub struct RawLimits {
     pub max_header_bytes: Option<u64>,
     pub header_read_timeout_ms: Option<u64>,
     pub handshake_timeout_ms: Option<u64>,
+    pub idle_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
     pub max_connections: Option<u64>,
 }

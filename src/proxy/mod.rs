@@ -27,7 +27,6 @@ pub use body::{ProxyBody, TrackedBody};
 use error::GatewayError;
 
 use crate::acme::Challenges;
-use crate::acme::challenge::HTTP01_PREFIX;
 use crate::config::Protocol;
 use crate::metrics::Metrics;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
@@ -66,8 +65,7 @@ impl Gateway {
 
     /// HTTP-01: `/.well-known/acme-challenge/<token>` answered with the key authorization.
     fn acme_http01(&self, path: &str) -> Option<Response<ProxyBody>> {
-        let token = path.strip_prefix(HTTP01_PREFIX)?;
-        let answer = self.challenges.as_ref()?.http(token);
+        let answer = self.challenges.as_ref()?.answer_path(path)?;
         let mut r = Response::new(Either::Right(http_body_util::Full::new(
             bytes::Bytes::from(answer.clone().unwrap_or_default()),
         )));

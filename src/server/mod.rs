@@ -3,6 +3,7 @@
 //! on shutdown readiness goes false, accepting stops, in-flight requests finish within the grace
 //! period, then [`run`] returns.
 
+mod idle;
 mod listeners;
 
 use std::convert::Infallible;
@@ -18,6 +19,8 @@ use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
+
+use idle::{IdleIo, InFlight};
 
 pub use listeners::{BoundAddrs, Listeners};
 
@@ -219,13 +222,6 @@ impl AcceptCtx<'_> {
     ) {
         let mut backoff = Duration::from_millis(5);
         loop {
-            let permit = tokio::select! {
-                p = self.conn_limit.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    Err(_) => return,
-                },
-                _ = stopped(&mut stop) => return,
-            };
             let (stream, remote) = tokio::select! {
                 r = listener.accept() => match r {
                     Ok(x) => { backoff = Duration::from_millis(5); x }
@@ -236,6 +232,16 @@ impl AcceptCtx<'_> {
                         backoff = (backoff * 2).min(Duration::from_secs(1));
                         continue;
                     }
+                },
+                _ = stopped(&mut stop) => return,
+            };
+            // At the cap, this one connection waits (unserved, no handshake) for a slot and the
+            // rest stay in the kernel's backlog. Taking the slot after `accept` keeps an idle
+            // listener from holding one.
+            let permit = tokio::select! {
+                p = self.conn_limit.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    Err(_) => return,
                 },
                 _ = stopped(&mut stop) => return,
             };
@@ -253,7 +259,7 @@ impl AcceptCtx<'_> {
                     Some(acc) => conn.serve_tls(stream, remote, acc).await,
                     None => {
                         let info = ConnInfo { remote, tls: false };
-                        conn.serve_http(TokioIo::new(stream), info).await
+                        conn.serve_http(stream, info).await
                     }
                 }
                 open.dec();
@@ -296,20 +302,30 @@ impl Conn {
             // A TLS-ALPN-01 validator: the handshake was the whole exchange.
             return;
         }
-        self.serve_http(TokioIo::new(tls), ConnInfo { remote, tls: true })
-            .await;
+        self.serve_http(tls, ConnInfo { remote, tls: true }).await;
     }
 
     async fn serve_http<I>(self, io: I, info: ConnInfo)
     where
-        I: hyper::rt::Read + hyper::rt::Write + Unpin + Send + 'static,
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
+        let in_flight = InFlight::default();
+        let io = TokioIo::new(IdleIo::new(
+            io,
+            self.app.limits.idle_timeout,
+            in_flight.clone(),
+        ));
         let gateway = self.app.gateway.clone();
         let svc = service_fn(move |req| {
             let gateway = gateway.clone();
+            let busy = in_flight.enter();
             // Boxed: the request future is a few KB and HTTP/2 moves it into a task per stream.
             let fut = Box::pin(async move { gateway.handle(req, info).await });
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let resp = fut.await;
+                drop(busy);
+                Ok::<_, Infallible>(resp)
+            }
         });
         let conn = self.builder.serve_connection(io, svc).into_owned();
         if let Err(e) = self.watcher.watch(conn).await {

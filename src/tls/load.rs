@@ -86,10 +86,30 @@ pub struct LoadedCert {
     pub fingerprint_sha256: String,
 }
 
+/// PEM files (certificate chains, keys, CA bundles, JWT public keys) larger than this are refused
+/// unread: no real one comes close, and `/dev/zero` must not exhaust memory.
+pub const MAX_PEM_FILE_BYTES: u64 = 1024 * 1024;
+
+/// Read a PEM file of at most [`MAX_PEM_FILE_BYTES`].
+pub fn read_pem_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    std::fs::File::open(path)?
+        .take(MAX_PEM_FILE_BYTES + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > MAX_PEM_FILE_BYTES {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            "larger than 1 MiB: not a PEM file",
+        ));
+    }
+    Ok(out)
+}
+
 /// Load a PEM chain file (leaf first) and a PEM private key file.
 pub fn load_pem_files(cert: &Path, key: &Path) -> Result<LoadedCert, TlsError> {
     let read = |p: &Path| {
-        std::fs::read(p).map_err(|source| TlsError::Read {
+        read_pem_file(p).map_err(|source| TlsError::Read {
             path: p.to_path_buf(),
             source,
         })

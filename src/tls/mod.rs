@@ -18,7 +18,9 @@ use rustls::sign::CertifiedKey;
 use crate::acme::Challenges;
 use crate::acme::challenge::ACME_TLS_ALPN;
 
-pub use load::{LoadedCert, TlsError, load_pem_files, load_pem_pair};
+pub use load::{
+    LoadedCert, MAX_PEM_FILE_BYTES, TlsError, load_pem_files, load_pem_pair, read_pem_file,
+};
 pub use manager::{CertManager, CertSource, SlotConfig};
 pub use selfsigned::{DevCa, Leaf, SelfSigned, leaf_params};
 pub use validate::{Policy, name_matches, roots_from_pem, validate};

@@ -438,3 +438,6 @@ pub fn iris_service(replica: impl std::fmt::Display, extra: &str) -> String {
 mod cluster;
 #[allow(unused_imports)]
 pub use cluster::*;
+mod process;
+#[allow(unused_imports)]
+pub use process::*;

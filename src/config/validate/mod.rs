@@ -183,6 +183,13 @@ fn limits(raw: &RawLimits, errs: &mut Errors) -> Limits {
             600_000,
             ms(d.handshake_timeout),
         )),
+        idle_timeout: Duration::from_millis(errs.range(
+            "limits.idle_timeout_ms",
+            raw.idle_timeout_ms,
+            100,
+            3_600_000,
+            ms(d.idle_timeout),
+        )),
         shutdown_grace: Duration::from_millis(errs.range(
             "limits.shutdown_grace_ms",
             raw.shutdown_grace_ms,

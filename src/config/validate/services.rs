@@ -232,7 +232,7 @@ fn token(t: &RawToken, field: &str, base: &Path, errs: &mut Errors) -> Option<To
             )
         }
         (alg @ ("RS256" | "ES256"), None, Some(path)) => {
-            let pem = match std::fs::read(base.join(path)) {
+            let pem = match crate::tls::read_pem_file(&base.join(path)) {
                 Ok(p) => p,
                 Err(e) => {
                     errs.push(

@@ -46,7 +46,7 @@ pub(super) fn tls_settings(
         let field = format!("tls.certificates[{i}]");
         let roots = match &c.ca {
             None => None,
-            Some(ca) => match std::fs::read(base.join(ca))
+            Some(ca) => match crate::tls::read_pem_file(&base.join(ca))
                 .map_err(|e| e.to_string())
                 .and_then(|pem| tls::roots_from_pem(&pem).map_err(|e| e.to_string()))
             {
@@ -100,7 +100,7 @@ pub(super) fn tls_settings(
     if let Some(sec) = &raw.kubernetes_secret {
         let f = "tls.kubernetes_secret";
         let roots = sec.ca.as_ref().and_then(|ca| {
-            match std::fs::read(base.join(ca))
+            match crate::tls::read_pem_file(&base.join(ca))
                 .map_err(|e| e.to_string())
                 .and_then(|pem| tls::roots_from_pem(&pem).map_err(|e| e.to_string()))
             {
