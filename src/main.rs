@@ -78,7 +78,7 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return bad_config(&e),
             };
-            runtime().and_then(|rt| rt.block_on(serve(c)))
+            runtime().and_then(|rt| rt.block_on(serve(c, path)))
         }
         Command::SampleReplica { listen, name } => runtime().and_then(|rt| {
             rt.block_on(async {
@@ -197,8 +197,10 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     b.enable_all().build().context("starting the tokio runtime")
 }
 
-async fn serve(config: config::Config) -> anyhow::Result<()> {
-    let app = server::App::build(&config).context("building the gateway")?;
+async fn serve(config: config::Config, path: std::path::PathBuf) -> anyhow::Result<()> {
+    let app = server::App::build(&config)
+        .context("building the gateway")?
+        .reload_from(path);
     let listeners = server::Listeners::bind(&config.listen).await?;
     let a = listeners.addrs();
     tracing::info!(tls = ?a.tls, http = ?a.http, admin = ?a.admin, services = config.services.len(), "listening");

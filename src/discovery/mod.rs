@@ -26,7 +26,8 @@ use crate::routing::{Discovered, RouteHandle, RouteTable};
 /// The inputs of the route table — services from the file (and the ConfigMap) and replicas from
 /// EndpointSlices — and the one place that turns them into a new snapshot.
 pub struct RouteSources {
-    file_services: Vec<ServiceConfig>,
+    /// The configuration file's services (replaced on a reload).
+    file_services: Mutex<Vec<ServiceConfig>>,
     overrides: Mutex<Vec<ServiceConfig>>,
     discovered: Mutex<Discovered>,
     /// Keys read from `auth_secret` Secrets, by Secret name.
@@ -41,7 +42,10 @@ pub struct RouteSources {
 impl std::fmt::Debug for RouteSources {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RouteSources")
-            .field("file_services", &self.file_services.len())
+            .field(
+                "file_services",
+                &self.file_services.lock().map(|f| f.len()).unwrap_or(0),
+            )
             .finish_non_exhaustive()
     }
 }
@@ -65,7 +69,7 @@ impl std::fmt::Debug for KeyWatch {
 impl RouteSources {
     pub fn new(file_services: Vec<ServiceConfig>, routes: RouteHandle, metrics: Metrics) -> Self {
         RouteSources {
-            file_services,
+            file_services: Mutex::new(file_services),
             overrides: Mutex::new(Vec::new()),
             discovered: Mutex::new(Discovered::new()),
             keys: Mutex::new(HashMap::new()),
@@ -77,6 +81,14 @@ impl RouteSources {
 
     pub fn metrics(&self) -> &Metrics {
         &self.metrics
+    }
+
+    /// The configuration file's services after a reload.
+    pub fn set_file_services(self: &Arc<Self>, services: Vec<ServiceConfig>) {
+        if let Ok(mut f) = self.file_services.lock() {
+            *f = services;
+        }
+        self.rebuild();
     }
 
     /// Services from the ConfigMap: they replace file services of the same name and add others.
@@ -121,15 +133,15 @@ impl RouteSources {
     }
 
     fn rebuild(self: &Arc<Self>) {
-        let (Ok(overrides), Ok(discovered), Ok(keys)) = (
+        let (Ok(file_services), Ok(overrides), Ok(discovered), Ok(keys)) = (
+            self.file_services.lock(),
             self.overrides.lock(),
             self.discovered.lock(),
             self.keys.lock(),
         ) else {
             return;
         };
-        let mut services: Vec<ServiceConfig> = self
-            .file_services
+        let mut services: Vec<ServiceConfig> = file_services
             .iter()
             .filter(|f| !overrides.iter().any(|o| o.name == f.name))
             .cloned()
@@ -155,7 +167,7 @@ impl RouteSources {
         );
         self.routes.store(table);
         self.metrics.discovery.rebuilds.inc();
-        drop((overrides, discovered, keys));
+        drop((file_services, overrides, discovered, keys));
         if let Ok(mut guard) = self.key_watch.lock()
             && let Some(w) = guard.as_mut()
         {

@@ -5,6 +5,7 @@
 
 mod idle;
 mod listeners;
+mod reload;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -63,6 +64,10 @@ pub struct App {
     /// Certificate file poll interval and debounce.
     reload: (Duration, Duration),
     limits: Limits,
+    /// The inputs of the route table (file services, ConfigMap, discovery, key Secrets).
+    sources: Arc<crate::discovery::RouteSources>,
+    /// The configuration file to reload on SIGHUP and on change.
+    config_path: Option<std::path::PathBuf>,
 }
 
 impl std::fmt::Debug for App {
@@ -115,7 +120,14 @@ impl App {
             certs.clone(),
             config.limits.clone(),
         ));
+        let sources = Arc::new(crate::discovery::RouteSources::new(
+            config.services.clone(),
+            routes.clone(),
+            metrics.clone(),
+        ));
         Ok(App {
+            sources,
+            config_path: None,
             kubernetes: config.kubernetes.clone(),
             services: config.services.clone(),
             acme: std::sync::Mutex::new(acme),
@@ -130,6 +142,12 @@ impl App {
             limits: config.limits.clone(),
         })
     }
+
+    /// Reload the services from this file on SIGHUP and whenever it changes.
+    pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
+    }
 }
 
 /// Serve until `shutdown` resolves, then drain within `limits.shutdown_grace`.
@@ -143,6 +161,16 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
     if let Some(certs) = &app.certs {
         let (poll, debounce) = app.reload;
         tokio::spawn(certs.clone().watch_files(poll, debounce, stop_rx.clone()));
+    }
+    if let Some(path) = app.config_path.clone() {
+        let (poll, debounce) = app.reload;
+        let reloader = reload::Reloader {
+            path,
+            sources: app.sources.clone(),
+            poll,
+            debounce,
+        };
+        tokio::spawn(reloader.run(stop_rx.clone()));
     }
     let targets = autoscale_targets(&app.services);
     match &app.kubernetes {
@@ -378,11 +406,7 @@ fn spawn_kube_watchers(
     let (routes, metrics) = (app.routes.clone(), app.metrics.clone());
     let certs = app.certs.clone();
     let secrets = certs.as_ref().map(|c| c.secret_slots()).unwrap_or_default();
-    let sources = Arc::new(crate::discovery::RouteSources::new(
-        app.services.clone(),
-        app.routes.clone(),
-        app.metrics.clone(),
-    ));
+    let sources = app.sources.clone();
     tokio::spawn(async move {
         let client = loop {
             match kube.client().await {
