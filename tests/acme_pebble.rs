@@ -271,6 +271,7 @@ impl Bed {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn issues_from_pebble_and_serves_a_chain_to_its_root() {
+    let logs = capture_logs();
     let bed = Bed::new(false, false, r#"names = ["iris.scoregate.test"]"#).await;
     let (pebble, state, tls, toml) = (&bed.pebble, &bed.state, bed.tls, &bed.toml);
     let (gw, issued) = bed.first_issue("validation skipped").await;
@@ -297,6 +298,15 @@ async fn issues_from_pebble_and_serves_a_chain_to_its_root() {
         account
     );
     gw.stop().await;
+
+    // Neither the certificate's private key nor the account key ever reached the log.
+    let log = logs.text();
+    assert!(log.contains("acme"), "the capture works");
+    let key = std::fs::read_to_string(state.path().join("key.pem")).expect("key");
+    assert_not_logged(&log, &key, "the ACME certificate's private key");
+    let account: serde_json::Value = serde_json::from_slice(&account).expect("account json");
+    let account_key = account["key_pkcs8"].as_str().expect("key_pkcs8");
+    assert_not_logged(&log, account_key, "the ACME account key");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

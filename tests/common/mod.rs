@@ -441,3 +441,6 @@ pub use cluster::*;
 mod process;
 #[allow(unused_imports)]
 pub use process::*;
+mod logs;
+#[allow(unused_imports)]
+pub use logs::*;

@@ -1,0 +1,159 @@
+//! No secret reaches the log, at the most verbose level (`debug`, `trace` for scoregate): service
+//! keys and JWT secrets through auth successes and failures, private keys through certificate
+//! loads, a rotation and a refused key, and configuration errors that quote keys. (ACME account and
+//! certificate keys: `acme_pebble.rs`, with the same capture.)
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use scoregate::tls::DevCa;
+
+const JWT_SECRET: &str = "jwt-hs256-secret-never-logged-000000";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keys_tokens_and_private_keys_never_reach_the_log() {
+    let logs = capture_logs();
+    let ca = DevCa::new("secrets test CA").expect("ca");
+    let names = vec!["localhost".to_string()];
+    let (first, second) = (
+        ca.issue(&names).expect("leaf"),
+        ca.issue(&names).expect("leaf"),
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
+    write_atomic(&cert, first.cert_pem.as_bytes());
+    write_atomic(&key, first.key_pem.as_bytes());
+    let model = Backend::model().await;
+    let toml = format!(
+        r#"
+[listen]
+tls = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+
+[tls]
+reload_poll_ms = 50
+reload_debounce_ms = 50
+
+[[tls.certificates]]
+cert = {cert:?}
+key = {key:?}
+
+[[services]]
+name = "iris"
+primary_key = "{KEY}"
+secondary_key = "{KEY2}"
+
+[[services.versions]]
+name = "blue"
+replicas = ["{replica}"]
+
+[[services]]
+name = "token"
+token_auth_enabled = true
+[services.token]
+algorithm = "HS256"
+secret = "{JWT_SECRET}"
+audience = "scoring"
+
+[[services.versions]]
+name = "blue"
+replicas = ["{replica}"]
+"#,
+        cert = cert.display().to_string(),
+        key = key.display().to_string(),
+        replica = model.addr,
+    );
+    let gw = TestGateway::start(&toml).await;
+    let c = client(&ca.ca_pem).build().expect("client");
+    let port = gw.tls.expect("tls").port();
+    let url = |s: &str| format!("https://localhost:{port}/api/v1/service/{s}/score");
+
+    // Auth: right and wrong keys, a near miss, a token signed with the wrong secret, a good one.
+    let wrong_key = "wrong-key-that-is-also-secret-0123";
+    let near_miss = format!("{KEY}x");
+    for (key, status) in [
+        (KEY, 200),
+        (KEY2, 200),
+        (wrong_key, 401),
+        (near_miss.as_str(), 401),
+    ] {
+        assert_eq!(
+            post(&c, &url("iris"), Some(key), ROWS).await.status(),
+            status
+        );
+    }
+    let claims = serde_json::json!({"aud": "scoring", "exp": 4_000_000_000u64});
+    let sign = |secret: &str| {
+        jsonwebtoken::encode(
+            &jsonwebtoken::Header::default(),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .expect("jwt")
+    };
+    let (good, forged) = (sign(JWT_SECRET), sign("another-secret-0000000000000000"));
+    assert_eq!(
+        post(&c, &url("token"), Some(&good), ROWS).await.status(),
+        200
+    );
+    assert_eq!(
+        post(&c, &url("token"), Some(&forged), ROWS).await.status(),
+        401
+    );
+
+    // A rotation, then a key that does not match its certificate (refused; the last good stays).
+    write_atomic(&cert, second.cert_pem.as_bytes());
+    write_atomic(&key, second.key_pem.as_bytes());
+    let fp = pem_fingerprint(&second.cert_pem);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while served_fingerprint(&ca.ca_pem, &url("iris")).await.ok() != Some(fp.clone()) {
+        assert!(std::time::Instant::now() < deadline, "rotation not served");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    write_atomic(&key, first.key_pem.as_bytes());
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(
+        served_fingerprint(&ca.ca_pem, &url("iris")).await.ok(),
+        Some(fp)
+    );
+
+    // Configuration errors about keys name the field, never the value.
+    let short = "short-secret-k";
+    let bad = toml
+        .replace(KEY, short)
+        .replace(JWT_SECRET, "tiny-jwt-secret");
+    let err = scoregate::config::from_toml(&bad, std::path::Path::new("."))
+        .expect_err("short keys are refused")
+        .to_string();
+    assert!(err.contains("primary_key"), "{err}");
+    assert_not_logged(&err, short, "a refused key in the error message");
+    assert_not_logged(
+        &err,
+        "tiny-jwt-secret",
+        "a refused JWT secret in the error message",
+    );
+    gw.stop().await;
+
+    let log = logs.text();
+    assert!(
+        log.contains("auth") || log.contains("refused"),
+        "the capture works: {} bytes",
+        log.len()
+    );
+    assert!(log.len() > 1000, "verbose logs were captured");
+    for (secret, what) in [
+        (KEY, "the primary key"),
+        (KEY2, "the secondary key"),
+        (wrong_key, "a presented wrong key"),
+        (near_miss.as_str(), "a presented near-miss key"),
+        (JWT_SECRET, "the JWT secret"),
+        (good.as_str(), "a presented token"),
+        (forged.as_str(), "a forged token"),
+        (first.key_pem.as_str(), "the first private key"),
+        (second.key_pem.as_str(), "the second private key"),
+    ] {
+        assert_not_logged(&log, secret, what);
+    }
+}
