@@ -10,6 +10,7 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v ip >/dev/null || need+=(iproute2)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 { command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need+=(pebble)
+command -v sslscan >/dev/null || need+=(sslscan)
 if ((${#need[@]})); then
   echo "installing test peers: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then
@@ -44,3 +45,6 @@ scripts/kube-testbed.sh build
 cargo fmt --all -- --check
 cargo clippy --all-targets -- -D warnings
 cargo test --all-targets
+
+# Every fuzz target, briefly, from its committed corpus (scripts/fuzz.sh 600 for the full run).
+scripts/fuzz.sh "${SCOREGATE_FUZZ_SECS:-15}"
