@@ -64,7 +64,7 @@ async fn flapping_replica(
 
 fn config(cert: &str, key: &str, replicas: &[std::net::SocketAddr], round: u64) -> String {
     let reps: Vec<String> = replicas.iter().map(|a| format!("\"{a}\"")).collect();
-    let wine = if round % 2 == 1 {
+    let wine = if !round.is_multiple_of(2) {
         format!(
             "\n[[services]]\nname = \"wine\"\nprimary_key = \"{KEY}\"\n[[services.versions]]\nname = \"blue\"\nreplicas = [{}]\n",
             reps[0]
@@ -208,11 +208,11 @@ async fn soak_with_rotations_reloads_and_replica_failures() {
             &gw.config,
             config(&cert_s, &key_s, &replicas, round).as_bytes(),
         );
-        if round % 3 == 0 {
+        if round.is_multiple_of(3) {
             gw.signal("HUP");
         }
         reloads += 1;
-        if round % 4 == 0 {
+        if round.is_multiple_of(4) {
             healthy.fetch_xor(true, Ordering::Relaxed);
             flaps += 1;
         }
