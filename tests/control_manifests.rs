@@ -113,6 +113,24 @@ async fn deploy_manifests_equal_what_attach_applies_and_pass_the_api_server() {
         ("internal", &["--load-balancer", "InternalLoadBalancer"][..]),
     ] {
         let rendered = by_key(&kustomize(&tb, overlay));
+        // Least privilege for the gateway's pod: non-root, read-only root filesystem, no
+        // capabilities, no privilege escalation, the runtime's seccomp profile.
+        let pod = &rendered["Deployment/scoregate/scoregate"]["spec"]["template"]["spec"];
+        assert_eq!(pod["securityContext"]["runAsNonRoot"], true, "{pod}");
+        assert_eq!(
+            pod["securityContext"]["seccompProfile"]["type"],
+            "RuntimeDefault"
+        );
+        for c in pod["containers"].as_array().expect("containers") {
+            let sc = &c["securityContext"];
+            assert_eq!(sc["readOnlyRootFilesystem"], true, "{c}");
+            assert_eq!(sc["allowPrivilegeEscalation"], false, "{c}");
+            assert_eq!(
+                sc["capabilities"]["drop"],
+                serde_json::json!(["ALL"]),
+                "{c}"
+            );
+        }
         let attach = by_key(&attach_dry_run(extra, cert, key));
         assert_eq!(
             rendered.keys().collect::<Vec<_>>(),
