@@ -36,8 +36,17 @@ impl std::fmt::Debug for Leaf {
     }
 }
 
+/// Development certificates are valid from a day ago (clock skew) for `days`: a leaf for 397 days
+/// (the CA/Browser Forum maximum), a development CA for ten years — not rcgen's 1975–4096.
+fn validity(p: &mut CertificateParams, days: i64) {
+    let now = time::OffsetDateTime::now_utc();
+    p.not_before = now - time::Duration::days(1);
+    p.not_after = now + time::Duration::days(days);
+}
+
 fn ca_params(cn: &str) -> CertificateParams {
     let mut p = CertificateParams::default();
+    validity(&mut p, 3650);
     p.distinguished_name.push(DnType::CommonName, cn);
     p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
     p.key_usages = vec![
@@ -64,6 +73,7 @@ pub fn leaf_params(names: &[String]) -> Result<CertificateParams, TlsError> {
         .collect::<Result<_, _>>()?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    validity(&mut params, 397);
     Ok(params)
 }
 
