@@ -36,8 +36,9 @@ impl std::fmt::Debug for Leaf {
     }
 }
 
-/// Development certificates are valid from a day ago (clock skew) for `days`: a leaf for 397 days
-/// (the CA/Browser Forum maximum), a development CA for ten years — not rcgen's 1975–4096.
+/// Development certificates are valid from a day ago (clock skew) for `days` more: a leaf for 365
+/// days in all (Mozilla's "intermediate" profile allows at most 366), a development CA for ten
+/// years — not rcgen's 1975–4096.
 fn validity(p: &mut CertificateParams, days: i64) {
     let now = time::OffsetDateTime::now_utc();
     p.not_before = now - time::Duration::days(1);
@@ -73,7 +74,7 @@ pub fn leaf_params(names: &[String]) -> Result<CertificateParams, TlsError> {
         .collect::<Result<_, _>>()?;
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    validity(&mut params, 397);
+    validity(&mut params, 364);
     Ok(params)
 }
 
