@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use scoregate::tls::DevCa;
 
 const KEEPALIVE_CLIENTS: usize = 16;
 const FRESH_CLIENTS: usize = 4;
@@ -24,41 +23,18 @@ fn pct(sorted: &[Duration], p: f64) -> Duration {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hundred_rotations_under_load_fail_no_request() {
-    let ca = DevCa::new("rotation test CA").expect("ca");
-    let names = vec!["localhost".to_string()];
-    let pairs = [
-        ca.issue(&names).expect("leaf a"),
-        ca.issue(&names).expect("leaf b"),
-    ];
+    let files = RotatingCert::new("rotation test CA");
+    let (ca, pairs) = (&files.ca, &files.pairs);
     let fps = [
         pem_fingerprint(&pairs[0].cert_pem),
         pem_fingerprint(&pairs[1].cert_pem),
     ];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    write_atomic(&cert, pairs[0].cert_pem.as_bytes());
-    write_atomic(&key, pairs[0].key_pem.as_bytes());
 
     let model = Backend::model().await;
     let toml = format!(
-        r#"
-[listen]
-tls = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-
-[tls]
-reload_poll_ms = 20
-reload_debounce_ms = 50
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-cname = "localhost"
-
-{service}"#,
-        service = iris_service(model.addr, "replica_max_concurrent_requests = 64"),
-        cert = cert.display().to_string(),
-        key = key.display().to_string(),
+        "{}\n{}",
+        files.listen_toml(20, "cname = \"localhost\""),
+        iris_service(model.addr, "replica_max_concurrent_requests = 64"),
     );
     let gw = TestGateway::start(&toml).await;
     let url = gw.https("/api/v1/service/iris/score");
@@ -117,8 +93,7 @@ cname = "localhost"
     for n in 1..=ROTATIONS {
         let next = n % 2;
         let t = Instant::now();
-        write_atomic(&cert, pairs[next].cert_pem.as_bytes());
-        write_atomic(&key, pairs[next].key_pem.as_bytes());
+        files.install(next);
         loop {
             if served_fingerprint(&ca.ca_pem, &probe).await.as_deref() == Ok(fps[next].as_str()) {
                 break;

@@ -8,38 +8,17 @@ mod common;
 use std::time::Duration;
 
 use common::*;
-use scoregate::tls::DevCa;
 
 const JWT_SECRET: &str = "jwt-hs256-secret-never-logged-000000";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn keys_tokens_and_private_keys_never_reach_the_log() {
     let logs = capture_logs();
-    let ca = DevCa::new("secrets test CA").expect("ca");
-    let names = vec!["localhost".to_string()];
-    let (first, second) = (
-        ca.issue(&names).expect("leaf"),
-        ca.issue(&names).expect("leaf"),
-    );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    write_atomic(&cert, first.cert_pem.as_bytes());
-    write_atomic(&key, first.key_pem.as_bytes());
+    let files = RotatingCert::new("secrets test CA");
+    let (ca, [first, second], key) = (&files.ca, &files.pairs, &files.key);
     let model = Backend::model().await;
     let toml = format!(
-        r#"
-[listen]
-tls = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-
-[tls]
-reload_poll_ms = 50
-reload_debounce_ms = 50
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
+        r#"{listen}
 [[services]]
 name = "iris"
 primary_key = "{KEY}"
@@ -61,8 +40,7 @@ audience = "scoring"
 name = "blue"
 replicas = ["{replica}"]
 "#,
-        cert = cert.display().to_string(),
-        key = key.display().to_string(),
+        listen = files.listen_toml(50, ""),
         replica = model.addr,
     );
     let gw = TestGateway::start(&toml).await;
@@ -104,15 +82,14 @@ replicas = ["{replica}"]
     );
 
     // A rotation, then a key that does not match its certificate (refused; the last good stays).
-    write_atomic(&cert, second.cert_pem.as_bytes());
-    write_atomic(&key, second.key_pem.as_bytes());
+    files.install(1);
     let fp = pem_fingerprint(&second.cert_pem);
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     while served_fingerprint(&ca.ca_pem, &url("iris")).await.ok() != Some(fp.clone()) {
         assert!(std::time::Instant::now() < deadline, "rotation not served");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    write_atomic(&key, first.key_pem.as_bytes());
+    write_atomic(key, first.key_pem.as_bytes());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(
         served_fingerprint(&ca.ca_pem, &url("iris")).await.ok(),

@@ -12,7 +12,6 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use scoregate::tls::DevCa;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// A replica that answers 200 while `healthy`, else reads the request and hangs up.
@@ -62,7 +61,7 @@ async fn flapping_replica(
     (addr, task)
 }
 
-fn config(cert: &str, key: &str, replicas: &[std::net::SocketAddr], round: u64) -> String {
+fn config(files: &RotatingCert, replicas: &[std::net::SocketAddr], round: u64) -> String {
     let reps: Vec<String> = replicas.iter().map(|a| format!("\"{a}\"")).collect();
     let wine = if !round.is_multiple_of(2) {
         format!(
@@ -73,18 +72,7 @@ fn config(cert: &str, key: &str, replicas: &[std::net::SocketAddr], round: u64) 
         String::new()
     };
     format!(
-        r#"[listen]
-tls = "127.0.0.1:0"
-admin = "127.0.0.1:0"
-
-[tls]
-reload_poll_ms = 100
-reload_debounce_ms = 50
-
-[[tls.certificates]]
-cert = {cert:?}
-key = {key:?}
-
+        r#"{listen}
 [[services]]
 name = "iris"
 primary_key = "{KEY}"
@@ -97,6 +85,7 @@ outlier_base_ejection_ms = 1500
 name = "blue"
 replicas = [{reps}]
 {wine}"#,
+        listen = files.listen_toml(100, ""),
         wait = 2000 + round % 3 * 100,
         reps = reps.join(", "),
     )
@@ -108,16 +97,8 @@ async fn soak_with_rotations_reloads_and_replica_failures() {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(60);
-    let ca = DevCa::new("soak CA").expect("ca");
-    let names = vec!["localhost".to_string()];
-    let pairs = [
-        ca.issue(&names).expect("leaf"),
-        ca.issue(&names).expect("leaf"),
-    ];
-    let dir = tempfile::tempdir().expect("tempdir");
-    let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
-    write_atomic(&cert, pairs[0].cert_pem.as_bytes());
-    write_atomic(&key, pairs[0].key_pem.as_bytes());
+    let files = RotatingCert::new("soak CA");
+    let ca = &files.ca;
     let (a, b) = (
         Backend::fixed(r#"{"who":"a"}"#, Duration::from_millis(1)).await,
         Backend::fixed(r#"{"who":"b"}"#, Duration::from_millis(1)).await,
@@ -125,12 +106,7 @@ async fn soak_with_rotations_reloads_and_replica_failures() {
     let healthy = Arc::new(AtomicBool::new(true));
     let (flap, _flap_task) = flapping_replica(healthy.clone()).await;
     let replicas = [a.addr, b.addr, flap];
-    let (cert_s, key_s) = (cert.display().to_string(), key.display().to_string());
-    let gw = ServeProcess::start(
-        &config(&cert_s, &key_s, &replicas, 0),
-        "warn,scoregate=info",
-        &[],
-    );
+    let gw = ServeProcess::start(&config(&files, &replicas, 0), "warn,scoregate=info", &[]);
     let port = gw.tls.expect("tls").port();
     let url = format!("https://localhost:{port}/api/v1/service/iris/score");
 
@@ -200,14 +176,9 @@ async fn soak_with_rotations_reloads_and_replica_failures() {
     while started.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         round += 1;
-        let p = &pairs[(round % 2) as usize];
-        write_atomic(&cert, p.cert_pem.as_bytes());
-        write_atomic(&key, p.key_pem.as_bytes());
+        files.install((round % 2) as usize);
         rotations += 1;
-        write_atomic(
-            &gw.config,
-            config(&cert_s, &key_s, &replicas, round).as_bytes(),
-        );
+        write_atomic(&gw.config, config(&files, &replicas, round).as_bytes());
         if round.is_multiple_of(3) {
             gw.signal("HUP");
         }

@@ -444,3 +444,50 @@ pub use process::*;
 mod logs;
 #[allow(unused_imports)]
 pub use logs::*;
+
+/// A development CA and two `localhost` leaf pairs, the first written to `cert.pem`/`key.pem` in
+/// a temp dir: for tests that rotate certificates by rewriting the files.
+pub struct RotatingCert {
+    pub ca: scoregate::tls::DevCa,
+    pub pairs: [scoregate::tls::Leaf; 2],
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl RotatingCert {
+    pub fn new(cn: &str) -> RotatingCert {
+        let ca = scoregate::tls::DevCa::new(cn).expect("ca");
+        let names = vec!["localhost".to_string()];
+        let pairs = [
+            ca.issue(&names).expect("leaf a"),
+            ca.issue(&names).expect("leaf b"),
+        ];
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = RotatingCert {
+            cert: dir.path().join("cert.pem"),
+            key: dir.path().join("key.pem"),
+            ca,
+            pairs,
+            _dir: dir,
+        };
+        r.install(0);
+        r
+    }
+
+    /// Write pair `i` over the files (each atomically).
+    pub fn install(&self, i: usize) {
+        write_atomic(&self.cert, self.pairs[i].cert_pem.as_bytes());
+        write_atomic(&self.key, self.pairs[i].key_pem.as_bytes());
+    }
+
+    /// `[listen]` (TLS and admin on port 0) and `[tls]` serving these files, polled every
+    /// `poll_ms`; `extra` goes into the certificate's table.
+    pub fn listen_toml(&self, poll_ms: u64, extra: &str) -> String {
+        format!(
+            "[listen]\ntls = \"127.0.0.1:0\"\nadmin = \"127.0.0.1:0\"\n\n[tls]\nreload_poll_ms = {poll_ms}\nreload_debounce_ms = 50\n\n[[tls.certificates]]\ncert = {:?}\nkey = {:?}\n{extra}\n",
+            self.cert.display().to_string(),
+            self.key.display().to_string(),
+        )
+    }
+}
