@@ -12,10 +12,11 @@
 //! - [`routing`] — the route table snapshot (service -> versions -> replicas), traffic split.
 //! - [`autoscale`] — replica recommendations (Azure ML's formula), scale patches by the Lease holder.
 //! - [`auth`] — key auth (constant time) and JWT token auth per service.
-//! - [`upstream`] — replica slots, the deadline-aware queue, p2c + peak-EWMA choice, pooled
-//!   HTTP/1.1 and h2c connections.
+//! - [`upstream`] — replica slots, the deadline-aware queue, p2c + peak-EWMA choice, outlier
+//!   ejection, pooled HTTP/1.1 and h2c connections.
 //! - [`proxy`] — the request path, header hygiene, one error -> HTTP mapping.
-//! - [`server`] — listeners, TLS handshakes, hyper-util auto h1/h2 connections, graceful drain.
+//! - [`server`] — listeners, TLS handshakes, hyper-util auto h1/h2 connections, the idle timeout,
+//!   configuration reload (SIGHUP, file change), graceful drain.
 //! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/config`, `/certificates`.
 //! - [`metrics`] — the Prometheus registry and pre-resolved handles.
 //! - [`demo`] — `scoregate demo` and its sample model replica.
