@@ -52,24 +52,15 @@ async fn silent_and_idle_connections_are_closed_after_the_idle_timeout() {
     let model = Backend::model().await;
     let (pki, gw) = gateway("idle_timeout_ms = 400", &[model.addr]).await;
     let tls = gw.tls.expect("tls");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
 
     // A handshake, then silence.
-    let tcp = TcpStream::connect(tls).await.expect("connect");
-    let mut s = tls_connector(&pki.ca_pem, &[b"http/1.1"])
-        .connect(name.clone(), tcp)
-        .await
-        .expect("handshake");
+    let mut s = tls_connect(tls, &pki.ca_pem, &[b"http/1.1"]).await;
     let (_, closed) = read_to_close(&mut s, Duration::from_secs(5)).await;
     let closed = closed.expect("a silent TLS connection is closed");
     assert!(closed >= Duration::from_millis(350), "{closed:?}");
 
     // HTTP/2: the preface and SETTINGS, then nothing. The server's SETTINGS arrive, then EOF.
-    let tcp = TcpStream::connect(tls).await.expect("connect");
-    let mut s = tls_connector(&pki.ca_pem, &[b"h2"])
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
+    let mut s = tls_connect(tls, &pki.ca_pem, &[b"h2"]).await;
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
         .await
         .expect("preface");
@@ -128,12 +119,7 @@ async fn malformed_http_and_tls_garbage_are_refused_and_the_gateway_keeps_servin
     assert!(closed >= Duration::from_millis(350), "{closed:?}");
 
     // HTTP/2: a SETTINGS frame whose length is not a multiple of 6 is a connection error.
-    let tcp = TcpStream::connect(tls).await.expect("connect");
-    let name = rustls_pki_types::ServerName::try_from("localhost").expect("name");
-    let mut s = tls_connector(&pki.ca_pem, &[b"h2"])
-        .connect(name, tcp)
-        .await
-        .expect("handshake");
+    let mut s = tls_connect(tls, &pki.ca_pem, &[b"h2"]).await;
     s.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x05\x04\x00\x00\x00\x00\x00hello")
         .await
         .expect("write");
@@ -250,10 +236,7 @@ async fn connections_over_max_connections_wait_in_the_backlog() {
 /// everything is released when they go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_tls_connections_stay_bounded() {
-    let n: usize = std::env::var("SCOREGATE_IDLE_CONNECTIONS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(10_000);
+    let n: usize = env_or("SCOREGATE_IDLE_CONNECTIONS", 10_000);
     let model = Backend::model().await;
     let pki = Pki::new(&["localhost"]);
     let toml = service_toml(&pki, "", &[model.addr]).replace(

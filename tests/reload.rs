@@ -113,7 +113,11 @@ async fn sighup_and_file_changes_reload_under_load_and_bad_files_are_refused() {
         "name = \"blue\"",
         "name = \"blue\"\ntraffic_percentile = 250",
     );
-    write_atomic(&gw.config, config(&pki, &bad, "").as_bytes());
+    // It also changes [limits]: the later valid file still differs from what is *running*.
+    write_atomic(
+        &gw.config,
+        config(&pki, &bad, "[limits]\nmax_connections = 10").as_bytes(),
+    );
     gw.signal("HUP");
     let log = gw.wait_log("configuration refused", Duration::from_secs(10));
     assert!(

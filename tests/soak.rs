@@ -93,10 +93,7 @@ replicas = [{reps}]
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn soak_with_rotations_reloads_and_replica_failures() {
-    let secs: u64 = std::env::var("SCOREGATE_SOAK_SECS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(60);
+    let secs: u64 = env_or("SCOREGATE_SOAK_SECS", 60);
     let files = RotatingCert::new("soak CA");
     let ca = &files.ca;
     let (a, b) = (

@@ -225,7 +225,7 @@ impl ConfigErrors {
 
 /// Read, parse and validate a configuration file. Relative paths in it are taken from its folder.
 pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
-    let text = std::fs::read_to_string(path).map_err(|e| {
+    let bytes = std::fs::read(path).map_err(|e| {
         ConfigErrors::one(
             "--config",
             format!(
@@ -234,8 +234,22 @@ pub fn load(path: &Path) -> Result<Config, ConfigErrors> {
             ),
         )
     })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    from_toml(&text, base)
+    from_file_bytes(&bytes, path)
+}
+
+/// The contents of the configuration file at `path`, already read (a reload reads it once):
+/// parsed and validated, relative paths taken from its folder.
+pub fn from_file_bytes(bytes: &[u8], path: &Path) -> Result<Config, ConfigErrors> {
+    let text = std::str::from_utf8(bytes).map_err(|e| {
+        ConfigErrors::one(
+            "--config",
+            format!(
+                "cannot read {}: {e}; pass a UTF-8 TOML file",
+                path.display()
+            ),
+        )
+    })?;
+    from_toml(text, path.parent().unwrap_or(Path::new(".")))
 }
 
 /// Parse and validate configuration text; `base` resolves relative file paths.

@@ -28,17 +28,29 @@ pub(crate) struct Completion {
     pub start: Instant,
 }
 
+/// How a response body ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum End {
+    /// Read to its end: the connection goes back to the pool, the replica answered.
+    Complete,
+    /// The replica broke it off (reset, truncated): a transport failure.
+    Broken,
+    /// The client went away first: says nothing about the replica.
+    Abandoned,
+}
+
 impl Completion {
-    /// `complete`: the body was read to its end; `broken`: the replica broke it off.
-    fn finish(self, complete: bool, broken: bool) {
+    fn finish(self, end: End) {
         let m = &self.service.versions[self.version].metrics;
         m.observe(self.code, self.start.elapsed().as_secs_f64());
         m.in_flight.dec();
-        if complete {
-            super::report(&self.lease, Outcome::Answered, &self.service, self.version);
-            self.checkout.release(&self.lease.replica);
-        } else if broken {
-            super::report(&self.lease, Outcome::Failed, &self.service, self.version);
+        match end {
+            End::Complete => {
+                super::report(&self.lease, Outcome::Answered, &self.service, self.version);
+                self.checkout.release(&self.lease.replica);
+            }
+            End::Broken => super::report(&self.lease, Outcome::Failed, &self.service, self.version),
+            End::Abandoned => {}
         }
         // Dropping the lease frees the replica slot for the next waiter.
     }
@@ -58,9 +70,9 @@ impl TrackedBody {
         }
     }
 
-    fn finish(&mut self, complete: bool, broken: bool) {
+    fn finish(&mut self, end: End) {
         if let Some(d) = self.done.take() {
-            d.finish(complete, broken);
+            d.finish(end);
         }
     }
 }
@@ -76,9 +88,9 @@ impl Body for TrackedBody {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {
-            Poll::Ready(None) => this.finish(true, false),
-            Poll::Ready(Some(Err(_))) => this.finish(false, true),
-            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(true, false),
+            Poll::Ready(None) => this.finish(End::Complete),
+            Poll::Ready(Some(Err(_))) => this.finish(End::Broken),
+            Poll::Ready(Some(Ok(_))) if this.inner.is_end_stream() => this.finish(End::Complete),
             _ => {}
         }
         polled
@@ -97,7 +109,11 @@ impl Drop for TrackedBody {
     fn drop(&mut self) {
         // Dropped by the server: either fully sent (an empty or known-length body hyper did not
         // poll to the end) or the client went away mid-body.
-        let complete = self.inner.is_end_stream();
-        self.finish(complete, false);
+        let end = if self.inner.is_end_stream() {
+            End::Complete
+        } else {
+            End::Abandoned
+        };
+        self.finish(end);
     }
 }

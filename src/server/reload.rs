@@ -39,7 +39,10 @@ impl Reloader {
                 None
             }
         };
-        let mut running = tokio::fs::read(&self.path).await.unwrap_or_default();
+        // `seen`: the last contents judged (a refused file is not judged again until it changes,
+        // or SIGHUP); `applied`: the contents the running services came from.
+        let mut seen = tokio::fs::read(&self.path).await.unwrap_or_default();
+        let mut applied = seen.clone();
         loop {
             let hangup = async {
                 match hup.as_mut() {
@@ -52,33 +55,45 @@ impl Reloader {
                 _ = tokio::time::sleep(self.poll) => "file changed",
                 _ = stop.wait_for(|s| *s) => return,
             };
-            let changed = |b: &Vec<u8>| *b != running;
             if trigger != "SIGHUP" {
                 match tokio::fs::read(&self.path).await {
-                    Ok(b) if changed(&b) => tokio::time::sleep(self.debounce).await,
+                    Ok(b) if b != seen => tokio::time::sleep(self.debounce).await,
                     _ => continue,
                 }
             }
-            let text = tokio::fs::read(&self.path).await.unwrap_or_default();
-            self.apply(&running, &text, trigger);
-            // A refused file is not retried until it changes again (or SIGHUP).
-            running = text;
+            let text = match tokio::fs::read(&self.path).await {
+                Ok(t) => t,
+                Err(e) => {
+                    self.refuse(trigger, &format!("cannot read the file: {e}"));
+                    continue;
+                }
+            };
+            if self.apply(&applied, &text, trigger) {
+                applied.clone_from(&text);
+            }
+            seen = text;
         }
     }
 
-    fn apply(&self, running: &[u8], text: &[u8], trigger: &str) {
+    fn refuse(&self, trigger: &str, errors: &dyn std::fmt::Display) {
         let reloads = &self.sources.metrics().discovery.config_reloads;
-        let path = self.path.display().to_string();
-        let config = match crate::config::load(&self.path) {
+        reloads.with_label_values(&["file", "rejected"]).inc();
+        tracing::error!(path = %self.path.display(), trigger, errors = %errors, "configuration refused; the running configuration stays");
+    }
+
+    /// Validate `text` (the file's contents, read once) and swap the services in; whether it was
+    /// applied.
+    fn apply(&self, applied: &[u8], text: &[u8], trigger: &str) -> bool {
+        let config = match crate::config::from_file_bytes(text, &self.path) {
             Ok(c) => c,
             Err(e) => {
-                reloads.with_label_values(&["file", "rejected"]).inc();
-                tracing::error!(path, trigger, errors = %e, "configuration refused; the running configuration stays");
-                return;
+                self.refuse(trigger, &e);
+                return false;
             }
         };
+        let path = self.path.display().to_string();
         let (old, new) = (
-            sections(&String::from_utf8_lossy(running)),
+            sections(&String::from_utf8_lossy(applied)),
             sections(&String::from_utf8_lossy(text)),
         );
         let kept: Vec<&str> = RESTART_SECTIONS
@@ -96,7 +111,9 @@ impl Reloader {
         }
         let n = config.services.len();
         self.sources.set_file_services(config.services);
+        let reloads = &self.sources.metrics().discovery.config_reloads;
         reloads.with_label_values(&["file", "ok"]).inc();
         tracing::info!(path, trigger, services = n, "configuration reloaded");
+        true
     }
 }

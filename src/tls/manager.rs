@@ -315,11 +315,19 @@ impl FileWatch {
     }
 }
 
-async fn read_pair(cert: &PathBuf, key: &PathBuf) -> Option<(Vec<u8>, Vec<u8>)> {
-    Some((
-        tokio::fs::read(cert).await.ok()?,
-        tokio::fs::read(key).await.ok()?,
-    ))
+/// Both files, each capped like every PEM read ([`super::read_pem_file`]): a rotation to an
+/// oversized file is skipped, never read into memory.
+async fn read_pair(cert: &std::path::Path, key: &std::path::Path) -> Option<(Vec<u8>, Vec<u8>)> {
+    let (cert, key) = (cert.to_path_buf(), key.to_path_buf());
+    tokio::task::spawn_blocking(move || {
+        Some((
+            super::read_pem_file(&cert).ok()?,
+            super::read_pem_file(&key).ok()?,
+        ))
+    })
+    .await
+    .ok()
+    .flatten()
 }
 
 fn digest(cert: &[u8], key: &[u8]) -> [u8; 32] {

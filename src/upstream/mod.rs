@@ -49,10 +49,9 @@ pub struct ReplicaSet {
     max_queued: u32,
     max_wait: Duration,
     outlier: outlier::Policy,
-    /// What discovery (or the file) wants; the served list is this minus the ejected replicas.
-    desired: Mutex<Vec<SocketAddr>>,
-    /// Replicas out for a while after consecutive failures, with when they come back.
-    ejected: Mutex<Vec<(Arc<Replica>, Instant)>>,
+    /// Replicas out for a while after consecutive failures. Discovery's list is always the
+    /// served replicas plus these: `update` forgets an ejected replica it no longer lists.
+    ejected: Mutex<Vec<Arc<Replica>>>,
 }
 
 /// A granted slot on one replica; dropping it frees the slot.
@@ -96,7 +95,6 @@ impl ReplicaSet {
         let capacity = replicas.len() * limit as usize;
         Arc::new(ReplicaSet {
             outlier: outlier::Policy::from_settings(settings),
-            desired: Mutex::new(addrs.to_vec()),
             ejected: Mutex::new(Vec::new()),
             replicas: ArcSwap::from_pointee(replicas),
             protocol,
@@ -129,19 +127,15 @@ impl ReplicaSet {
         let Ok(_guard) = self.update_lock.lock() else {
             return;
         };
-        if let Ok(mut d) = self.desired.lock() {
-            d.clear();
-            d.extend_from_slice(addrs);
-        }
         let Ok(mut ejected) = self.ejected.lock() else {
             return;
         };
         // An ejected replica that discovery dropped is forgotten; one it keeps stays out.
-        ejected.retain(|(r, _)| addrs.contains(&r.addr));
+        ejected.retain(|r| addrs.contains(&r.addr));
         let old = self.replicas.load_full();
         let served: Vec<SocketAddr> = addrs
             .iter()
-            .filter(|a| !ejected.iter().any(|(r, _)| r.addr == **a))
+            .filter(|a| !ejected.iter().any(|r| r.addr == **a))
             .copied()
             .collect();
         drop(ejected);

@@ -104,7 +104,7 @@ impl ReplicaSet {
         *last = Some(now + duration);
         drop(last);
         replica.failures.store(0, Ordering::Release);
-        ejected.push((replica.clone(), now + duration));
+        ejected.push(replica.clone());
         let ejected_now = ejected.len();
         drop(ejected);
         let next = old
@@ -127,7 +127,8 @@ impl ReplicaSet {
     }
 }
 
-/// The ejection is over: serve the replica again if discovery still lists it.
+/// The ejection is over: serve the replica again (still in `ejected` means discovery still
+/// lists it).
 fn readmit(set: Weak<ReplicaSet>, addr: std::net::SocketAddr) {
     let Some(set) = set.upgrade() else { return };
     let Ok(_guard) = set.update_lock.lock() else {
@@ -136,14 +137,13 @@ fn readmit(set: Weak<ReplicaSet>, addr: std::net::SocketAddr) {
     let Ok(mut ejected) = set.ejected.lock() else {
         return;
     };
-    let Some(i) = ejected.iter().position(|(r, _)| r.addr == addr) else {
+    let Some(i) = ejected.iter().position(|r| r.addr == addr) else {
         return;
     };
-    let (replica, _) = ejected.swap_remove(i);
+    let replica = ejected.swap_remove(i);
     drop(ejected);
-    let wanted = set.desired.lock().is_ok_and(|d| d.contains(&addr));
     let old = set.replicas.load_full();
-    if wanted && !old.iter().any(|r| r.addr == addr) {
+    if !old.iter().any(|r| r.addr == addr) {
         let mut next = old.to_vec();
         next.push(replica);
         set.swap(&old, next);
