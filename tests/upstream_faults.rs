@@ -1,6 +1,7 @@
 //! Upstream faults, from raw TCP replicas that misbehave on purpose: a reset mid-response, a close
 //! before replying, a replica that accepts and never answers, garbage, an oversized header. Each
-//! gives the client a 502/504 with its JSON reason (or a cut-off body when the reply had started),
+//! gives the client a 502/504 with its JSON reason (or a cut-off body when a large reply had
+//! started streaming: a small one is read whole first, so its loss is still a clean 502),
 //! the gateway keeps serving, and a replica that keeps failing is ejected while the others serve.
 
 mod common;
@@ -15,8 +16,8 @@ use tokio::task::JoinHandle;
 
 #[derive(Clone, Copy, Debug)]
 enum Fault {
-    /// Start a 1,000-byte reply, send 10 bytes, then reset the connection (RST).
-    ResetMidResponse,
+    /// Start a reply of this many bytes, send 10, then reset the connection (RST).
+    ResetMidResponse(u64),
     /// Read the request, close without a byte.
     CloseBeforeReply,
     /// Read the request, then say nothing, holding the connection open.
@@ -62,10 +63,9 @@ async fn misbehave(mut s: TcpStream, fault: Fault) {
         }
     }
     match fault {
-        Fault::ResetMidResponse => {
-            let _ = s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 1000\r\n\r\n{\"partial\"")
-                .await;
+        Fault::ResetMidResponse(len) => {
+            let head = format!("HTTP/1.1 200 OK\r\ncontent-length: {len}\r\n\r\n{{\"partial\"");
+            let _ = s.write_all(head.as_bytes()).await;
             let _ = s.flush().await;
             tokio::time::sleep(Duration::from_millis(50)).await;
             let _ = s.set_zero_linger();
@@ -130,9 +130,11 @@ async fn each_fault_is_a_502_or_504_with_its_reason_and_the_gateway_keeps_servin
     }
 }
 
-#[tokio::test]
-async fn a_reset_mid_response_cuts_the_body_and_counts_as_a_failure() {
-    let bad = faulty(Fault::ResetMidResponse).await;
+/// Two replicas, one resetting every reply after 10 bytes; pairs of concurrent requests (with one
+/// slot per replica, each replica gets one of each pair whatever the balancer prefers) until the
+/// bad one is ejected after two failures. Returns what the clients saw per request.
+async fn reset_mid_response(len: u64) -> Vec<Result<(u16, usize), String>> {
+    let bad = faulty(Fault::ResetMidResponse(len)).await;
     let model = Backend::model().await;
     let pki = Pki::new(&["localhost"]);
     let gw = TestGateway::start(&service_toml(
@@ -142,27 +144,20 @@ async fn a_reset_mid_response_cuts_the_body_and_counts_as_a_failure() {
     ))
     .await;
     let c = client(&pki.ca_pem).build().expect("client");
-    let (mut cut, mut ok) = (0, 0);
-    // Pairs of concurrent requests: with one slot per replica, each replica gets one of each pair
-    // (whatever the balancer prefers) until the bad one is ejected.
+    let mut seen = Vec::new();
     for _ in 0..15 {
         let url = gw.https(SCORE);
         let one = || async {
             let r = post(&c, &url, Some(KEY), ROWS).await;
-            assert_eq!(r.status(), 200, "the reply had started: the status stands");
-            r.bytes().await
+            let status = r.status().as_u16();
+            r.bytes()
+                .await
+                .map(|b| (status, b.len()))
+                .map_err(|e| format!("{status}: {e}"))
         };
         let (a, b) = tokio::join!(one(), one());
-        for body in [a, b] {
-            match body {
-                Ok(b) if b.len() == 1000 => panic!("a reset reply arrived whole"),
-                Ok(_) => ok += 1,
-                // The body is cut off: the client sees an error, never a hang or a short "success".
-                Err(_) => cut += 1,
-            }
-        }
+        seen.extend([a, b]);
     }
-    assert_eq!(cut, 2, "ejected after two broken replies ({ok} whole)");
     let m = gw.metrics().await;
     assert_eq!(
         counter(
@@ -173,6 +168,35 @@ async fn a_reset_mid_response_cuts_the_body_and_counts_as_a_failure() {
         "{m}"
     );
     gw.stop().await;
+    seen
+}
+
+#[tokio::test]
+async fn a_reset_mid_small_response_is_a_502_and_counts_as_a_failure() {
+    // A small reply is read whole before the answer starts: its loss is a clean 502.
+    let seen = reset_mid_response(1000).await;
+    let failed = seen.iter().filter(|r| matches!(r, Ok((502, _)))).count();
+    assert_eq!(failed, 2, "ejected after two broken replies: {seen:?}");
+    assert!(
+        seen.iter().all(|r| matches!(r, Ok((200 | 502, _)))),
+        "only whole answers and 502s: {seen:?}"
+    );
+}
+
+#[tokio::test]
+async fn a_reset_mid_large_response_cuts_the_body_and_counts_as_a_failure() {
+    // A large reply streams: the status has gone out, so the client sees the body cut off —
+    // an error, never a hang or a short "success".
+    let seen = reset_mid_response(1 << 20).await;
+    let cut = seen.iter().filter(|r| r.is_err()).count();
+    assert_eq!(cut, 2, "ejected after two broken replies: {seen:?}");
+    assert!(
+        seen.iter().all(|r| match r {
+            Ok((status, len)) => *status == 200 && *len != 1 << 20,
+            Err(e) => e.starts_with("200"),
+        }),
+        "the status stands, no reset reply arrives whole: {seen:?}"
+    );
 }
 
 #[tokio::test]

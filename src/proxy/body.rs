@@ -9,10 +9,10 @@ use std::time::Instant;
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
-use hyper::body::{Body, Frame, Incoming, SizeHint};
+use hyper::body::{Body, Frame, SizeHint};
 
 use crate::routing::Service;
-use crate::upstream::{Checkout, Lease, Outcome};
+use crate::upstream::{Lease, Outcome, ResponseBody};
 
 /// What the gateway answers with: a replica's streamed body or its own small JSON.
 pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
@@ -21,7 +21,6 @@ pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
 #[derive(Debug)]
 pub(crate) struct Completion {
     pub lease: Lease,
-    pub checkout: Checkout,
     pub service: Arc<Service>,
     pub version: usize,
     pub code: u16,
@@ -47,7 +46,6 @@ impl Completion {
         match end {
             End::Complete => {
                 super::report(&self.lease, Outcome::Answered, &self.service, self.version);
-                self.checkout.release(&self.lease.replica);
             }
             End::Broken => super::report(&self.lease, Outcome::Failed, &self.service, self.version),
             End::Abandoned => {}
@@ -58,12 +56,12 @@ impl Completion {
 
 #[derive(Debug)]
 pub struct TrackedBody {
-    inner: Incoming,
+    inner: ResponseBody,
     done: Option<Completion>,
 }
 
 impl TrackedBody {
-    pub(crate) fn new(inner: Incoming, done: Completion) -> Self {
+    pub(crate) fn new(inner: ResponseBody, done: Completion) -> Self {
         TrackedBody {
             inner,
             done: Some(done),
@@ -79,12 +77,12 @@ impl TrackedBody {
 
 impl Body for TrackedBody {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
 
     fn poll_frame(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
         match &polled {

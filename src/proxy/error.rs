@@ -50,6 +50,7 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::Upstream(UpstreamError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::Upstream(UpstreamError::ClientBody { .. }) => StatusCode::BAD_REQUEST,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -77,6 +78,7 @@ impl GatewayError {
             } => "no_ready_replicas",
             GatewayError::Timeout(_) => "scoring_timeout",
             GatewayError::Upstream(UpstreamError::BodyTooLarge) => "payload_too_large",
+            GatewayError::Upstream(UpstreamError::ClientBody { .. }) => "bad_request_body",
             GatewayError::Upstream(UpstreamError::Closed { .. }) => "replica_closed_connection",
             GatewayError::Upstream(UpstreamError::Connect { .. })
             | GatewayError::Upstream(UpstreamError::ConnectTimeout { .. }) => "replica_unreachable",
@@ -96,6 +98,9 @@ impl GatewayError {
             }
             GatewayError::Upstream(UpstreamError::Protocol { .. }) => {
                 "the scoring replica sent an invalid response".to_string()
+            }
+            GatewayError::Upstream(UpstreamError::ClientBody { .. }) => {
+                "the request body could not be read to its end".to_string()
             }
             other => other.to_string(),
         };

@@ -222,11 +222,14 @@ impl Gateway {
         .await;
         let model_time = sent.elapsed();
         lease.replica.observe_latency(model_time);
-        let (resp, checkout) = match result {
+        let resp = match result {
             Ok(Ok(ok)) => ok,
             Ok(Err(e)) => {
                 v.metrics.in_flight.dec();
-                if !matches!(e, UpstreamError::BodyTooLarge) {
+                if !matches!(
+                    e,
+                    UpstreamError::BodyTooLarge | UpstreamError::ClientBody { .. }
+                ) {
                     report(&lease, Outcome::Failed, service, version);
                 }
                 return Err(GatewayError::Upstream(e));
@@ -251,7 +254,6 @@ impl Gateway {
         }
         let done = Completion {
             lease,
-            checkout,
             service: service.clone(),
             version,
             code: parts.status.as_u16(),

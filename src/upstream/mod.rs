@@ -3,6 +3,7 @@
 //! among replicas under their concurrency limit), and pooled connections ([`replica`]).
 
 mod ewma;
+mod h1;
 mod outlier;
 mod replica;
 
@@ -19,7 +20,57 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::config::{Protocol, ServiceSettings};
 pub use outlier::{Ejection, Outcome};
-pub use replica::{Checkout, Replica, UpstreamBody, UpstreamError};
+pub use replica::{Replica, UpstreamBody, UpstreamError};
+
+/// A replica's response body: read whole (small, known length), streaming from an HTTP/1.1
+/// connection, or an h2c stream.
+#[derive(Debug)]
+pub enum ResponseBody {
+    Whole(Option<bytes::Bytes>),
+    H1(h1::Streaming),
+    H2(hyper::body::Incoming),
+}
+
+impl hyper::body::Body for ResponseBody {
+    type Data = bytes::Bytes;
+    type Error = Box<dyn std::error::Error + Send + Sync>;
+
+    fn poll_frame(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<bytes::Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        match self.get_mut() {
+            ResponseBody::Whole(data) => {
+                Poll::Ready(data.take().map(|d| Ok(hyper::body::Frame::data(d))))
+            }
+            ResponseBody::H1(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+            ResponseBody::H2(b) => std::pin::Pin::new(b)
+                .poll_frame(cx)
+                .map(|f| f.map(|r| r.map_err(Into::into))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ResponseBody::Whole(data) => data.is_none(),
+            ResponseBody::H1(b) => b.is_end_stream(),
+            ResponseBody::H2(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        match self {
+            ResponseBody::Whole(data) => {
+                hyper::body::SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+            ResponseBody::H1(b) => b.size_hint(),
+            ResponseBody::H2(b) => b.size_hint(),
+        }
+    }
+}
 
 /// Why no replica slot was granted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

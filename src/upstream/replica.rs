@@ -1,20 +1,23 @@
 //! One scoring replica: its slot counter, latency estimate and pooled connections.
-//! HTTP/1.1 keeps a stack of idle connections (one request each at a time); h2c shares one
-//! multiplexed connection. A request on a reused connection that the replica closed while idle
-//! is retried once on a fresh connection, because hyper hands back requests it never sent.
+//! HTTP/1.1 keeps a stack of idle connections (one request each at a time, driven inline by
+//! [`super::h1`]); h2c shares one multiplexed hyper connection. An idle connection the replica
+//! closed is noticed before use and dropped; a request whose write fails on a reused connection
+//! is sent once more on a fresh one when the whole request is still at hand.
 
 use std::net::SocketAddr;
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use http::Request;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
+use super::ResponseBody;
 use super::ewma::PeakEwma;
+use super::h1;
 use crate::config::Protocol;
 
 /// What the gateway sends upstream: the client's body, capped at the body limit.
@@ -38,15 +41,20 @@ pub enum UpstreamError {
     Closed {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
     #[error("request body exceeds the configured limit")]
     BodyTooLarge,
+    #[error("reading the client's request body: {source}")]
+    ClientBody {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
     #[error("replica {addr} sent an invalid response: {source}")]
     Protocol {
         addr: SocketAddr,
         #[source]
-        source: hyper::Error,
+        source: Box<dyn std::error::Error + Send + Sync>,
     },
 }
 
@@ -61,25 +69,8 @@ pub struct Replica {
     pub(super) failures: AtomicU32,
     pub(super) ejections: AtomicU32,
     pub(super) last_ejected: Mutex<Option<tokio::time::Instant>>,
-    idle: Mutex<Vec<http1::SendRequest<UpstreamBody>>>,
+    idle: Mutex<Vec<h1::Conn>>,
     shared_h2: Mutex<Option<http2::SendRequest<UpstreamBody>>>,
-}
-
-/// A pooled HTTP/1.1 connection out for one exchange; [`Checkout::release`] returns it once the
-/// response body has been read to its end. Dropped otherwise (the connection closes).
-#[derive(Debug)]
-pub struct Checkout(Option<http1::SendRequest<UpstreamBody>>);
-
-impl Checkout {
-    pub fn release(mut self, replica: &Replica) {
-        if let Some(s) = self.0.take()
-            && !s.is_closed()
-            && let Ok(mut idle) = replica.idle.lock()
-            && idle.len() < MAX_IDLE
-        {
-            idle.push(s);
-        }
-    }
 }
 
 impl Replica {
@@ -118,7 +109,16 @@ impl Replica {
             .is_ok()
     }
 
-    async fn connect(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    /// Back to the pool after a complete exchange.
+    pub(super) fn put_idle(&self, conn: h1::Conn) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_IDLE
+        {
+            idle.push(conn);
+        }
+    }
+
+    async fn connect(&self) -> Result<TcpStream, UpstreamError> {
         let stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(self.addr))
             .await
             .map_err(|_| UpstreamError::ConnectTimeout { addr: self.addr })?
@@ -127,9 +127,11 @@ impl Replica {
                 source,
             })?;
         let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+        Ok(stream)
     }
 
+    /// Map a hyper (h2c) error: a body over the limit, a client body failure, a connection
+    /// closed, or a bad response.
     fn classify(&self, e: hyper::Error) -> UpstreamError {
         let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = src {
@@ -138,77 +140,82 @@ impl Replica {
             }
             src = s.source();
         }
+        if e.is_user() && e.is_body_write_aborted() {
+            return UpstreamError::ClientBody {
+                source: Box::new(e),
+            };
+        }
         if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
             UpstreamError::Closed {
                 addr: self.addr,
-                source: e,
+                source: Box::new(e),
             }
         } else {
             UpstreamError::Protocol {
                 addr: self.addr,
-                source: e,
+                source: Box::new(e),
             }
+        }
+    }
+
+    fn classify_h1(&self, e: h1::SendError) -> UpstreamError {
+        match e {
+            h1::SendError::Io(e) | h1::SendError::Unsent(e) => UpstreamError::Closed {
+                addr: self.addr,
+                source: Box::new(e),
+            },
+            h1::SendError::Proto(e) => UpstreamError::Protocol {
+                addr: self.addr,
+                source: Box::new(e),
+            },
+            h1::SendError::Body(e) if e.is::<http_body_util::LengthLimitError>() => {
+                UpstreamError::BodyTooLarge
+            }
+            h1::SendError::Body(source) => UpstreamError::ClientBody { source },
         }
     }
 
     /// Send one request. The URI must be origin-form for HTTP/1.1 and absolute for h2c.
     pub async fn send(
-        &self,
+        self: &Arc<Self>,
         req: Request<UpstreamBody>,
-    ) -> Result<(http::Response<Incoming>, Checkout), UpstreamError> {
+    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         match self.protocol {
             Protocol::Http1 => self.send_http1(req).await,
-            Protocol::H2c => self.send_h2(req).await.map(|r| (r, Checkout(None))),
+            Protocol::H2c => self.send_h2(req).await.map(|r| r.map(ResponseBody::H2)),
         }
     }
 
-    fn take_idle(&self) -> Option<http1::SendRequest<UpstreamBody>> {
+    /// An idle connection the replica has not closed meanwhile.
+    pub(super) fn take_idle(&self) -> Option<h1::Conn> {
         let mut idle = self.idle.lock().ok()?;
-        while let Some(s) = idle.pop() {
-            if !s.is_closed() {
-                return Some(s);
+        while let Some(c) = idle.pop() {
+            if c.usable() {
+                return Some(c);
             }
         }
         None
     }
 
     async fn send_http1(
-        &self,
-        mut req: Request<UpstreamBody>,
-    ) -> Result<(http::Response<Incoming>, Checkout), UpstreamError> {
-        loop {
-            let (mut sender, reused) = match self.take_idle() {
-                Some(s) => (s, true),
-                None => {
-                    let io = self.connect().await?;
-                    let (sender, conn) = http1::Builder::new()
-                        .handshake(io)
-                        .await
-                        .map_err(|e| self.classify(e))?;
-                    tokio::spawn(async move {
-                        let _ = conn.await;
-                    });
-                    (sender, false)
+        self: &Arc<Self>,
+        req: Request<UpstreamBody>,
+    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
+        let (mut encoded, method) = h1::encode(req).await.map_err(|e| self.classify_h1(e))?;
+        if let Some(conn) = self.take_idle() {
+            match h1::exchange(conn, &mut encoded, &method, self).await {
+                // The replica closed the pooled connection as the request went out: nothing of
+                // it was taken, so it goes once more on a fresh connection.
+                Err(h1::SendError::Unsent(e)) if encoded.complete() => {
+                    tracing::debug!(replica = %self.addr, error = %e, "pooled connection failed; retrying on a new one");
                 }
-            };
-            if sender.ready().await.is_err() {
-                if reused {
-                    continue;
-                }
-                return Err(UpstreamError::Connect {
-                    addr: self.addr,
-                    source: std::io::ErrorKind::ConnectionAborted.into(),
-                });
-            }
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Checkout(Some(sender)))),
-                Err(mut e) => match e.take_message() {
-                    // Never sent: the idle connection had been closed by the replica.
-                    Some(back) if reused => req = back,
-                    _ => return Err(self.classify(e.into_error())),
-                },
+                other => return other.map_err(|e| self.classify_h1(e)),
             }
         }
+        let conn = h1::Conn::new(self.connect().await?);
+        h1::exchange(conn, &mut encoded, &method, self)
+            .await
+            .map_err(|e| self.classify_h1(e))
     }
 
     async fn send_h2(
@@ -223,7 +230,7 @@ impl Replica {
         let mut sender = match existing {
             Some(s) => s,
             None => {
-                let io = self.connect().await?;
+                let io = TokioIo::new(self.connect().await?);
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .timer(TokioTimer::new())
                     .handshake(io)
