@@ -124,7 +124,10 @@ impl GatewayError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
-        h.insert(super::headers::REQUEST_ID, request_id.clone());
+        h.insert(
+            super::headers::REQUEST_ID,
+            super::headers::unindexed(request_id),
+        );
         match self {
             GatewayError::Overloaded { retry_after, .. } => {
                 let secs = retry_after.as_secs_f64().ceil().max(1.0) as u64;

@@ -85,7 +85,8 @@ impl Gateway {
         let start = Instant::now();
         let rid = headers::request_id(req.headers());
         if let Some(mut r) = self.acme_http01(req.uri().path()) {
-            r.headers_mut().insert(headers::REQUEST_ID, rid);
+            r.headers_mut()
+                .insert(headers::REQUEST_ID, headers::unindexed(&rid));
             return r;
         }
         let (parts, body) = req.into_parts();
@@ -246,7 +247,9 @@ impl Gateway {
 
         let (mut parts, body) = resp.into_parts();
         headers::strip_hop_by_hop(&mut parts.headers);
-        parts.headers.insert(headers::REQUEST_ID, rid.clone());
+        parts
+            .headers
+            .insert(headers::REQUEST_ID, headers::unindexed(rid));
         if let Some(name) = &v.header {
             parts
                 .headers
@@ -286,7 +289,9 @@ impl Gateway {
             parts.headers.remove(header::AUTHORIZATION);
         }
         headers::set_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls);
-        parts.headers.insert(headers::REQUEST_ID, rid.clone());
+        parts
+            .headers
+            .insert(headers::REQUEST_ID, headers::unindexed(rid));
         match protocol {
             Protocol::Http1 => {
                 parts.version = http::Version::HTTP_11;
