@@ -10,11 +10,6 @@ use scoregate::{config, control, demo, server, shutdown, tls};
 
 const EX_CONFIG: u8 = 64;
 
-/// mimalloc: per-thread free lists suit the request path's many short-lived allocations (glibc's
-/// `_int_free`/`malloc_consolidate` were ~4% of a keep-alive profile).
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     tracing_subscriber::fmt()
