@@ -13,7 +13,7 @@
 //! - [`autoscale`] — replica recommendations (Azure ML's formula), scale patches by the Lease holder.
 //! - [`auth`] — key auth (constant time) and JWT token auth per service.
 //! - [`upstream`] — replica slots, the deadline-aware queue, p2c + peak-EWMA choice, outlier
-//!   ejection, pooled HTTP/1.1 and h2c connections.
+//!   ejection, pooled connections: an inline HTTP/1.1 client, hyper's for h2c.
 //! - [`proxy`] — the request path, header hygiene, one error -> HTTP mapping.
 //! - [`server`] — listeners, TLS handshakes, hyper-util auto h1/h2 connections, the idle timeout,
 //!   configuration reload (SIGHUP, file change), graceful drain.
