@@ -191,7 +191,7 @@ mod tests {
     }
 
     #[test]
-    fn the_request_id_goes_out_never_indexed_with_the_same_bytes() {
+    fn unindexed_marks_the_request_id_sensitive_with_the_same_bytes() {
         let rid = new_request_id();
         let out = unindexed(&rid);
         assert!(out.is_sensitive() && !rid.is_sensitive());

@@ -134,11 +134,16 @@ impl Conn {
         self.io.write_all(bytes).await.map_err(SendError::Unsent)
     }
 
-    /// Read more of the response; EOF is an error here (the replica had more to send).
-    async fn fill(&mut self) -> Result<(), SendError> {
+    /// Spare capacity for the next read.
+    fn make_room(&mut self) {
         if self.buf.capacity() - self.buf.len() < 1024 {
             self.buf.reserve(READ_RESERVE);
         }
+    }
+
+    /// Read more of the response; EOF is an error here (the replica had more to send).
+    async fn fill(&mut self) -> Result<(), SendError> {
+        self.make_room();
         match self.io.read_buf(&mut self.buf).await {
             Ok(0) => Err(SendError::Io(io::ErrorKind::UnexpectedEof.into())),
             Ok(_) => Ok(()),
@@ -257,7 +262,7 @@ where
         }
     }
     let mut answered = false;
-    let (mut parts, framing, keep_alive) = loop {
+    let (parts, framing, keep_alive) = loop {
         if let Some(head) = parse_head(&mut conn.buf, method)? {
             break head;
         }
@@ -273,23 +278,16 @@ where
         }
     };
     let body = match framing {
-        Framing::Length(0) => {
-            let reuse = keep_alive && conn.buf.is_empty();
-            if reuse {
-                replica.put_idle(conn);
-            }
-            super::ResponseBody::Whole(None)
-        }
         Framing::Length(n) if n <= WHOLE_BODY => {
             let n = n as usize;
             while conn.buf.len() < n {
                 conn.fill().await?;
             }
-            let data = conn.buf.split_to(n).freeze();
+            let data = (n > 0).then(|| conn.buf.split_to(n).freeze());
             if keep_alive && conn.buf.is_empty() {
                 replica.put_idle(conn);
             }
-            super::ResponseBody::Whole(Some(data))
+            super::ResponseBody::Whole(data)
         }
         framing => super::ResponseBody::H1(Streaming {
             conn: Some(conn),
@@ -299,7 +297,6 @@ where
             done: false,
         }),
     };
-    parts.extensions.clear();
     Ok(Response::from_parts(parts, body))
 }
 
@@ -336,11 +333,6 @@ fn parse_head(
                 )
             }
             Ok(httparse::Status::Partial) => return Ok(None),
-            Err(httparse::Error::TooManyHeaders) => {
-                return Err(SendError::Proto(ProtoError::Parse(
-                    httparse::Error::TooManyHeaders,
-                )));
-            }
             Err(e) => return Err(SendError::Proto(ProtoError::Parse(e))),
         };
         let head = buf.split_to(len).freeze();
@@ -527,6 +519,13 @@ impl Streaming {
         }
     }
 
+    /// The body broke off: the connection closes.
+    fn fail(&mut self, e: BodyError) -> Poll<Option<Result<Frame<Bytes>, BodyError>>> {
+        self.done = true;
+        self.conn = None;
+        Poll::Ready(Some(Err(e)))
+    }
+
     /// The body is over: a clean end returns the connection to the pool.
     fn finish(&mut self) {
         self.done = true;
@@ -581,41 +580,25 @@ impl Body for Streaming {
                     return Poll::Ready(None);
                 }
                 Ok(Step::More) => {}
-                Err(e) => {
-                    this.done = true;
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(e)));
-                }
+                Err(e) => return this.fail(e),
             }
             let Some(conn) = this.conn.as_mut() else {
                 return Poll::Ready(None);
             };
             if let Err(e) = ready!(conn.io.poll_read_ready(cx)) {
-                this.done = true;
-                this.conn = None;
-                return Poll::Ready(Some(Err(BodyError::Io(e))));
+                return this.fail(BodyError::Io(e));
             }
-            if conn.buf.capacity() - conn.buf.len() < 1024 {
-                conn.buf.reserve(READ_RESERVE);
-            }
+            conn.make_room();
             match conn.io.try_read_buf(&mut conn.buf) {
                 Ok(0) if this.framing == Framing::Close => {
                     this.keep_alive = false;
                     this.finish();
                     return Poll::Ready(None);
                 }
-                Ok(0) => {
-                    this.done = true;
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(BodyError::Incomplete)));
-                }
+                Ok(0) => return this.fail(BodyError::Incomplete),
                 Ok(_) => {}
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    this.done = true;
-                    this.conn = None;
-                    return Poll::Ready(Some(Err(BodyError::Io(e))));
-                }
+                Err(e) => return this.fail(BodyError::Io(e)),
             }
         }
     }

@@ -140,7 +140,8 @@ impl Replica {
             }
             src = s.source();
         }
-        if e.is_user() && e.is_body_write_aborted() {
+        // The client's body failed: hyper reports a user error carrying the body's own error.
+        if e.is_user() && std::error::Error::source(&e).is_some() {
             return UpstreamError::ClientBody {
                 source: Box::new(e),
             };
