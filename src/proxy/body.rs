@@ -17,6 +17,45 @@ use crate::upstream::{Lease, Outcome, ResponseBody};
 /// What the gateway answers with: a replica's streamed body or its own small JSON.
 pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
 
+/// A client's request body: streamed by hyper, or read whole by the HTTP/1.1 fast path
+/// (`server::fast`), which only takes requests whose declared body is already in its buffer.
+#[derive(Debug)]
+pub enum ClientBody {
+    Streaming(hyper::body::Incoming),
+    Whole(Option<Bytes>),
+}
+
+impl Body for ClientBody {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match self.get_mut() {
+            ClientBody::Streaming(b) => Pin::new(b).poll_frame(cx),
+            ClientBody::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            ClientBody::Streaming(b) => b.is_end_stream(),
+            ClientBody::Whole(data) => data.is_none(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            ClientBody::Streaming(b) => b.size_hint(),
+            ClientBody::Whole(data) => {
+                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
+            }
+        }
+    }
+}
+
 /// Everything released when the response is done.
 #[derive(Debug)]
 pub(crate) struct Completion {

@@ -20,10 +20,9 @@ use std::time::Instant;
 
 use http::{HeaderValue, Method, Request, Response, Uri, header};
 use http_body_util::{Either, Limited};
-use hyper::body::Incoming;
 
 use body::Completion;
-pub use body::{ProxyBody, TrackedBody};
+pub use body::{ClientBody, ProxyBody, TrackedBody};
 use error::GatewayError;
 
 use crate::acme::Challenges;
@@ -81,7 +80,7 @@ impl Gateway {
         Some(r)
     }
 
-    pub async fn handle(&self, req: Request<Incoming>, conn: ConnInfo) -> Response<ProxyBody> {
+    pub async fn handle(&self, req: Request<ClientBody>, conn: ConnInfo) -> Response<ProxyBody> {
         let start = Instant::now();
         let rid = headers::request_id(req.headers());
         if let Some(mut r) = self.acme_http01(req.uri().path()) {
@@ -203,7 +202,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     async fn forward(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         conn: ConnInfo,
         service: &Arc<Service>,
         version: usize,
@@ -272,7 +271,7 @@ impl Gateway {
     /// headers set, the gateway's key removed, the request id attached.
     fn upstream_request(
         &self,
-        req: Request<Incoming>,
+        req: Request<ClientBody>,
         conn: ConnInfo,
         service: &Service,
         protocol: Protocol,
@@ -370,7 +369,7 @@ fn declared_length(parts: &http::request::Parts) -> Option<u64> {
 const DRAIN_LIMIT: u64 = 64 * 1024;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn drain(mut body: Incoming, parts: &http::request::Parts) {
+async fn drain(mut body: ClientBody, parts: &http::request::Parts) {
     use hyper::body::Body;
     if body.is_end_stream() || declared_length(parts).is_none_or(|n| n > DRAIN_LIMIT) {
         return;

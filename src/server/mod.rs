@@ -4,9 +4,11 @@
 //! on shutdown readiness goes false, accepting stops, in-flight requests finish within the grace
 //! period, then [`run`] returns.
 
+mod fast;
 mod idle;
 mod listeners;
 mod reload;
+mod wire;
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -279,6 +281,7 @@ impl AcceptCtx<'_> {
                 app: self.app.clone(),
                 builder: self.builder.clone(),
                 watcher: self.graceful.watcher(),
+                stop: stop.clone(),
             };
             let acceptor = acceptor.clone();
             let open = self.app.metrics.connections_open.clone();
@@ -288,7 +291,9 @@ impl AcceptCtx<'_> {
                     Some(acc) => conn.serve_tls(stream, remote, acc).await,
                     None => {
                         let info = ConnInfo { remote, tls: false };
-                        conn.serve_http(stream, info).await
+                        // h2c with prior knowledge is told apart by hyper after the fast path
+                        // hands over its preface.
+                        conn.serve_http(stream, info, false).await
                     }
                 }
                 open.dec();
@@ -301,7 +306,9 @@ impl AcceptCtx<'_> {
 struct Conn {
     app: Arc<App>,
     builder: Arc<auto::Builder<TokioExecutor>>,
+    /// Held while the fast path serves, so the drain waits for it too; given to hyper after.
     watcher: Watcher,
+    stop: watch::Receiver<bool>,
 }
 
 impl Conn {
@@ -327,28 +334,46 @@ impl Conn {
             Some(rustls::ProtocolVersion::TLSv1_3) => hs.tls13.inc(),
             _ => hs.tls12.inc(),
         }
-        if tls.get_ref().1.alpn_protocol() == Some(crate::acme::challenge::ACME_TLS_ALPN) {
+        let h2 = match tls.get_ref().1.alpn_protocol() {
             // A TLS-ALPN-01 validator: the handshake was the whole exchange.
-            return;
-        }
-        self.serve_http(tls, ConnInfo { remote, tls: true }).await;
+            Some(crate::acme::challenge::ACME_TLS_ALPN) => return,
+            Some(p) => p == b"h2",
+            None => false,
+        };
+        self.serve_http(tls, ConnInfo { remote, tls: true }, h2)
+            .await;
     }
 
-    async fn serve_http<I>(self, io: I, info: ConnInfo)
+    /// Serve HTTP: HTTP/1.1 on the fast path until a request needs hyper, h2 on hyper.
+    async fn serve_http<I>(self, io: I, info: ConnInfo, h2: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
     {
         let in_flight = InFlight::default();
-        let io = TokioIo::new(IdleIo::new(
-            io,
-            self.app.limits.idle_timeout,
-            in_flight.clone(),
-        ));
+        let mut io = IdleIo::new(io, self.app.limits.idle_timeout, in_flight.clone());
+        let unread = if h2 {
+            bytes::Bytes::new()
+        } else {
+            let limits = &self.app.limits;
+            let settings = fast::Settings {
+                header_read_timeout: limits.header_read_timeout,
+                max_head: limits.max_header_bytes,
+                max_body: limits.max_body_bytes.min(fast::MAX_FAST_BODY),
+            };
+            let gateway = &self.app.gateway;
+            let stop = self.stop.clone();
+            match fast::serve(&mut io, gateway, info, &settings, &in_flight, stop).await {
+                fast::Ended::Closed => return,
+                fast::Ended::Handoff(unread) => unread,
+            }
+        };
+        let io = TokioIo::new(wire::Rewind::new(unread, io));
         let gateway = self.app.gateway.clone();
         let svc = service_fn(move |req| {
             let gateway = gateway.clone();
             let busy = in_flight.enter();
             // Boxed: the request future is a few KB and HTTP/2 moves it into a task per stream.
+            let req = req.map(crate::proxy::ClientBody::Streaming);
             let fut = Box::pin(async move { gateway.handle(req, info).await });
             async move {
                 let resp = fut.await;

@@ -21,7 +21,7 @@ use super::h1;
 use crate::config::Protocol;
 
 /// What the gateway sends upstream: the client's body, capped at the body limit.
-pub type UpstreamBody = http_body_util::Limited<Incoming>;
+pub type UpstreamBody = http_body_util::Limited<crate::proxy::ClientBody>;
 
 /// Idle HTTP/1.1 connections kept per replica.
 const MAX_IDLE: usize = 256;

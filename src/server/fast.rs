@@ -1,0 +1,265 @@
+//! The HTTP/1.1 fast path: a connection's requests are parsed straight from the (TLS)
+//! plaintext, handed to the gateway with their body already read, and answered with the head and
+//! a small body in one write. No dispatcher task, no body channel, no per-request timer: the
+//! header-read deadline is one timer per connection, re-armed only when it fires early.
+//!
+//! It takes only simple requests (`wire::take_request`); the first request that is not — chunked
+//! or still-arriving bodies, `Expect`, upgrades, HTTP/1.0, anything malformed — hands the
+//! connection, with every byte read so far, to hyper for the rest of its life. So hyper's answers
+//! to everything unusual are unchanged, and the fast path never has to stream a request body.
+//!
+//! Same rules as hyper's connection: the head must arrive within `header_read_timeout_ms` of
+//! waiting for it (else the connection closes), `Connection: close` is honoured, and on shutdown
+//! an idle connection closes at once while one mid-request finishes and closes.
+
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::task::Poll;
+use std::time::Duration;
+
+use bytes::{BufMut, Bytes, BytesMut};
+use http::Response;
+use http_body_util::BodyExt;
+use hyper::body::Body;
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::sync::watch;
+use tokio::time::{Instant, Sleep};
+
+use super::idle::InFlight;
+use super::wire::{self, Framing, Take};
+use crate::proxy::{ClientBody, ConnInfo, Gateway, ProxyBody};
+
+/// Read room reserved at a time.
+const READ_ROOM: usize = 4096;
+/// Response bodies of known length up to this size go out in the same write as the head.
+const INLINE_BODY: u64 = 64 * 1024;
+/// Request bodies up to this size are taken by the fast path (when already read).
+pub const MAX_FAST_BODY: u64 = 64 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub header_read_timeout: Duration,
+    pub max_head: usize,
+    pub max_body: u64,
+}
+
+/// How the fast path left a connection.
+#[derive(Debug)]
+pub enum Ended {
+    /// Finished: the client closed, asked to, timed out, or the gateway is stopping.
+    Closed,
+    /// A request it does not take: these bytes (read, unparsed) and the connection go to hyper.
+    Handoff(Bytes),
+}
+
+enum Read {
+    Data,
+    Eof,
+    Timeout,
+    Stop,
+    Failed(io::Error),
+}
+
+type StopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+struct Session {
+    buf: BytesMut,
+    out: BytesMut,
+    timer: Pin<Box<Sleep>>,
+    /// Fires once when the gateway starts shutting down; `None` after.
+    stop: Option<StopFuture>,
+    stop_rx: watch::Receiver<bool>,
+}
+
+/// Serve `io` until it closes or a request needs hyper.
+pub async fn serve<I>(
+    io: &mut I,
+    gateway: &Gateway,
+    info: ConnInfo,
+    settings: &Settings,
+    in_flight: &InFlight,
+    stop_rx: watch::Receiver<bool>,
+) -> Ended
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let mut rx = stop_rx.clone();
+    let mut s = Session {
+        buf: BytesMut::new(),
+        out: BytesMut::new(),
+        timer: Box::pin(tokio::time::sleep(settings.header_read_timeout)),
+        stop: Some(Box::pin(async move {
+            let _ = rx.wait_for(|s| *s).await;
+        })),
+        stop_rx,
+    };
+    loop {
+        let deadline = Instant::now() + settings.header_read_timeout;
+        let (parts, body, close) = loop {
+            if !s.buf.is_empty() {
+                match wire::take_request(&mut s.buf, settings.max_head, settings.max_body) {
+                    Take::Request { parts, body, close } => break (parts, body, close),
+                    Take::Partial => {}
+                    Take::Other => return Ended::Handoff(s.buf.split().freeze()),
+                }
+            }
+            match s.read(io, deadline).await {
+                Read::Data => {}
+                // Shutting down mid-head: finish this request, then close.
+                Read::Stop if !s.buf.is_empty() => {}
+                Read::Stop | Read::Eof => return finish(io).await,
+                Read::Timeout => {
+                    tracing::debug!(remote = %info.remote, "request head not received within header_read_timeout_ms; closing");
+                    return finish(io).await;
+                }
+                Read::Failed(e) => {
+                    tracing::debug!(remote = %info.remote, error = %e, "connection read failed");
+                    return Ended::Closed;
+                }
+            }
+        };
+        let busy = in_flight.enter();
+        let req = http::Request::from_parts(parts, ClientBody::Whole(body));
+        // Boxed: the request future is a few KB; the connection's own stays small while idle.
+        let resp = Box::pin(gateway.handle(req, info)).await;
+        let close = close || *s.stop_rx.borrow();
+        let sent = s.respond(io, resp, close).await;
+        drop(busy);
+        match sent {
+            Ok(()) if close => return finish(io).await,
+            Ok(()) => {}
+            Err(e) => {
+                tracing::debug!(remote = %info.remote, error = %e, "writing the response failed");
+                return Ended::Closed;
+            }
+        }
+    }
+}
+
+async fn finish<I: AsyncWrite + Unpin>(io: &mut I) -> Ended {
+    let _ = io.shutdown().await; // TLS close_notify, then FIN
+    Ended::Closed
+}
+
+impl Session {
+    /// Read more into the buffer. A connection's first read uses a small stack buffer, so a
+    /// connection that never sends a request holds no read buffer.
+    async fn read<I: AsyncRead + Unpin>(&mut self, io: &mut I, deadline: Instant) -> Read {
+        if self.buf.capacity() == 0 {
+            let mut first = [0u8; 64];
+            let mut rb = ReadBuf::new(&mut first);
+            let r = wait(io, &mut rb, &mut self.timer, &mut self.stop, deadline).await;
+            if let Read::Data = r {
+                self.buf.reserve(READ_ROOM);
+                self.buf.put_slice(rb.filled());
+            }
+            return r;
+        }
+        if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
+            self.buf.reserve(READ_ROOM);
+        }
+        let len = self.buf.len();
+        self.buf.resize(self.buf.capacity(), 0);
+        let mut rb = ReadBuf::new(&mut self.buf[len..]);
+        let r = wait(io, &mut rb, &mut self.timer, &mut self.stop, deadline).await;
+        let n = rb.filled().len();
+        self.buf.truncate(len + n);
+        r
+    }
+
+    /// Write the response: head and a small body in one write, else the head then each frame.
+    async fn respond<I: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut I,
+        resp: Response<ProxyBody>,
+        close: bool,
+    ) -> io::Result<()> {
+        let (parts, mut body) = resp.into_parts();
+        let framing = wire::framing(parts.status, body.size_hint().exact());
+        self.out.clear();
+        wire::put_head(&mut self.out, parts.status, &parts.headers, framing, close);
+        drop(parts);
+        match framing {
+            Framing::None => drop(body),
+            Framing::Length(n) if n <= INLINE_BODY => {
+                self.out.reserve(n as usize);
+                while let Some(frame) = body.frame().await {
+                    if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                        self.out.put_slice(&data);
+                    }
+                }
+            }
+            _ => {
+                io.write_all(&self.out).await?;
+                self.out.clear();
+                let chunked = framing == Framing::Chunked;
+                while let Some(frame) = body.frame().await {
+                    let Ok(data) = frame.map_err(io::Error::other)?.into_data() else {
+                        continue; // trailers are not forwarded over HTTP/1.1
+                    };
+                    if data.is_empty() {
+                        continue;
+                    }
+                    if chunked {
+                        use std::fmt::Write;
+                        let _ = write!(self.out, "{:x}\r\n", data.len());
+                        self.out.put_slice(&data);
+                        self.out.put_slice(b"\r\n");
+                        io.write_all(&self.out).await?;
+                        self.out.clear();
+                    } else {
+                        io.write_all(&data).await?;
+                    }
+                }
+                if chunked {
+                    self.out.put_slice(b"0\r\n\r\n");
+                }
+            }
+        }
+        if !self.out.is_empty() {
+            io.write_all(&self.out).await?;
+        }
+        io.flush().await?;
+        // A connection that asked for nothing more must not keep a large buffer.
+        if self.out.capacity() > 4 * READ_ROOM {
+            self.out = BytesMut::new();
+        }
+        Ok(())
+    }
+}
+
+/// Wait for bytes, the header-read deadline, or shutdown — whichever comes first.
+async fn wait<I: AsyncRead + Unpin>(
+    io: &mut I,
+    rb: &mut ReadBuf<'_>,
+    timer: &mut Pin<Box<Sleep>>,
+    stop: &mut Option<StopFuture>,
+    deadline: Instant,
+) -> Read {
+    poll_fn(|cx| {
+        match Pin::new(&mut *io).poll_read(cx, rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Read::Eof),
+            Poll::Ready(Ok(())) => return Poll::Ready(Read::Data),
+            Poll::Ready(Err(e)) => return Poll::Ready(Read::Failed(e)),
+            Poll::Pending => {}
+        }
+        if let Some(f) = stop.as_mut()
+            && f.as_mut().poll(cx).is_ready()
+        {
+            *stop = None;
+            return Poll::Ready(Read::Stop);
+        }
+        // One timer per connection: it is re-armed to the current deadline only when it fires.
+        loop {
+            if timer.as_mut().poll(cx).is_pending() {
+                return Poll::Pending;
+            }
+            if Instant::now() >= deadline {
+                return Poll::Ready(Read::Timeout);
+            }
+            timer.as_mut().reset(deadline);
+        }
+    })
+    .await
+}

@@ -1,0 +1,275 @@
+//! The HTTP/1.1 fast path on the wire (raw sockets, and curl over TLS): pipelined requests, a
+//! request it does not take (chunked, or a body still arriving) handed to hyper mid-connection
+//! with nothing lost, `Connection: close`, response framing (length, chunked, none for 204)
+//! and the `Date` header.
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// A replica that records each request body and answers with the body's length.
+async fn counting_replica() -> (Backend, Arc<Mutex<Vec<Bytes>>>) {
+    let seen: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+    let log = seen.clone();
+    let backend = Backend::start(move |req: http::Request<hyper::body::Incoming>, _| {
+        let log = log.clone();
+        async move {
+            let status = if req.headers().contains_key("x-want-204") {
+                204
+            } else {
+                200
+            };
+            let body = req
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            let answer = format!("{{\"got\":{}}}", body.len());
+            if let Ok(mut l) = log.lock() {
+                l.push(body);
+            }
+            let mut r = http::Response::new(Full::new(Bytes::from(answer)));
+            *r.status_mut() = http::StatusCode::from_u16(status).expect("status");
+            r
+        }
+    })
+    .await;
+    (backend, seen)
+}
+
+fn post(body: &str, extra: &str) -> String {
+    format!(
+        "POST /api/v1/service/iris/score HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {KEY}\r\ncontent-length: {}\r\n{extra}\r\n{body}",
+        body.len()
+    )
+}
+
+/// Read responses until `n` have ended (by their length) or the server closes; returns the
+/// raw text and whether the connection was closed.
+async fn read_responses(s: &mut TcpStream, n: usize) -> (String, bool) {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 8192];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if complete_responses(&got) >= n {
+            // Give a close a moment to arrive, so the caller can tell.
+            return match tokio::time::timeout(Duration::from_millis(200), s.read(&mut buf)).await {
+                Ok(Ok(0)) => (String::from_utf8_lossy(&got).into(), true),
+                _ => (String::from_utf8_lossy(&got).into(), false),
+            };
+        }
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return (String::from_utf8_lossy(&got).into(), false),
+            Ok(Ok(0)) | Ok(Err(_)) => return (String::from_utf8_lossy(&got).into(), true),
+            Ok(Ok(k)) => got.extend_from_slice(&buf[..k]),
+        }
+    }
+}
+
+/// Responses in `raw` whose head and (content-length) body are complete.
+fn complete_responses(raw: &[u8]) -> usize {
+    let mut count = 0;
+    let mut rest = raw;
+    loop {
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut resp = httparse::Response::new(&mut headers);
+        let Ok(httparse::Status::Complete(head)) = resp.parse(rest) else {
+            return count;
+        };
+        let len = resp
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse::<usize>().ok())
+            .unwrap_or(0);
+        if rest.len() < head + len {
+            return count;
+        }
+        count += 1;
+        rest = &rest[head + len..];
+    }
+}
+
+#[tokio::test]
+async fn pipelined_then_handed_to_hyper_mid_connection_then_closed_on_request() {
+    let (replica, seen) = counting_replica().await;
+    let pki = Pki::new(&["localhost"]);
+    let gw = TestGateway::start(&service_toml(&pki, "", &[replica.addr])).await;
+    let mut s = TcpStream::connect(gw.http.expect("http"))
+        .await
+        .expect("connect");
+
+    // Two simple requests in one write (pipelined), then a chunked one (hyper's), then a
+    // simple one after it on hyper, asking to close.
+    let chunked = format!(
+        "POST /api/v1/service/iris/score HTTP/1.1\r\nhost: localhost\r\nauthorization: Bearer {KEY}\r\ntransfer-encoding: chunked\r\n\r\n3\r\nabc\r\n4\r\ndefg\r\n0\r\n\r\n"
+    );
+    let raw = format!(
+        "{}{}{}{}",
+        post(r#"{"a":1}"#, ""),
+        post(r#"{"bb":22}"#, ""),
+        chunked,
+        post("xyz", "connection: close\r\n"),
+    );
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let (text, closed) = read_responses(&mut s, 4).await;
+    assert_eq!(text.matches("HTTP/1.1 200 OK\r\n").count(), 4, "{text}");
+    for (i, got) in [7, 9, 7, 3].iter().enumerate() {
+        let want = format!("{{\"got\":{got}}}");
+        assert!(text.contains(&want), "answer {i} ({want}) missing: {text}");
+    }
+    assert!(closed, "closed after `connection: close`: {text}");
+    let lower = text.to_ascii_lowercase();
+    assert_eq!(lower.matches("\r\ndate: ").count(), 4, "{text}");
+    assert_eq!(lower.matches("\r\nx-ms-request-id: ").count(), 4, "{text}");
+    assert!(lower.contains("\r\nconnection: close\r\n"), "{text}");
+    let bodies = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    let bodies: Vec<&[u8]> = bodies.iter().map(|b| b.as_ref()).collect();
+    assert_eq!(
+        bodies,
+        vec![&b"{\"a\":1}"[..], b"{\"bb\":22}", b"abcdefg", b"xyz"]
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_still_arriving_is_handed_to_hyper_and_arrives_whole() {
+    let (replica, seen) = counting_replica().await;
+    let pki = Pki::new(&["localhost"]);
+    let gw = TestGateway::start(&service_toml(&pki, "", &[replica.addr])).await;
+    let mut s = TcpStream::connect(gw.http.expect("http"))
+        .await
+        .expect("connect");
+    // One fast request first, so the handover happens on a connection already in use.
+    s.write_all(post("{}", "").as_bytes()).await.expect("write");
+    let (first, _) = read_responses(&mut s, 1).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+    let body = "x".repeat(5000);
+    let whole = post(&body, "");
+    let (head, tail) = whole.split_at(whole.len() - 3000);
+    s.write_all(head.as_bytes()).await.expect("head");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    s.write_all(tail.as_bytes()).await.expect("tail");
+    let (text, _) = read_responses(&mut s, 1).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#"{"got":5000}"#), "{text}");
+    // And the connection keeps serving afterwards.
+    s.write_all(post("[1]", "").as_bytes())
+        .await
+        .expect("write");
+    let (text, _) = read_responses(&mut s, 1).await;
+    assert!(text.contains(r#"{"got":3}"#), "{text}");
+    assert_eq!(seen.lock().map(|s| s.len()).unwrap_or(0), 3);
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_204_has_no_body_or_length_and_the_connection_is_reused() {
+    let (replica, _) = counting_replica().await;
+    let pki = Pki::new(&["localhost"]);
+    let gw = TestGateway::start(&service_toml(&pki, "", &[replica.addr])).await;
+    let mut s = TcpStream::connect(gw.http.expect("http"))
+        .await
+        .expect("connect");
+    s.write_all(post("{}", "x-want-204: 1\r\n").as_bytes())
+        .await
+        .expect("write");
+    let (text, _) = read_responses(&mut s, 1).await;
+    assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+    let lower = text.to_ascii_lowercase();
+    assert!(!lower.contains("content-length"), "{text}");
+    assert!(!lower.contains("transfer-encoding"), "{text}");
+    assert!(
+        text.ends_with("\r\n\r\n"),
+        "nothing after the head: {text:?}"
+    );
+    s.write_all(post("{}", "").as_bytes()).await.expect("write");
+    let (text, _) = read_responses(&mut s, 1).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    gw.stop().await;
+}
+
+/// A replica that answers every request with a chunked body of `chunks` x `size` bytes, or a
+/// length-delimited one when `length` is set. Raw TCP, one request per connection.
+async fn raw_replica(chunks: usize, size: usize, length: bool) -> std::net::SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let framing = if length {
+                    format!("content-length: {}\r\n", chunks * size)
+                } else {
+                    "transfer-encoding: chunked\r\n".to_string()
+                };
+                let head = format!("HTTP/1.1 200 OK\r\nconnection: close\r\n{framing}\r\n");
+                let _ = s.write_all(head.as_bytes()).await;
+                for i in 0..chunks {
+                    let data = vec![b'a' + (i % 26) as u8; size];
+                    if !length {
+                        let _ = s.write_all(format!("{size:x}\r\n").as_bytes()).await;
+                    }
+                    let _ = s.write_all(&data).await;
+                    if !length {
+                        let _ = s.write_all(b"\r\n").await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+                if !length {
+                    let _ = s.write_all(b"0\r\n\r\n").await;
+                }
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn large_and_chunked_replies_stream_through_intact_to_curl_over_tls() {
+    let pki = Pki::new(&["localhost"]);
+    for (chunks, size, length) in [(40, 5000, false), (30, 10_000, true)] {
+        let replica = raw_replica(chunks, size, length).await;
+        let gw = TestGateway::start(&service_toml(&pki, "", &[replica])).await;
+        let out = tokio::process::Command::new("curl")
+            .args(["-sS", "--http1.1", "-D", "-", "--cacert"])
+            .arg(pki.ca_path())
+            .args(["-H", &format!("authorization: Bearer {KEY}")])
+            .args(["--data", "{}"])
+            .arg(gw.https("/api/v1/service/iris/score"))
+            .output()
+            .await
+            .expect("curl runs");
+        assert!(out.status.success(), "{out:?}");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let (head, body) = text.split_once("\r\n\r\n").expect("head and body");
+        let lower = head.to_ascii_lowercase();
+        if length {
+            assert!(lower.contains("content-length: 300000"), "{head}");
+        } else {
+            assert!(lower.contains("transfer-encoding: chunked"), "{head}");
+        }
+        let want: String = (0..chunks)
+            .map(|i| ((b'a' + (i % 26) as u8) as char).to_string().repeat(size))
+            .collect();
+        assert_eq!(body.len(), want.len(), "{head}");
+        assert!(body == want, "the body arrived intact");
+        gw.stop().await;
+    }
+}
