@@ -215,11 +215,8 @@ impl Gateway {
             self.upstream_request(req, conn, service, v.protocol, rid, &lease.replica.addr);
         let sent = Instant::now();
         v.metrics.in_flight.inc();
-        let result = tokio::time::timeout(
-            service.settings.scoring_timeout,
-            lease.replica.send(upstream_req),
-        )
-        .await;
+        let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
+        let result = tokio::time::timeout_at(deadline, lease.replica.send(upstream_req)).await;
         let model_time = sent.elapsed();
         lease.replica.observe_latency(model_time);
         let resp = match result {

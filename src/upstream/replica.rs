@@ -213,7 +213,7 @@ impl Replica {
                 other => return other.map_err(|e| self.classify_h1(e)),
             }
         }
-        let conn = h1::Conn::new(self.connect().await?);
+        let conn = h1::Conn::new(Box::pin(self.connect()).await?);
         h1::exchange(conn, &mut encoded, &method, self)
             .await
             .map_err(|e| self.classify_h1(e))
@@ -230,22 +230,25 @@ impl Replica {
             .and_then(|g| g.as_ref().filter(|s| !s.is_closed()).cloned());
         let mut sender = match existing {
             Some(s) => s,
-            None => {
-                let io = TokioIo::new(self.connect().await?);
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(io)
-                    .await
-                    .map_err(|e| self.classify(e))?;
-                tokio::spawn(async move {
-                    let _ = conn.await;
-                });
-                if let Ok(mut g) = self.shared_h2.lock() {
-                    *g = Some(sender.clone());
-                }
-                sender
-            }
+            // Boxed: connecting is rare, and its future would otherwise size every request's.
+            None => Box::pin(self.new_h2_connection()).await?,
         };
         sender.send_request(req).await.map_err(|e| self.classify(e))
+    }
+
+    async fn new_h2_connection(&self) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
+        let io = TokioIo::new(self.connect().await?);
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .handshake(io)
+            .await
+            .map_err(|e| self.classify(e))?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        if let Ok(mut g) = self.shared_h2.lock() {
+            *g = Some(sender.clone());
+        }
+        Ok(sender)
     }
 }
