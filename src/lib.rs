@@ -15,8 +15,10 @@
 //! - [`upstream`] — replica slots, the deadline-aware queue, p2c + peak-EWMA choice, outlier
 //!   ejection, pooled connections: an inline HTTP/1.1 client, hyper's for h2c.
 //! - [`proxy`] — the request path, header hygiene, one error -> HTTP mapping.
-//! - [`server`] — listeners, TLS handshakes, hyper-util auto h1/h2 connections, the idle timeout,
-//!   configuration reload (SIGHUP, file change), graceful drain.
+//! - [`server`] — listeners, TLS handshakes, an HTTP/1.1 fast path (simple requests parsed from
+//!   the TLS plaintext, answered in one write) that hands anything else to hyper-util's auto
+//!   h1/h2 connection, the idle timeout, configuration reload (SIGHUP, file change), graceful
+//!   drain.
 //! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/config`, `/certificates`.
 //! - [`metrics`] — the Prometheus registry and pre-resolved handles.
 //! - [`demo`] — `scoregate demo` and its sample model replica.

@@ -1,5 +1,6 @@
 //! Listeners and connections: the accept loops (connection cap, accept backoff), TLS handshakes
-//! (bounded, counted), hyper-util's auto HTTP/1.1 + HTTP/2 connections with an idle timeout
+//! (bounded, counted), the HTTP/1.1 fast path (`fast`, `wire`) and hyper-util's auto HTTP/1.1 +
+//! HTTP/2 connections behind it (HTTP/2 by ALPN goes straight to hyper), an idle timeout
 //! (`idle`), configuration reload (`reload`), and the graceful drain:
 //! on shutdown readiness goes false, accepting stops, in-flight requests finish within the grace
 //! period, then [`run`] returns.
