@@ -12,6 +12,8 @@ mod reload;
 mod wire;
 
 use std::convert::Infallible;
+
+use bytes::Bytes;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -341,7 +343,9 @@ impl Conn {
             Some(p) => p == b"h2",
             None => false,
         };
-        self.serve_http(tls, ConnInfo { remote, tls: true }, h2)
+        // Boxed: the TLS stream (1.2 KB) then lives in one place instead of being copied
+        // into each future that owns it in turn; less memory per idle connection.
+        self.serve_http(Box::new(tls), ConnInfo { remote, tls: true }, h2)
             .await;
     }
 
@@ -352,28 +356,39 @@ impl Conn {
     {
         let in_flight = InFlight::default();
         let mut io = IdleIo::new(io, self.app.limits.idle_timeout, in_flight.clone());
-        let unread = if h2 {
-            bytes::Bytes::new()
-        } else {
-            let limits = &self.app.limits;
-            let settings = fast::Settings {
-                header_read_timeout: limits.header_read_timeout,
-                max_head: limits.max_header_bytes,
-                max_body: limits.max_body_bytes.min(fast::MAX_FAST_BODY),
-            };
-            let gateway = &self.app.gateway;
-            let stop = self.stop.clone();
-            match fast::serve(&mut io, gateway, info, &settings, &in_flight, stop).await {
-                fast::Ended::Closed => return,
-                fast::Ended::Handoff(unread) => unread,
-            }
+        // hyper's connection is boxed (one allocation per connection): held inline, the
+        // connection future would reserve room for it, and a second copy of the stream, beside
+        // the fast path's — more memory per idle connection.
+        if h2 {
+            return Box::pin(self.serve_hyper(io, Bytes::new(), info, in_flight)).await;
+        }
+        let limits = &self.app.limits;
+        let settings = fast::Settings {
+            header_read_timeout: limits.header_read_timeout,
+            max_head: limits.max_header_bytes,
+            max_body: limits.max_body_bytes.min(fast::MAX_FAST_BODY),
         };
+        let (gateway, stop) = (&self.app.gateway, self.stop.clone());
+        match fast::serve(&mut io, gateway, info, &settings, &in_flight, stop).await {
+            fast::Ended::Closed => {}
+            fast::Ended::Handoff(unread) => {
+                Box::pin(self.serve_hyper(io, unread, info, in_flight)).await;
+            }
+        }
+    }
+
+    /// hyper-util's auto connection (HTTP/2, or HTTP/1.1 handed over by the fast path with the
+    /// bytes it read).
+    async fn serve_hyper<I>(self, io: IdleIo<I>, unread: Bytes, info: ConnInfo, in_flight: InFlight)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+    {
         let io = TokioIo::new(wire::Rewind::new(unread, io));
         let gateway = self.app.gateway.clone();
         let svc = service_fn(move |req| {
             let gateway = gateway.clone();
             let busy = in_flight.enter();
-            // Boxed: the request future is a few KB and HTTP/2 moves it into a task per stream.
+            // Boxed: the request future is a few KB; the connection's own stays small.
             let req = req.map(crate::proxy::ClientBody::Streaming);
             let fut = Box::pin(async move { gateway.handle(req, info).await });
             async move {
