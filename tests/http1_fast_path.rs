@@ -15,8 +15,8 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// A replica that records each request body and answers with the body's length.
-async fn counting_replica() -> (Backend, Arc<Mutex<Vec<Bytes>>>) {
-    let seen: Arc<Mutex<Vec<Bytes>>> = Arc::default();
+async fn counting_replica() -> (Backend, Seen) {
+    let seen: Seen = Arc::default();
     let log = seen.clone();
     let backend = Backend::start(move |req: http::Request<hyper::body::Incoming>, _| {
         let log = log.clone();
@@ -43,6 +43,19 @@ async fn counting_replica() -> (Backend, Arc<Mutex<Vec<Bytes>>>) {
     })
     .await;
     (backend, seen)
+}
+
+type Seen = Arc<Mutex<Vec<Bytes>>>;
+
+/// A gateway in front of a counting replica, and a plain-HTTP connection to it.
+async fn connected() -> (Backend, Seen, Pki, TestGateway, TcpStream) {
+    let (replica, seen) = counting_replica().await;
+    let pki = Pki::new(&["localhost"]);
+    let gw = TestGateway::start(&service_toml(&pki, "", &[replica.addr])).await;
+    let s = TcpStream::connect(gw.http.expect("http"))
+        .await
+        .expect("connect");
+    (replica, seen, pki, gw, s)
 }
 
 fn post(body: &str, extra: &str) -> String {
@@ -100,12 +113,7 @@ fn complete_responses(raw: &[u8]) -> usize {
 
 #[tokio::test]
 async fn pipelined_then_handed_to_hyper_mid_connection_then_closed_on_request() {
-    let (replica, seen) = counting_replica().await;
-    let pki = Pki::new(&["localhost"]);
-    let gw = TestGateway::start(&service_toml(&pki, "", &[replica.addr])).await;
-    let mut s = TcpStream::connect(gw.http.expect("http"))
-        .await
-        .expect("connect");
+    let (_replica, seen, _pki, gw, mut s) = connected().await;
 
     // Two simple requests in one write (pipelined), then a chunked one (hyper's), then a
     // simple one after it on hyper, asking to close.
@@ -142,12 +150,7 @@ async fn pipelined_then_handed_to_hyper_mid_connection_then_closed_on_request() 
 
 #[tokio::test]
 async fn a_body_still_arriving_is_handed_to_hyper_and_arrives_whole() {
-    let (replica, seen) = counting_replica().await;
-    let pki = Pki::new(&["localhost"]);
-    let gw = TestGateway::start(&service_toml(&pki, "", &[replica.addr])).await;
-    let mut s = TcpStream::connect(gw.http.expect("http"))
-        .await
-        .expect("connect");
+    let (_replica, seen, _pki, gw, mut s) = connected().await;
     // One fast request first, so the handover happens on a connection already in use.
     s.write_all(post("{}", "").as_bytes()).await.expect("write");
     let (first, _) = read_responses(&mut s, 1).await;
@@ -172,13 +175,26 @@ async fn a_body_still_arriving_is_handed_to_hyper_and_arrives_whole() {
 }
 
 #[tokio::test]
-async fn a_204_has_no_body_or_length_and_the_connection_is_reused() {
-    let (replica, _) = counting_replica().await;
-    let pki = Pki::new(&["localhost"]);
-    let gw = TestGateway::start(&service_toml(&pki, "", &[replica.addr])).await;
-    let mut s = TcpStream::connect(gw.http.expect("http"))
+async fn a_body_larger_than_one_read_sent_at_once_is_answered_and_the_connection_reused() {
+    let (_replica, seen, _pki, gw, mut s) = connected().await;
+    let body = "y".repeat(40_000);
+    s.write_all(post(&body, "").as_bytes())
         .await
-        .expect("connect");
+        .expect("write");
+    let (text, _) = read_responses(&mut s, 1).await;
+    assert!(text.contains(r#"{"got":40000}"#), "{text}");
+    s.write_all(post("{}", "").as_bytes()).await.expect("write");
+    let (text, _) = read_responses(&mut s, 1).await;
+    assert!(text.contains(r#"{"got":2}"#), "{text}");
+    let bodies = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(bodies.first().map(|b| b.len()), Some(40_000));
+    assert!(bodies[0].iter().all(|&c| c == b'y'));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_204_has_no_body_or_length_and_the_connection_is_reused() {
+    let (_replica, _, _pki, gw, mut s) = connected().await;
     s.write_all(post("{}", "x-want-204: 1\r\n").as_bytes())
         .await
         .expect("write");

@@ -101,7 +101,12 @@ where
                 match wire::take_request(&mut s.buf, settings.max_head, settings.max_body) {
                     Take::Request { parts, body, close } => break (parts, body, close),
                     Take::Partial => {}
-                    Take::Other => return Ended::Handoff(s.buf.split().freeze()),
+                    // The rest of the body may already be readable (a body larger than one read):
+                    // take what is there without waiting, then look again.
+                    Take::Body(total) if s.read_ready(io, total).await => continue,
+                    Take::Body(_) | Take::Other => {
+                        return Ended::Handoff(s.buf.split().freeze());
+                    }
                 }
             }
             match s.read(io, deadline).await {
@@ -126,6 +131,10 @@ where
         let close = close || *s.stop_rx.borrow();
         let sent = s.respond(io, resp, close).await;
         drop(busy);
+        // After a large request, an idle keep-alive connection does not keep its buffer.
+        if s.buf.is_empty() && s.buf.capacity() > 4 * READ_ROOM {
+            s.buf = BytesMut::new();
+        }
         match sent {
             Ok(()) if close => return finish(io).await,
             Ok(()) => {}
@@ -166,6 +175,29 @@ impl Session {
         let n = rb.filled().len();
         self.buf.truncate(len + n);
         r
+    }
+
+    /// Read what is readable now, without waiting, until the buffer holds `total` bytes.
+    /// Whether it does.
+    async fn read_ready<I: AsyncRead + Unpin>(&mut self, io: &mut I, total: usize) -> bool {
+        self.buf.reserve(total.saturating_sub(self.buf.len()));
+        while self.buf.len() < total {
+            let len = self.buf.len();
+            self.buf.resize(self.buf.capacity(), 0);
+            let mut rb = ReadBuf::new(&mut self.buf[len..]);
+            // A pending read leaves a registered waker behind: at worst one spurious wake-up.
+            let r = poll_fn(|cx| match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(r) => Poll::Ready(Some(r)),
+                Poll::Pending => Poll::Ready(None),
+            })
+            .await;
+            let n = rb.filled().len();
+            self.buf.truncate(len + n);
+            if !matches!(r, Some(Ok(()))) || n == 0 {
+                return false; // nothing more yet, end of stream or an error: hyper takes over
+            }
+        }
+        true
     }
 
     /// Write the response: head and a small body in one write, else the head then each frame.
@@ -221,7 +253,7 @@ impl Session {
             io.write_all(&self.out).await?;
         }
         io.flush().await?;
-        // A connection that asked for nothing more must not keep a large buffer.
+        // After a large response, an idle keep-alive connection does not keep its write buffer.
         if self.out.capacity() > 4 * READ_ROOM {
             self.out = BytesMut::new();
         }

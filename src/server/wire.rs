@@ -4,7 +4,7 @@
 //! "Simple" is deliberately narrow — HTTP/1.1, origin-form target, not HEAD/CONNECT, no
 //! `Transfer-Encoding`, `Expect` or `Upgrade`, at most one `Content-Length` of plain digits no
 //! larger than the body limit, `Connection` only `close`/`keep-alive`, and the whole declared
-//! body already read. Everything else, including every malformed or ambiguous request, goes to
+//! body already arrived (`Take::Body` asks for the rest of what is readable without waiting). Everything else, including every malformed or ambiguous request, goes to
 //! hyper untouched, so its answers (400, 413, 431, smuggling defences) stay exactly hyper's.
 
 use std::cell::RefCell;
@@ -30,6 +30,8 @@ pub enum Take {
     Partial,
     /// Not for the fast path (or malformed): hand the connection to hyper.
     Other,
+    /// A simple request whose body has not all been read: the buffer needs this many bytes.
+    Body(usize),
     /// A request, its body, and whether the client asked to close afterwards.
     Request {
         parts: http::request::Parts,
@@ -91,8 +93,7 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
     }
     let body_len = body_len.unwrap_or(0) as usize;
     if buf.len() < head_len + body_len {
-        // The body is still on its way: hyper streams it under the scoring timeout.
-        return Take::Other;
+        return Take::Body(head_len + body_len);
     }
     let header_count = req.headers.len();
     // Offsets into the buffer, so the values can be cut from it once frozen (no copies).
@@ -108,7 +109,8 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
     let Ok(uri) = Uri::from_maybe_shared(cut(path)) else {
         return Take::Other;
     };
-    let mut map = HeaderMap::with_capacity(header_count);
+    // Room for the forwarding headers and request id the gateway adds: no regrowth.
+    let mut map = HeaderMap::with_capacity(header_count + 4);
     for &(name, value) in &spans[..header_count] {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&data[name.0..name.0 + name.1]),
@@ -348,8 +350,6 @@ mod tests {
             b"POST /x HTTP/1.1\r\ncontent-length: 1\r\ncontent-length: 1\r\n\r\na",
             b"POST /x HTTP/1.1\r\ncontent-length: +1\r\n\r\na",
             b"POST /x HTTP/1.1\r\ncontent-length: 101\r\n\r\n",
-            // The body is not all here yet.
-            b"POST /x HTTP/1.1\r\ncontent-length: 5\r\n\r\nab",
             b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n",
             b"GARBAGE\r\n\r\n",
             b"GET /x HTTP/1.1\r\nx-a: b\r\n folded\r\n\r\n",
@@ -363,6 +363,11 @@ mod tests {
             );
             assert_eq!(&rest[..], *raw, "nothing consumed");
         }
+        // The body is not all here yet: how much the buffer needs, nothing consumed.
+        let raw = b"POST /x HTTP/1.1\r\ncontent-length: 5\r\n\r\nab";
+        let (t, rest) = take(raw);
+        assert!(matches!(t, Take::Body(n) if n == raw.len() + 3), "{t:?}");
+        assert_eq!(&rest[..], raw);
         // A head over the limit, complete or not.
         let big = format!("GET /x HTTP/1.1\r\nx-big: {}\r\n\r\n", "a".repeat(2000));
         assert!(matches!(take(big.as_bytes()).0, Take::Other));
