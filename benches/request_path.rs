@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request work that does not touch the network: route lookup,
-//! version choice, auth, header hygiene, request ids, the certificate resolver (per handshake)
-//! and metrics recording. Run: `cargo bench --bench request_path`.
+//! version choice, auth, header hygiene, request ids, the certificate resolver (per handshake),
+//! metrics recording, and the HTTP/1.1 fast path's request parse and response head.
+//! Run: `cargo bench --bench request_path`.
 
 use std::hint::black_box;
 use std::path::Path;
@@ -10,6 +11,7 @@ use http::{HeaderMap, HeaderValue, header};
 use scoregate::metrics::Metrics;
 use scoregate::proxy::headers;
 use scoregate::routing::{RouteTable, parse_path};
+use scoregate::server::wire;
 
 const CONFIG: &str = r#"
 [listen]
@@ -100,6 +102,41 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("cert_resolve_wildcard", |b| {
         b.iter(|| black_box(handle.resolve(black_box(Some("a.models.example.com")))))
+    });
+    // What wrk sends in the peer comparison, as the fast path takes it from the TLS plaintext.
+    let raw = b"POST /api/v1/service/iris/score HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nContent-Type: application/json\r\nAuthorization: Bearer bench-key-0123456789abcdef\r\nContent-Length: 58\r\n\r\n{\"data\": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}    ";
+    let taken = wire::take_request(&mut bytes::BytesMut::from(&raw[..]), 65_536, 65_536);
+    assert!(
+        matches!(&taken, wire::Take::Request { body: Some(b), .. } if b.len() == 58),
+        "{taken:?}"
+    );
+    c.bench_function("http1_take_request", |b| {
+        b.iter(|| {
+            let mut buf = bytes::BytesMut::from(&raw[..]);
+            black_box(wire::take_request(&mut buf, 64 * 1024, 64 * 1024))
+        })
+    });
+    let mut resp = HeaderMap::new();
+    resp.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    resp.insert(header::SERVER, HeaderValue::from_static("nginx/1.22.1"));
+    resp.insert("x-ms-request-id", headers::new_request_id());
+    let mut out = bytes::BytesMut::with_capacity(1024);
+    c.bench_function("http1_response_head", |b| {
+        b.iter(|| {
+            out.clear();
+            let framing = wire::framing(http::StatusCode::OK, Some(206));
+            wire::put_head(
+                &mut out,
+                http::StatusCode::OK,
+                black_box(&resp),
+                framing,
+                false,
+            );
+            black_box(out.len())
+        })
     });
     let vm = metrics.version("iris", "blue");
     c.bench_function("metrics_record_request", |b| {

@@ -9,7 +9,7 @@ mod fast;
 mod idle;
 mod listeners;
 mod reload;
-mod wire;
+pub mod wire;
 
 use std::convert::Infallible;
 
