@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -26,12 +26,7 @@ async fn counting_replica() -> (Backend, Seen) {
             } else {
                 200
             };
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = body_bytes(req.into_body()).await;
             let answer = format!("{{\"got\":{}}}", body.len());
             if let Ok(mut l) = log.lock() {
                 l.push(body);

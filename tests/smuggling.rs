@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::*;
-use http_body_util::BodyExt;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -33,12 +32,7 @@ async fn recording_replica() -> (Backend, Arc<Mutex<Vec<Seen>>>) {
                 .iter()
                 .map(|(k, v)| (k.to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
                 .collect();
-            let body = req
-                .into_body()
-                .collect()
-                .await
-                .map(|b| b.to_bytes())
-                .unwrap_or_default();
+            let body = body_bytes(req.into_body()).await;
             if let Ok(mut l) = log.lock() {
                 l.push(Seen { headers, body });
             }

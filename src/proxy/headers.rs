@@ -120,6 +120,21 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
     );
 }
 
+/// A `Content-Length` value as RFC 9110 allows it: digits only (no sign, no spaces), fitting in
+/// a u64. Shared by the HTTP/1.1 fast path and the upstream client.
+pub fn content_length(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(v).ok()?.parse().ok()
+}
+
+/// Write a `content-length` header line.
+pub fn put_content_length(out: &mut bytes::BytesMut, n: u64) {
+    use std::fmt::Write;
+    let _ = write!(out, "content-length: {n}\r\n");
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -138,6 +153,29 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::CONTENT_TYPE));
+    }
+
+    #[test]
+    fn content_length_is_plain_digits_that_fit() {
+        assert_eq!(content_length(b"0"), Some(0));
+        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
+        for bad in [
+            &b""[..],
+            b"+1",
+            b"-1",
+            b" 1",
+            b"1 ",
+            b"1,1",
+            b"0x10",
+            b"18446744073709551616",
+        ] {
+            assert_eq!(
+                content_length(bad),
+                None,
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
     }
 
     #[test]

@@ -58,6 +58,8 @@ enum Read {
     Eof,
     Timeout,
     Stop,
+    /// Nothing readable now (a read that does not wait).
+    NotReady,
     Failed(io::Error),
 }
 
@@ -109,8 +111,9 @@ where
                     }
                 }
             }
-            match s.read(io, deadline).await {
-                Read::Data => {}
+            match s.read(io, Some(deadline)).await {
+                // `NotReady` only comes from reads that do not wait.
+                Read::Data | Read::NotReady => {}
                 // Shutting down mid-head: finish this request, then close.
                 Read::Stop if !s.buf.is_empty() => {}
                 Read::Stop | Read::Eof => return finish(io).await,
@@ -152,9 +155,10 @@ async fn finish<I: AsyncWrite + Unpin>(io: &mut I) -> Ended {
 }
 
 impl Session {
-    /// Read more into the buffer. A connection's first read uses a small stack buffer, so a
-    /// connection that never sends a request holds no read buffer.
-    async fn read<I: AsyncRead + Unpin>(&mut self, io: &mut I, deadline: Instant) -> Read {
+    /// Read more into the buffer, waiting until `deadline` (`None`: only what is readable now).
+    /// A connection's first read uses a small stack buffer, so a connection that never sends a
+    /// request holds no read buffer.
+    async fn read<I: AsyncRead + Unpin>(&mut self, io: &mut I, deadline: Option<Instant>) -> Read {
         if self.buf.capacity() == 0 {
             let mut first = [0u8; 64];
             let mut rb = ReadBuf::new(&mut first);
@@ -182,19 +186,9 @@ impl Session {
     async fn read_ready<I: AsyncRead + Unpin>(&mut self, io: &mut I, total: usize) -> bool {
         self.buf.reserve(total.saturating_sub(self.buf.len()));
         while self.buf.len() < total {
-            let len = self.buf.len();
-            self.buf.resize(self.buf.capacity(), 0);
-            let mut rb = ReadBuf::new(&mut self.buf[len..]);
-            // A pending read leaves a registered waker behind: at worst one spurious wake-up.
-            let r = poll_fn(|cx| match Pin::new(&mut *io).poll_read(cx, &mut rb) {
-                Poll::Ready(r) => Poll::Ready(Some(r)),
-                Poll::Pending => Poll::Ready(None),
-            })
-            .await;
-            let n = rb.filled().len();
-            self.buf.truncate(len + n);
-            if !matches!(r, Some(Ok(()))) || n == 0 {
-                return false; // nothing more yet, end of stream or an error: hyper takes over
+            // Nothing more yet, end of stream or an error: hyper takes over.
+            if !matches!(self.read(io, None).await, Read::Data) {
+                return false;
             }
         }
         true
@@ -261,13 +255,14 @@ impl Session {
     }
 }
 
-/// Wait for bytes, the header-read deadline, or shutdown — whichever comes first.
+/// Wait for bytes, the header-read deadline, or shutdown — whichever comes first. Without a
+/// deadline, do not wait (a pending read leaves a registered waker: at worst one spurious wake).
 async fn wait<I: AsyncRead + Unpin>(
     io: &mut I,
     rb: &mut ReadBuf<'_>,
     timer: &mut Pin<Box<Sleep>>,
     stop: &mut Option<StopFuture>,
-    deadline: Instant,
+    deadline: Option<Instant>,
 ) -> Read {
     poll_fn(|cx| {
         match Pin::new(&mut *io).poll_read(cx, rb) {
@@ -276,6 +271,9 @@ async fn wait<I: AsyncRead + Unpin>(
             Poll::Ready(Err(e)) => return Poll::Ready(Read::Failed(e)),
             Poll::Pending => {}
         }
+        let Some(deadline) = deadline else {
+            return Poll::Ready(Read::NotReady);
+        };
         if let Some(f) = stop.as_mut()
             && f.as_mut().poll(cx).is_ready()
         {

@@ -12,13 +12,12 @@ mod reload;
 pub mod wire;
 
 use std::convert::Infallible;
-
-use bytes::Bytes;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use bytes::Bytes;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;

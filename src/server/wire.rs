@@ -4,8 +4,9 @@
 //! "Simple" is deliberately narrow — HTTP/1.1, origin-form target, not HEAD/CONNECT, no
 //! `Transfer-Encoding`, `Expect` or `Upgrade`, at most one `Content-Length` of plain digits no
 //! larger than the body limit, `Connection` only `close`/`keep-alive`, and the whole declared
-//! body already arrived (`Take::Body` asks for the rest of what is readable without waiting). Everything else, including every malformed or ambiguous request, goes to
-//! hyper untouched, so its answers (400, 413, 431, smuggling defences) stay exactly hyper's.
+//! body arrived (`Take::Body` asks for the rest, which the caller reads only if it is readable
+//! now). Everything else, including every malformed or ambiguous request, goes to hyper
+//! untouched, so its answers (400, 413, 431, smuggling defences) stay exactly hyper's.
 
 use std::cell::RefCell;
 use std::io;
@@ -17,6 +18,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use bytes::{BufMut, Bytes, BytesMut};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::proxy::headers;
 
 /// hyper's default limit on request header fields.
 const MAX_HEADERS: usize = 100;
@@ -57,14 +60,9 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
     if req.version != Some(1) {
         return Take::Other;
     }
-    let method = match req.method {
-        Some("GET") => Method::GET,
-        Some("POST") => Method::POST,
-        Some("HEAD" | "CONNECT") | None => return Take::Other,
-        Some(m) => match Method::from_bytes(m.as_bytes()) {
-            Ok(m) => m,
-            Err(_) => return Take::Other,
-        },
+    let method = match req.method.map(|m| Method::from_bytes(m.as_bytes())) {
+        Some(Ok(m)) if m != Method::HEAD && m != Method::CONNECT => m,
+        _ => return Take::Other,
     };
     let Some(path) = req.path.filter(|p| p.starts_with('/')) else {
         return Take::Other;
@@ -74,7 +72,7 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
     for h in req.headers.iter() {
         let name = h.name.as_bytes();
         if name.eq_ignore_ascii_case(b"content-length") {
-            match (body_len, parse_length(h.value)) {
+            match (body_len, headers::content_length(h.value)) {
                 (None, Some(n)) if n <= max_body => body_len = Some(n),
                 _ => return Take::Other,
             }
@@ -129,13 +127,6 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
     Take::Request { parts, body, close }
 }
 
-fn parse_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
 /// How a response body is framed on the wire.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Framing {
@@ -174,10 +165,7 @@ pub fn put_head(
     }
     match framing {
         Framing::None => {}
-        Framing::Length(n) => {
-            use std::fmt::Write;
-            let _ = write!(out, "content-length: {n}\r\n");
-        }
+        Framing::Length(n) => headers::put_content_length(out, n),
         Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
     if !headers.contains_key(header::DATE) {

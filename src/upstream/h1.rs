@@ -23,6 +23,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::replica::Replica;
+use crate::proxy::headers::{content_length, put_content_length};
 
 /// The largest response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
@@ -213,7 +214,7 @@ where
         b.put_slice(b"\r\n");
         None
     } else if let Some(n) = exact {
-        put_length(&mut b, n);
+        put_content_length(&mut b, n);
         b.put_slice(b"\r\n");
         if n <= INLINE_BODY {
             b.reserve(n as usize);
@@ -231,11 +232,6 @@ where
         Some((body, true))
     };
     Ok((Encoded { bytes: b, rest }, parts.method))
-}
-
-fn put_length(b: &mut BytesMut, n: u64) {
-    use std::fmt::Write;
-    let _ = write!(b, "content-length: {n}\r\n");
 }
 
 /// Send an encoded request and read the response head; a small body is read whole.
@@ -409,11 +405,7 @@ fn body_framing(
     let mut length = None;
     for v in headers.get_all(header::CONTENT_LENGTH) {
         for part in v.to_str().map_err(|_| ProtoError::Length)?.split(',') {
-            let part = part.trim();
-            if part.is_empty() || !part.bytes().all(|c| c.is_ascii_digit()) {
-                return Err(ProtoError::Length);
-            }
-            let n: u64 = part.parse().map_err(|_| ProtoError::Length)?;
+            let n = content_length(part.trim().as_bytes()).ok_or(ProtoError::Length)?;
             if length.is_some_and(|l| l != n) {
                 return Err(ProtoError::Length);
             }

@@ -260,6 +260,15 @@ impl Backend {
     }
 }
 
+/// A request's whole body as a replica received it (empty if reading it failed).
+pub async fn body_bytes(body: Incoming) -> Bytes {
+    use http_body_util::BodyExt;
+    body.collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default()
+}
+
 pub fn json_response(body: &'static str) -> Response<Full<Bytes>> {
     let mut r = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     r.headers_mut()
