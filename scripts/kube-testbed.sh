@@ -6,6 +6,8 @@
 #   scripts/kube-testbed.sh start DIR        start etcd + apiserver, state and kubeconfig in DIR
 #   scripts/kube-testbed.sh stop-apiserver DIR | start-apiserver DIR   (outage tests)
 #   scripts/kube-testbed.sh stop DIR         stop both (by PID)
+#   scripts/kube-testbed.sh h2spec           build h2spec (the HTTP/2 conformance suite) once and
+#                                            print its path (tests/h2_server.rs runs it)
 #
 # DIR/kubeconfig authenticates as a cluster admin with a static token; DIR/env has the ports.
 set -euo pipefail
@@ -17,7 +19,19 @@ K8S_VERSION=v1.33.13
 STAGING_VERSION=v0.33.13
 ETCD_VERSION=v3.5.35
 
+H2SPEC_VERSION=v2.2.1+incompatible
+
+# h2spec (github.com/summerwind/h2spec): the HTTP/2 conformance suite, a real HTTP/2 peer.
+h2spec() {
+  if [ ! -x "$BIN/h2spec" ]; then
+    mkdir -p "$BIN"
+    GOBIN="$BIN" GOFLAGS=-mod=mod go install "github.com/summerwind/h2spec/cmd/h2spec@$H2SPEC_VERSION" >&2
+  fi
+  echo "$BIN/h2spec"
+}
+
 build() {
+  h2spec >/dev/null
   if [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/etcd" ]; then
     echo "testbed: reusing $BIN"
     return
@@ -174,9 +188,10 @@ stop_pid() {
 
 case "${1:-}" in
   build) build ;;
+  h2spec) h2spec ;;
   start) start "${2:?DIR}" ;;
   start-apiserver) start_apiserver "${2:?DIR}" ;;
   stop-apiserver) stop_pid "${2:?DIR}/apiserver.pid" ;;
   stop) stop_pid "${2:?DIR}/apiserver.pid"; stop_pid "${2:?DIR}/etcd.pid" ;;
-  *) sed -n '2,10p' "$0"; exit 64 ;;
+  *) sed -n '2,12p' "$0"; exit 64 ;;
 esac

@@ -11,6 +11,7 @@ command -v ip >/dev/null || need+=(iproute2)
 { command -v prometheus >/dev/null && command -v promtool >/dev/null; } || need+=(prometheus)
 { command -v pebble >/dev/null && command -v pebble-challtestsrv >/dev/null; } || need+=(pebble)
 command -v sslscan >/dev/null || need+=(sslscan)
+{ command -v nghttp >/dev/null && command -v h2load >/dev/null; } || need+=(nghttp2-client)
 if ((${#need[@]})); then
   echo "installing test peers: ${need[*]}"
   if [ "$(id -u)" != 0 ]; then

@@ -6,6 +6,7 @@
 //! period, then [`run`] returns.
 
 mod fast;
+pub mod h2;
 mod idle;
 mod listeners;
 mod reload;
@@ -348,7 +349,8 @@ impl Conn {
             .await;
     }
 
-    /// Serve HTTP: HTTP/1.1 on the fast path until a request needs hyper, h2 on hyper.
+    /// Serve HTTP: HTTP/1.1 on the fast path until a request needs hyper, h2 (by ALPN) on our
+    /// HTTP/2 server; h2c with prior knowledge reaches hyper through the fast path's handoff.
     async fn serve_http<I>(self, io: I, info: ConnInfo, h2: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -358,10 +360,16 @@ impl Conn {
         // hyper's connection is boxed (one allocation per connection): held inline, the
         // connection future would reserve room for it, and a second copy of the stream, beside
         // the fast path's — more memory per idle connection.
-        if h2 {
-            return Box::pin(self.serve_hyper(io, Bytes::new(), info, in_flight)).await;
-        }
         let limits = &self.app.limits;
+        if h2 {
+            let (gateway, stop) = (&self.app.gateway, self.stop.clone());
+            let max_header = limits.max_header_bytes;
+            // Boxed, like hyper's: the connection's state lives apart from the idle future.
+            return Box::pin(h2::serve(
+                &mut io, gateway, info, max_header, &in_flight, stop,
+            ))
+            .await;
+        }
         let settings = fast::Settings {
             header_read_timeout: limits.header_read_timeout,
             max_head: limits.max_header_bytes,
