@@ -66,6 +66,25 @@ replicas = ["{replica}"]
     )
 }
 
+/// A new HTTP/2 connection is served as usual (after an abusive or malformed one); then stop.
+async fn still_serves_then_stop(gw: TestGateway, pki: &Pki) {
+    let c = client(&pki.ca_pem)
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let r = c
+        .post(gw.https("/api/v1/service/iris/score"))
+        .body("{}")
+        .send()
+        .await
+        .expect("post");
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
+    gw.stop().await;
+}
+
 fn h2spec_bin() -> String {
     let out = Command::new(concat!(
         env!("CARGO_MANIFEST_DIR"),
@@ -184,22 +203,7 @@ async fn h2spec_passes_every_case() {
             .all(|n| n.starts_with("http2/8.1 ") || n.starts_with("http2/8.1.2.1 ")),
         "the GET run may only miss the POST-with-trailers cases: {missed:?}"
     );
-    // The gateway still serves normally afterwards.
-    let c = client(&pki.ca_pem)
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
-    let r = c
-        .post(gw.https("/api/v1/service/iris/score"))
-        .body("{}")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(
-        (r.version(), r.status().as_u16()),
-        (reqwest::Version::HTTP_2, 200)
-    );
-    gw.stop().await;
+    still_serves_then_stop(gw, &pki).await;
 }
 
 /// Four 5 MiB uploads at once on one connection: more than the 1 MiB stream and 4 MiB connection
@@ -343,18 +347,7 @@ async fn an_oversized_header_list_is_431() {
     .await
     .expect("join");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "2 431");
-    let c = client(&pki.ca_pem)
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
-    let r = c
-        .post(gw.https("/api/v1/service/iris/score"))
-        .body("{}")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200);
-    gw.stop().await;
+    still_serves_then_stop(gw, &pki).await;
 }
 
 /// One HPACK block for `POST /api/v1/service/iris/score` (literals without indexing).
@@ -423,16 +416,5 @@ async fn rapid_reset_is_cut_off_with_enhance_your_calm() {
     .await
     .expect("an answer within 10 s");
     assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
-    let c = client(&pki.ca_pem)
-        .http2_prior_knowledge()
-        .build()
-        .expect("client");
-    let r = c
-        .post(gw.https("/api/v1/service/iris/score"))
-        .body("{}")
-        .send()
-        .await
-        .expect("post");
-    assert_eq!(r.status(), 200);
-    gw.stop().await;
+    still_serves_then_stop(gw, &pki).await;
 }
