@@ -418,3 +418,47 @@ async fn rapid_reset_is_cut_off_with_enhance_your_calm() {
     assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
     still_serves_then_stop(gw, &pki).await;
 }
+
+/// h2c with prior knowledge on the plain listener reaches the same HTTP/2 server through the
+/// HTTP/1.1 fast path's handoff (preface included): h2load's 1,000 POSTs and reqwest's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_prior_knowledge_on_the_plain_listener() {
+    let pki = Pki::new(&["localhost"]);
+    let replica = checksum_backend(Duration::ZERO).await;
+    let toml = open_service(&pki, replica.addr).replace(
+        "tls = \"127.0.0.1:0\"",
+        "tls = \"127.0.0.1:0\"\nhttp = \"127.0.0.1:0\"",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let url = gw.http_url("/api/v1/service/iris/score");
+    let c = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let r = c.post(&url).body("{}").send().await.expect("h2c post");
+    assert_eq!(
+        (r.version(), r.status().as_u16()),
+        (reqwest::Version::HTTP_2, 200)
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = dir.path().join("rows.json");
+    std::fs::write(&body, ROWS).expect("write body");
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("h2load")
+            .args(["-n", "1000", "-c", "2", "-m", "16", "-t", "1", "-d"])
+            .arg(&body)
+            .arg(&url)
+            .output()
+            .expect("run h2load (Debian nghttp2-client)")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Application protocol: h2c"), "{text}");
+    assert!(
+        text.contains("1000 succeeded, 0 failed, 0 errored"),
+        "{text}"
+    );
+    assert!(text.contains("status codes: 1000 2xx"), "{text}");
+    gw.stop().await;
+}

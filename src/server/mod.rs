@@ -294,8 +294,8 @@ impl AcceptCtx<'_> {
                     Some(acc) => conn.serve_tls(stream, remote, acc).await,
                     None => {
                         let info = ConnInfo { remote, tls: false };
-                        // h2c with prior knowledge is told apart by hyper after the fast path
-                        // hands over its preface.
+                        // h2c with prior knowledge is recognised by its preface when the fast
+                        // path hands the connection over.
                         conn.serve_http(stream, info, false).await
                     }
                 }
@@ -349,8 +349,8 @@ impl Conn {
             .await;
     }
 
-    /// Serve HTTP: HTTP/1.1 on the fast path until a request needs hyper, h2 (by ALPN) on our
-    /// HTTP/2 server; h2c with prior knowledge reaches hyper through the fast path's handoff.
+    /// Serve HTTP: HTTP/1.1 on the fast path until a request needs hyper; HTTP/2 (ALPN h2, or
+    /// h2c with prior knowledge, handed over by the fast path with its preface) on our server.
     async fn serve_http<I>(self, io: I, info: ConnInfo, h2: bool)
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
@@ -378,6 +378,15 @@ impl Conn {
         let (gateway, stop) = (&self.app.gateway, self.stop.clone());
         match fast::serve(&mut io, gateway, info, &settings, &in_flight, stop).await {
             fast::Ended::Closed => {}
+            // h2c with prior knowledge (the plain listener): the HTTP/2 server, preface included.
+            fast::Ended::Handoff(unread) if unread.starts_with(h2::PREFACE_START) => {
+                let mut io = wire::Rewind::new(unread, io);
+                let (max_header, stop) = (limits.max_header_bytes, self.stop.clone());
+                Box::pin(h2::serve(
+                    &mut io, gateway, info, max_header, &in_flight, stop,
+                ))
+                .await;
+            }
             fast::Ended::Handoff(unread) => {
                 Box::pin(self.serve_hyper(io, unread, info, in_flight)).await;
             }

@@ -1,12 +1,14 @@
-//! The HTTP/2 server for connections that chose `h2` by ALPN: its own framing, HPACK and flow
-//! control (RFC 9113, RFC 7541) in place of hyper's, so a batch of requests read at once is
-//! started at once and answered in one write, with no task, channel or lock per stream. Checked
-//! against `h2spec` (tests/h2_conformance.rs) and real clients (curl, reqwest, h2load).
+//! The HTTP/2 server, for connections that chose `h2` by ALPN and h2c with prior knowledge: its
+//! own framing, HPACK and flow control (RFC 9113, RFC 7541) in place of hyper's, so a batch of
+//! requests read at once is started at once and answered in one write, with no task, channel or
+//! lock per stream. Checked against `h2spec` and real clients (curl, nghttp, reqwest, h2load) in
+//! tests/h2_server.rs.
 //!
 //! Limits: 256 concurrent streams (more are refused), 1 MiB stream and 4 MiB connection receive
 //! windows credited as the replica takes the body, header lists up to `max_header_bytes`
-//! (larger ones are answered 431), at most 1,024 requests reset by the client while in flight
-//! (rapid reset) and 1,024 empty DATA frames per connection (both ENHANCE_YOUR_CALM).
+//! (larger ones are answered 431), at most 1,024 more requests reset by the client while in
+//! flight than answered (rapid reset) and 1,024 empty DATA frames per connection (both
+//! ENHANCE_YOUR_CALM).
 //! On shutdown it sends GOAWAY, finishes the streams in flight and closes.
 
 mod conn;
@@ -23,6 +25,9 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
 pub use recv::RecvBody;
+
+/// How an h2c prior-knowledge connection starts (the first line of the preface).
+pub const PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 use super::idle::InFlight;
 use crate::proxy::{ConnInfo, Gateway};

@@ -36,7 +36,7 @@ const WHOLE_BODY: usize = 64 * 1024;
 const READ_ROOM: usize = 4096;
 /// No more reading or body polling while this much is waiting to be written.
 const HIGH_WATER: usize = 64 * 1024;
-/// Streams the client may reset while the gateway works on them, beyond those it lets finish.
+/// Streams the client may reset while the gateway works on them, net of those it lets finish.
 const MAX_RESETS: u32 = 1024;
 /// Empty DATA frames (without END_STREAM) tolerated on one connection.
 const MAX_EMPTY_DATA: u32 = 1024;

@@ -83,6 +83,9 @@ impl Conn<'_> {
         let Some(st) = self.streams.remove(&id) else {
             return;
         };
+        // Each answered request earns back one reset: a long-lived connection whose client
+        // cancels now and then is never cut off, one that mostly resets is.
+        self.resets = self.resets.saturating_sub(1);
         if st.recv_open {
             // Answered before the client finished sending: ask it to stop (§8.1).
             frame::put_rst(&mut self.wbuf, id, Reason::NoError);
