@@ -170,6 +170,11 @@ impl Decoder {
         Ok(())
     }
 
+    /// The dynamic table's size as RFC 7541 §4.1 counts it (never above the current maximum).
+    pub fn table_size(&self) -> usize {
+        self.size
+    }
+
     fn get(&self, index: usize) -> Result<Field, HpackError> {
         match index {
             0 => Err(HpackError::BadIndex(0)),

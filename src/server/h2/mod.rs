@@ -13,7 +13,8 @@
 
 mod conn;
 mod frame;
-mod hpack;
+/// Public for the `hpack` fuzz target.
+pub mod hpack;
 mod huffman;
 mod recv;
 mod request;
