@@ -277,6 +277,34 @@ async fn a_large_answer_respects_a_tiny_client_window() {
     gw.stop().await;
 }
 
+/// h2load POSTs `n` scoring rows to `url` with `args`: it speaks `proto` and every answer is 2xx.
+async fn h2load_all_2xx(url: &str, proto: &str, n: u32, args: &[&str]) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let body = dir.path().join("rows.json");
+    std::fs::write(&body, ROWS).expect("write body");
+    let mut cmd = Command::new("h2load");
+    cmd.args(["-n", &n.to_string(), "-t", "1"])
+        .args(args)
+        .args(["-H", "content-type: application/json", "-d"])
+        .arg(&body)
+        .arg(url);
+    let out = tokio::task::spawn_blocking(move || {
+        cmd.output().expect("run h2load (Debian nghttp2-client)")
+    })
+    .await
+    .expect("join");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(&format!("Application protocol: {proto}\n")),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("{n} succeeded, 0 failed, 0 errored")),
+        "{text}"
+    );
+    assert!(text.contains(&format!("status codes: {n} 2xx")), "{text}");
+}
+
 /// h2load: 4 connections, 32 streams each, 4,000 POSTs: every one answered 2xx.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn h2load_many_streams_all_succeed() {
@@ -288,34 +316,14 @@ async fn h2load_many_streams_all_succeed() {
         &[model.addr],
     ))
     .await;
-    let dir = tempfile::tempdir().expect("tempdir");
-    let body = dir.path().join("rows.json");
-    std::fs::write(&body, ROWS).expect("write body");
     let url = gw.https("/api/v1/service/iris/score");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("h2load")
-            .args(["-n", "4000", "-c", "4", "-m", "32", "-t", "1"])
-            .args(["-H", &format!("authorization: Bearer {KEY}")])
-            .args(["-H", "content-type: application/json", "-d"])
-            .arg(&body)
-            .arg(&url)
-            .output()
-            .expect("run h2load (Debian nghttp2-client)")
-    })
-    .await
-    .expect("join");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Application protocol: h2"), "{text}");
-    assert!(
-        text.contains("4000 succeeded, 0 failed, 0 errored"),
-        "{text}"
-    );
-    assert!(text.contains("status codes: 4000 2xx"), "{text}");
+    let auth = format!("authorization: Bearer {KEY}");
+    h2load_all_2xx(&url, "h2", 4000, &["-c", "4", "-m", "32", "-H", &auth]).await;
     gw.stop().await;
 }
 
-/// A header list over `max_header_bytes` is answered 431 (curl over HTTP/2); the connection's
-/// compression state survives, and the next request on a new one is served.
+/// A header list over `max_header_bytes` is answered 431 (curl over HTTP/2), and the next
+/// request, on a new connection, is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_oversized_header_list_is_431() {
     let pki = Pki::new(&["localhost"]);
@@ -371,6 +379,58 @@ fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// Read frames until one of `kind` arrives: its payload (`None` if the connection ends first).
+async fn read_until<S: tokio::io::AsyncRead + Unpin>(s: &mut S, kind: u8) -> Option<Vec<u8>> {
+    let mut got = Vec::new();
+    let mut buf = [0u8; 16384];
+    let mut at = 0;
+    loop {
+        while got.len() >= at + 9 {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            if got.len() < at + 9 + len {
+                break;
+            }
+            if got[at + 3] == kind {
+                return Some(got[at + 9..at + 9 + len].to_vec());
+            }
+            at += 9 + len;
+        }
+        let n = s.read(&mut buf).await.unwrap_or(0);
+        if n == 0 {
+            return None;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// A client that closes its window (SETTINGS_INITIAL_WINDOW_SIZE 0), gets the answer's headers
+/// and leaves: the answer's body can never be sent, and the gateway drops it instead of holding
+/// the connection — a shutdown right after drains at once, not after the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_stalled_on_a_departed_clients_window_does_not_hold_the_drain() {
+    let pki = Pki::new(&["localhost"]);
+    let replica = checksum_backend(Duration::ZERO).await;
+    let gw = TestGateway::start(&open_service(&pki, replica.addr)).await;
+    let mut s = tls_connect(gw.tls.expect("tls"), &pki.ca_pem, &[b"h2"]).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[0, 4, 0, 0, 0, 0])); // INITIAL_WINDOW_SIZE = 0
+    out.extend(frame(0x1, 0x4 | 0x1, 1, &request_block()));
+    s.write_all(&out).await.expect("write");
+    let headers = tokio::time::timeout(Duration::from_secs(10), read_until(&mut s, 0x1))
+        .await
+        .expect("the answer's headers within 10 s");
+    assert!(headers.is_some(), "HEADERS for stream 1");
+    // Leave as h2spec does: close_notify and FIN (the gateway reads a clean end, not an error).
+    s.shutdown().await.expect("close_notify");
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    tokio::time::timeout(Duration::from_secs(5), gw.stop())
+        .await
+        .expect("drained within 5 s (the grace period is 30 s)");
+}
+
 /// Rapid reset (CVE-2023-44487): a client that opens streams and resets them while the replica
 /// works is cut off with GOAWAY(ENHANCE_YOUR_CALM) after 1,024; others are served as before.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -388,33 +448,10 @@ async fn rapid_reset_is_cut_off_with_enhance_your_calm() {
         out.extend(frame(0x3, 0, id, &8u32.to_be_bytes())); // RST_STREAM(CANCEL)
     }
     s.write_all(&out).await.expect("write");
-    let mut got = Vec::new();
-    let goaway = tokio::time::timeout(Duration::from_secs(10), async {
-        let mut buf = [0u8; 16384];
-        loop {
-            let n = s.read(&mut buf).await.unwrap_or(0);
-            if n == 0 {
-                return None;
-            }
-            got.extend_from_slice(&buf[..n]);
-            let mut at = 0;
-            while got.len() >= at + 9 {
-                let len = (usize::from(got[at]) << 16)
-                    | (usize::from(got[at + 1]) << 8)
-                    | usize::from(got[at + 2]);
-                if got.len() < at + 9 + len {
-                    break;
-                }
-                if got[at + 3] == 0x7 {
-                    let p = &got[at + 9..at + 9 + len];
-                    return Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
-                }
-                at += 9 + len;
-            }
-        }
-    })
-    .await
-    .expect("an answer within 10 s");
+    let goaway = tokio::time::timeout(Duration::from_secs(10), read_until(&mut s, 0x7))
+        .await
+        .expect("an answer within 10 s")
+        .map(|p| u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
     assert_eq!(goaway, Some(0xb), "GOAWAY with ENHANCE_YOUR_CALM");
     still_serves_then_stop(gw, &pki).await;
 }
@@ -440,25 +477,6 @@ async fn h2c_prior_knowledge_on_the_plain_listener() {
         (r.version(), r.status().as_u16()),
         (reqwest::Version::HTTP_2, 200)
     );
-    let dir = tempfile::tempdir().expect("tempdir");
-    let body = dir.path().join("rows.json");
-    std::fs::write(&body, ROWS).expect("write body");
-    let out = tokio::task::spawn_blocking(move || {
-        Command::new("h2load")
-            .args(["-n", "1000", "-c", "2", "-m", "16", "-t", "1", "-d"])
-            .arg(&body)
-            .arg(&url)
-            .output()
-            .expect("run h2load (Debian nghttp2-client)")
-    })
-    .await
-    .expect("join");
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("Application protocol: h2c"), "{text}");
-    assert!(
-        text.contains("1000 succeeded, 0 failed, 0 errored"),
-        "{text}"
-    );
-    assert!(text.contains("status codes: 1000 2xx"), "{text}");
+    h2load_all_2xx(&url, "h2c", 1000, &["-c", "2", "-m", "16"]).await;
     gw.stop().await;
 }

@@ -1,6 +1,6 @@
 //! HTTP/2 framing (RFC 9113 §4, §6): frame heads, the frames the server writes, error codes.
 
-use bytes::{BufMut, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 pub const HEAD_LEN: usize = 9;
@@ -135,15 +135,15 @@ pub fn put_header_block(
     }
 }
 
-/// Strip a frame's padding (RFC 9113 §6.1): the payload without its pad length byte and pad.
-pub fn unpad(payload: &[u8], flags: u8) -> Option<&[u8]> {
+/// Strip a frame's padding (RFC 9113 §6.1): the payload without its pad length byte and pad
+/// (a slice of the same buffer).
+pub fn unpad(payload: &Bytes, flags: u8) -> Option<Bytes> {
     if flags & PADDED == 0 {
-        return Some(payload);
+        return Some(payload.clone());
     }
     let (&pad, rest) = payload.split_first()?;
-    rest.len()
-        .checked_sub(usize::from(pad))
-        .map(|end| &rest[..end])
+    let end = rest.len().checked_sub(usize::from(pad))?;
+    Some(payload.slice(1..1 + end))
 }
 
 #[cfg(test)]
@@ -182,9 +182,10 @@ mod tests {
 
     #[test]
     fn padding_is_removed_or_refused() {
-        assert_eq!(unpad(b"abc", 0), Some(&b"abc"[..]));
-        assert_eq!(unpad(b"\x02abcXY", PADDED), Some(&b"abc"[..]));
-        assert_eq!(unpad(b"\x05ab", PADDED), None);
-        assert_eq!(unpad(b"", PADDED), None);
+        let b = |s: &'static [u8]| Bytes::from_static(s);
+        assert_eq!(unpad(&b(b"abc"), 0), Some(b(b"abc")));
+        assert_eq!(unpad(&b(b"\x02abcXY"), PADDED), Some(b(b"abc")));
+        assert_eq!(unpad(&b(b"\x05ab"), PADDED), None);
+        assert_eq!(unpad(&b(b""), PADDED), None);
     }
 }

@@ -1,8 +1,8 @@
 //! A request body still arriving on an HTTP/2 stream: the connection pushes DATA into the
 //! stream's inbox, the gateway (or the upstream client, in another task for h2c replicas) takes
 //! it as a `hyper::body::Body`. What the body takes is credited back to the client (stream and
-//! connection WINDOW_UPDATEs, sent by the connection once half a window is owed), so a client can
-//! never have more than one window of unread data in the gateway's memory.
+//! connection WINDOW_UPDATEs, sent by the connection once enough is owed), so a client can never
+//! have more than one window of unread data in the gateway's memory.
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::task::{Context, Poll, Waker};
 
 use bytes::Bytes;
+use futures_util::task::AtomicWaker;
 use hyper::body::{Frame, SizeHint};
 
 /// Why a body ended early.
@@ -36,7 +37,6 @@ struct State {
     inboxes: HashMap<u32, Inbox>,
     /// Taken on the connection's level, not yet credited back.
     conn_unacked: u32,
-    conn_waker: Option<Waker>,
 }
 
 /// The inboxes of one connection.
@@ -45,7 +45,10 @@ pub struct Shared {
     state: Mutex<State>,
     /// Set when a WINDOW_UPDATE is owed; the connection looks at the lock only then.
     credit_due: AtomicBool,
-    /// Half of each window: owing this much wakes the connection.
+    /// The connection's task, woken when credit is due (registered without a lock).
+    conn_waker: AtomicWaker,
+    /// Owing this much wakes the connection: half a stream window; a quarter of the connection's
+    /// (the connection owes the other quarter itself, for bytes it discarded).
     stream_threshold: u32,
     conn_threshold: u32,
 }
@@ -62,9 +65,21 @@ impl Shared {
         Arc::new(Shared {
             state: Mutex::new(State::default()),
             credit_due: AtomicBool::new(false),
+            conn_waker: AtomicWaker::new(),
             stream_threshold: stream_window / 2,
-            conn_threshold: conn_window / 2,
+            conn_threshold: conn_window / 4,
         })
+    }
+
+    /// `n` bytes taken on the connection's level: flag the credit (and wake the connection) once
+    /// enough is owed, or when a stream's share is due.
+    fn owe(&self, st: &mut State, n: u32, stream_due: bool) {
+        st.conn_unacked = st.conn_unacked.saturating_add(n);
+        if (stream_due || st.conn_unacked >= self.conn_threshold)
+            && !self.credit_due.swap(true, Ordering::AcqRel)
+        {
+            self.conn_waker.wake();
+        }
     }
 
     fn lock(&self) -> MutexGuard<'_, State> {
@@ -113,7 +128,7 @@ impl Shared {
 
     /// The stream is gone (reset, or the connection closed): the body fails if not complete.
     /// Returns the bytes it held unread, which the connection credits back.
-    pub fn close(&self, id: u32, reset: bool) -> u32 {
+    pub fn close(&self, id: u32, reset: bool) -> usize {
         let mut st = self.lock();
         let Some(inbox) = st.inboxes.get_mut(&id) else {
             return 0;
@@ -127,31 +142,12 @@ impl Shared {
         if let Some(w) = inbox.waker.take() {
             w.wake();
         }
-        u32::try_from(unread).unwrap_or(u32::MAX)
-    }
-
-    /// Bytes the connection discarded (padding, data for a stream that is gone): credited back
-    /// on the connection's window with the rest.
-    pub fn owe_conn(&self, n: usize) {
-        if n == 0 {
-            return;
-        }
-        let mut st = self.lock();
-        st.conn_unacked = st
-            .conn_unacked
-            .saturating_add(u32::try_from(n).unwrap_or(u32::MAX));
-        if st.conn_unacked >= self.conn_threshold {
-            self.credit_due.store(true, Ordering::Release);
-        }
+        unread
     }
 
     /// Register the connection's waker (woken when credit is due).
     pub fn register(&self, w: &Waker) {
-        let mut st = self.lock();
-        match &st.conn_waker {
-            Some(old) if old.will_wake(w) => {}
-            _ => st.conn_waker = Some(w.clone()),
-        }
+        self.conn_waker.register(w);
     }
 
     /// The credits owed now, if any.
@@ -187,27 +183,17 @@ impl RecvBody {
         &mut self,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, RecvError>>> {
-        let mut st = self.shared.lock();
-        let State {
-            inboxes,
-            conn_unacked,
-            conn_waker,
-        } = &mut *st;
-        let Some(inbox) = inboxes.get_mut(&self.id) else {
+        let shared = &*self.shared;
+        let mut guard = shared.lock();
+        let st = &mut *guard;
+        let Some(inbox) = st.inboxes.get_mut(&self.id) else {
             return Poll::Ready(Some(Err(RecvError::Closed)));
         };
         if let Some(chunk) = inbox.chunks.pop_front() {
             let n = u32::try_from(chunk.len()).unwrap_or(u32::MAX);
             inbox.unacked = inbox.unacked.saturating_add(n);
-            *conn_unacked = conn_unacked.saturating_add(n);
-            let due = (inbox.unacked >= self.shared.stream_threshold && !inbox.end)
-                || *conn_unacked >= self.shared.conn_threshold;
-            if due
-                && !self.shared.credit_due.swap(true, Ordering::AcqRel)
-                && let Some(w) = conn_waker
-            {
-                w.wake_by_ref();
-            }
+            let stream_due = inbox.unacked >= shared.stream_threshold && !inbox.end;
+            shared.owe(st, n, stream_due);
             if let Some(r) = &mut self.remaining {
                 *r = r.saturating_sub(chunk.len() as u64);
             }
@@ -242,18 +228,12 @@ impl RecvBody {
 impl Drop for RecvBody {
     fn drop(&mut self) {
         // Unread bytes are the connection's to credit: count them as taken.
-        let mut st = self.shared.lock();
+        let mut guard = self.shared.lock();
+        let st = &mut *guard;
         if let Some(inbox) = st.inboxes.remove(&self.id) {
             let unread: usize = inbox.chunks.iter().map(Bytes::len).sum();
-            let n = u32::try_from(unread).unwrap_or(u32::MAX);
-            if n > 0 {
-                st.conn_unacked = st.conn_unacked.saturating_add(n);
-                if !self.shared.credit_due.swap(true, Ordering::AcqRel)
-                    && let Some(w) = &st.conn_waker
-                {
-                    w.wake_by_ref();
-                }
-            }
+            self.shared
+                .owe(st, u32::try_from(unread).unwrap_or(u32::MAX), false);
         }
     }
 }

@@ -113,9 +113,7 @@ impl Conn<'_> {
         if h.stream == 0 {
             return Err(ConnError(Reason::Protocol));
         }
-        let body = frame::unpad(&payload, h.flags).ok_or(ConnError(Reason::Protocol))?;
-        let start = body.as_ptr() as usize - payload.as_ptr() as usize;
-        let mut block = payload.slice(start..start + body.len());
+        let mut block = frame::unpad(&payload, h.flags).ok_or(ConnError(Reason::Protocol))?;
         let mut self_dependent = false;
         if h.flags & frame::PRIORITY_FLAG != 0 {
             if block.len() < 5 {
@@ -239,24 +237,22 @@ impl Conn<'_> {
             return Err(ConnError(Reason::FlowControl));
         }
         let data = frame::unpad(&payload, h.flags).ok_or(ConnError(Reason::Protocol))?;
-        let start = data.as_ptr() as usize - payload.as_ptr() as usize;
-        let data = payload.slice(start..start + data.len());
         if h.stream > self.last_id {
             return Err(ConnError(Reason::Protocol));
         }
         // Padding is ours to credit at once; so is everything not handed to a body.
-        self.shared.owe_conn(flen - data.len());
+        self.owed += flen - data.len();
         let end = h.flags & frame::END_STREAM != 0;
         let id = h.stream;
         let Some(st) = self.streams.get_mut(&id) else {
-            self.shared.owe_conn(data.len());
+            self.owed += data.len();
             if self.recent.contains(&id) {
                 return Ok(());
             }
             return Err(ConnError(Reason::StreamClosed));
         };
         if !st.recv_open {
-            self.shared.owe_conn(data.len());
+            self.owed += data.len();
             self.reset(id, Reason::StreamClosed);
             return Ok(());
         }
@@ -266,7 +262,7 @@ impl Conn<'_> {
             .declared
             .is_some_and(|n| st.received > n || (end && st.received != n));
         if st.recv_window < 0 || over {
-            self.shared.owe_conn(data.len());
+            self.owed += data.len();
             let reason = if over {
                 Reason::Protocol
             } else {
@@ -292,10 +288,10 @@ impl Conn<'_> {
             Phase::Running { body: true, .. } | Phase::Sending { .. } => {
                 let n = data.len();
                 if !self.shared.push(id, data, end) {
-                    self.shared.owe_conn(n);
+                    self.owed += n;
                 }
             }
-            Phase::Running { body: false, .. } => self.shared.owe_conn(data.len()),
+            Phase::Running { body: false, .. } => self.owed += data.len(),
         }
         Ok(())
     }
@@ -414,11 +410,10 @@ impl Conn<'_> {
     pub(super) fn drop_stream(&mut self, id: u32, st: Stream, reset: bool) {
         match st.phase {
             Phase::Running { abort, .. } => abort.abort(),
-            Phase::Pending { len, .. } => self.shared.owe_conn(len),
+            Phase::Pending { len, .. } => self.owed += len,
             Phase::Sending { .. } => {}
         }
-        let unread = self.shared.close(id, reset);
-        self.shared.owe_conn(unread as usize);
+        self.owed += self.shared.close(id, reset);
         self.sending.retain(|&s| s != id);
     }
 

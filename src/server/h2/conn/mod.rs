@@ -120,6 +120,9 @@ pub struct Conn<'a> {
     read_closed: bool,
     need_flush: bool,
     resets: u32,
+    /// Connection-window bytes taken or discarded here (padding, whole bodies, DATA for streams
+    /// that are gone), not yet credited back.
+    owed: usize,
     empty_data: u32,
 }
 
@@ -172,6 +175,7 @@ impl<'a> Conn<'a> {
             read_closed: false,
             need_flush: false,
             resets: 0,
+            owed: 0,
             empty_data: 0,
         }
     }
@@ -196,6 +200,7 @@ impl<'a> Conn<'a> {
                 match self.poll_read(cx, io) {
                     Poll::Ready(Ok(0)) => {
                         self.read_closed = true;
+                        self.end_request_bodies();
                         progress = true;
                     }
                     Poll::Ready(Ok(_)) => {
@@ -295,6 +300,17 @@ impl<'a> Conn<'a> {
         Poll::Ready(Ok(()))
     }
 
+    /// The client closed its side: bodies still arriving never will. They fail (the gateway
+    /// answers or gives up at once) instead of waiting for the scoring timeout, so the connection
+    /// ends — and a shutdown's drain with it.
+    fn end_request_bodies(&mut self) {
+        for (&id, st) in self.streams.iter_mut() {
+            if std::mem::take(&mut st.recv_open) {
+                self.owed += self.shared.close(id, false);
+            }
+        }
+    }
+
     /// A connection error: GOAWAY, drop every stream, close once written.
     fn fail(&mut self, reason: Reason) {
         tracing::debug!(remote = %self.info.remote, ?reason, "HTTP/2 connection error");
@@ -328,7 +344,7 @@ impl<'a> Conn<'a> {
             };
             let whole = !st.recv_open && *len <= WHOLE_BODY;
             let body = if whole {
-                self.shared.owe_conn(*len);
+                self.owed += *len;
                 ClientBody::Whole(match chunks.len() {
                     0 => None,
                     1 => chunks.pop(),

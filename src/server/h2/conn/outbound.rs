@@ -9,8 +9,9 @@ use hyper::body::Body;
 
 use super::super::frame::{self, Reason};
 use super::super::{hpack, request};
-use super::{Conn, HIGH_WATER, Phase};
+use super::{CONN_WINDOW, Conn, HIGH_WATER, Phase};
 use crate::proxy::ProxyBody;
+use crate::server::wire::{self, Framing};
 
 impl Conn<'_> {
     /// 431 for a header list over SETTINGS_MAX_HEADER_LIST_SIZE (as the h2 crate answers).
@@ -46,20 +47,17 @@ impl Conn<'_> {
         self.put_table_update();
         let out = &mut self.scratch;
         hpack::put_status(out, parts.status);
+        // The gateway has already stripped every hop-by-hop header (`headers::strip_hop_by_hop`),
+        // connection-specific ones included, from what a replica answered.
         for (name, value) in &parts.headers {
-            if !request::is_connection_specific(name) {
-                hpack::put_field(out, name.as_str(), value.as_bytes());
-            }
+            debug_assert!(!request::is_connection_specific(name), "{name}");
+            hpack::put_field(out, name.as_str(), value.as_bytes());
         }
         if !parts.headers.contains_key(header::DATE) {
             hpack::put_date(out);
         }
-        let bodiless = parts.status.is_informational()
-            || parts.status == http::StatusCode::NO_CONTENT
-            || parts.status == http::StatusCode::NOT_MODIFIED;
-        if !bodiless
+        if let Framing::Length(n) = wire::framing(parts.status, body.size_hint().exact())
             && !parts.headers.contains_key(header::CONTENT_LENGTH)
-            && let Some(n) = body.size_hint().exact()
         {
             hpack::put_content_length(out, n);
         }
@@ -89,13 +87,9 @@ impl Conn<'_> {
         if st.recv_open {
             // Answered before the client finished sending: ask it to stop (§8.1).
             frame::put_rst(&mut self.wbuf, id, Reason::NoError);
-            self.drop_stream(id, st, false);
             self.remember(id);
-        } else {
-            let unread = self.shared.close(id, false);
-            self.shared.owe_conn(unread as usize);
-            self.sending.retain(|&s| s != id);
         }
+        self.drop_stream(id, st, false);
     }
 
     /// Send what the answer bodies have, within the flow-control windows. True if anything moved.
@@ -117,6 +111,12 @@ impl Conn<'_> {
                 Pump::Failed => {
                     progress = true;
                     self.reset(id, Reason::Internal);
+                }
+                Pump::Abandoned => {
+                    progress = true;
+                    if let Some(st) = self.streams.remove(&id) {
+                        self.drop_stream(id, st, false);
+                    }
                 }
             }
         }
@@ -142,6 +142,10 @@ impl Conn<'_> {
                 .min(self.send_window)
                 .min(self.peer_max_frame as i64);
             if window <= 0 {
+                if self.read_closed {
+                    // The client is gone: no WINDOW_UPDATE will ever come.
+                    return Pump::Abandoned;
+                }
                 *pending = Some(chunk);
                 return Pump::Blocked;
             }
@@ -208,9 +212,8 @@ impl Conn<'_> {
 
     /// WINDOW_UPDATEs for what the request bodies took (and what was discarded).
     pub(super) fn send_credits(&mut self) {
-        let Some(c) = self.shared.take_credits() else {
-            return;
-        };
+        let c = self.shared.take_credits().unwrap_or_default();
+        self.owed += c.conn as usize;
         for (id, n) in c.streams {
             if let Some(st) = self.streams.get_mut(&id)
                 && st.recv_open
@@ -220,9 +223,13 @@ impl Conn<'_> {
                 frame::put_window_update(&mut self.wbuf, id, n);
             }
         }
-        if c.conn > 0 {
-            self.recv_window += i64::from(c.conn);
-            frame::put_window_update(&mut self.wbuf, 0, c.conn);
+        // The bodies' share comes in quarters of the window (`Shared`), the connection's own
+        // discards are sent from a quarter on: never more than half the window owed.
+        if c.conn > 0 || self.owed >= (CONN_WINDOW / 4) as usize {
+            let n = u32::try_from(self.owed).unwrap_or(u32::MAX);
+            self.owed -= n as usize;
+            self.recv_window += i64::from(n);
+            frame::put_window_update(&mut self.wbuf, 0, n);
         }
     }
 }
@@ -232,4 +239,6 @@ enum Pump {
     Moved,
     Done,
     Failed,
+    /// Blocked on a window the client, now gone, will never open.
+    Abandoned,
 }
