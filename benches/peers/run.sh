@@ -11,7 +11,8 @@
 # Loads: keep-alive HTTP/1.1 (wrk, 64 connections), HTTP/2 (h2load, 16 connections x 10 streams),
 # full TLS 1.3 handshakes (ECDSA P-256 and RSA-2048) and resumed ones (benches/handshakes.rs, a
 # new connection per request, 32 at a time), latency at a fixed 2,000 req/s over 8 keep-alive
-# connections minus the same load sent directly to the backend, RSS per idle TLS connection (1,000
+# connections minus the same load sent directly to the backend (LAT_ROUNDS=3 rounds per
+# repetition, each target and then the direct baseline in turn), RSS per idle TLS connection (1,000
 # held open), syscalls per proxied request (strace -c -f on the serving process, 20,000 requests).
 # Every process it starts is stopped by PID; every loop is bounded.
 set -euo pipefail
@@ -163,7 +164,6 @@ for rep in $(seq 1 "$REPS"); do
     full=$(taskset -c 1 "$HS" "$addr" "$SECS" 32 full "$URL_PATH" "$KEY")
     # 8 at a time: the rustls client keeps 8 tickets per server, so more would fall back to full.
     resumed=$(taskset -c 1 "$HS" "$addr" "$SECS" 8 resumed "$URL_PATH" "$KEY")
-    lat=$(taskset -c 1 "$HS" "$addr" "$SECS" 8 rate-tls "$URL_PATH" "$KEY" 2000)
     # RSS per idle TLS connection: 1,000 held open (after a full handshake each).
     rss0=$(rss_kb "$SERVING_PID")
     taskset -c 1 "$HS" "$addr" 8 1000 idle >"$W/idle.out" &
@@ -186,40 +186,60 @@ for rep in $(seq 1 "$REPS"); do
     start_target "$t" "$port" rsa-
     rsa=$(taskset -c 1 "$HS" "127.0.0.1:$port" "$SECS" 32 full "$URL_PATH" "$KEY")
     stop_target
-    python3 - "$rep" "$t" "$ka_rps" "$ka_err" "$h2_rps" "$h2_fail" "$h2_non2xx" "$full" "$resumed" "$lat" "$rss0" "$rss1" "$idle_open" "${calls:-0}" "$rsa" <<'PY' | tee -a "$OUT/results.jsonl"
+    python3 - "$rep" "$t" "$ka_rps" "$ka_err" "$h2_rps" "$h2_fail" "$h2_non2xx" "$full" "$resumed" "$rss0" "$rss1" "$idle_open" "${calls:-0}" "$rsa" <<'PY' | tee -a "$OUT/results.jsonl"
 import json, sys
 a = sys.argv[1:]
-full, resumed, lat, rsa = (json.loads(x) for x in (a[7], a[8], a[9], a[14]))
-open_ = int(a[12]) or 1
+full, resumed, rsa = (json.loads(x) for x in (a[7], a[8], a[13]))
+open_ = int(a[11]) or 1
 print(json.dumps({"rep": int(a[0]), "target": a[1], "keepalive_rps": float(a[2] or 0),
     "keepalive_errors": int(a[3]), "h2_rps": float(a[4] or 0), "h2_failed": int(a[5] or 0),
     "h2_non2xx": int(a[6] or 0), "full_hs": full["rps"], "rsa_full_hs": rsa["rps"],
     "resumed_hs": resumed["rps"], "resumed_share": round(resumed["resumed"] / max(resumed["requests"], 1), 3),
-    "lat_p50_us": lat["p50_us"], "lat_p99_us": lat["p99_us"],
-    "rss_per_idle_conn_kb": round((int(a[11]) - int(a[10])) / open_, 2), "idle_open": int(a[12]),
-    "syscalls_per_req": round(int(a[13]) / 20000, 2),
-    "hs_errors": full["errors"] + resumed["errors"] + rsa["errors"] + lat["errors"]}))
+    "rss_per_idle_conn_kb": round((int(a[10]) - int(a[9])) / open_, 2), "idle_open": int(a[11]),
+    "syscalls_per_req": round(int(a[12]) / 20000, 2),
+    "hs_errors": full["errors"] + resumed["errors"] + rsa["errors"]}))
 PY
   done
-  # The same open-loop load sent straight to the backend (plain HTTP): the baseline of "added".
-  taskset -c 1 "$HS" "127.0.0.1:$BACKEND" "$SECS" 8 rate-plain "$URL_PATH" "$KEY" 2000 \
-    | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"rep": '"$rep"', "target": "direct", "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"]}))' \
-    | tee -a "$OUT/results.jsonl"
+  # Latency is a small difference of two noisy figures, so it is measured in LAT_ROUNDS rounds
+  # that alternate the targets and end with the same open-loop load sent straight to the backend
+  # (plain HTTP): "added" is a target's figure minus the direct one of the same round, and the
+  # repetition's value is the median over its rounds.
+  for round in $(seq 1 "${LAT_ROUNDS:-3}"); do
+    for t in "${order[@]}"; do
+      port=$(free_port)
+      start_target "$t" "$port"
+      taskset -c 1 "$HS" "127.0.0.1:$port" 1 8 rate-tls "$URL_PATH" "$KEY" 2000 >/dev/null   # warm-up
+      taskset -c 1 "$HS" "127.0.0.1:$port" "$SECS" 8 rate-tls "$URL_PATH" "$KEY" 2000 \
+        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"rep": '"$rep"', "round": '"$round"', "target": "'"$t"'", "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"]}))' \
+        | tee -a "$OUT/results.jsonl"
+      stop_target
+    done
+    taskset -c 1 "$HS" "127.0.0.1:$BACKEND" "$SECS" 8 rate-plain "$URL_PATH" "$KEY" 2000 \
+      | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"rep": '"$rep"', "round": '"$round"', "target": "direct", "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"]}))' \
+      | tee -a "$OUT/results.jsonl"
+  done
 done
 
 python3 - "$OUT" <<'PY'
 import json, statistics, sys, datetime, platform, os
 out = sys.argv[1]
 rows = [json.loads(l) for l in open(f"{out}/results.jsonl")]
+lat_rows = [r for r in rows if "round" in r]
+rows = [r for r in rows if "round" not in r]
 reps = sorted({r["rep"] for r in rows})
 def get(rep, t, k):
     return next((r[k] for r in rows if r["rep"] == rep and r["target"] == t and k in r), None)
-# Latency is reported as added over the direct baseline of the same repetition.
+# Latency: added over the direct baseline of the same round, median over a repetition's rounds.
+def lat(rep, t, k):
+    return [x for x in lat_rows if x["rep"] == rep and x["target"] == t and k in x]
 for r in rows:
     for k in ("lat_p50_us", "lat_p99_us"):
-        if r["target"] != "direct" and k in r:
-            base = get(r["rep"], "direct", k) or 0
-            r["added_" + k] = max(r[k] - base, 1)
+        own = lat(r["rep"], r["target"], k)
+        base = {d["round"]: d[k] for d in lat(r["rep"], "direct", k)}
+        added = [max(x[k] - base[x["round"]], 1) for x in own if x["round"] in base]
+        if added:
+            r[k] = statistics.median(x[k] for x in own)
+            r["added_" + k] = statistics.median(added)
 metrics = [  # key, label, higher is better, format
     ("keepalive_rps", "keep-alive TLS HTTP/1.1 req/s (wrk -c64)", True, "{:,.0f}"),
     ("h2_rps", "HTTP/2 req/s (h2load -c16 -m10)", True, "{:,.0f}"),
@@ -256,7 +276,7 @@ for k, name, higher, fmt in metrics:
     r = ratios(k, higher)
     cells.append(f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})" if r else "—")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
-direct = [r for r in rows if r["target"] == "direct"]
+direct = [r for r in lat_rows if r["target"] == "direct"]
 if direct:
     lines += ["", "Direct to the backend at 2,000 req/s (the baseline): p50 "
               f"{statistics.median(r['lat_p50_us'] for r in direct):,.0f} µs, p99 "
@@ -265,7 +285,8 @@ share = {t: statistics.median([r["resumed_share"] for r in rows if r["target"] =
          for t in ("nginx", "haproxy", "scoregate")}
 lines += ["", "Share of connections actually resumed in the resumed run: " +
           ", ".join(f"{t} {v:.0%}" for t, v in share.items()) + "."]
-errors = sum(r.get("keepalive_errors", 0) + r.get("h2_failed", 0) + r.get("h2_non2xx", 0) + r.get("hs_errors", 0) for r in rows)
+errors = sum(r.get("keepalive_errors", 0) + r.get("h2_failed", 0) + r.get("h2_non2xx", 0) + r.get("hs_errors", 0)
+             for r in rows + lat_rows)
 lines += ["", f"Errors in all runs: {errors}."]
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
