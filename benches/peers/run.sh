@@ -142,6 +142,16 @@ wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
 printf '%s' '{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}' >"$W/body.json"
 
+# One latency row of results.jsonl: target, address, load mode (uses $rep and $round).
+latency() {
+  taskset -c 1 "$HS" "$2" "$SECS" 8 "$3" "$URL_PATH" "$KEY" 2000 | python3 -c '
+import json, sys
+d = json.load(sys.stdin)
+print(json.dumps({"rep": int(sys.argv[1]), "round": int(sys.argv[2]), "target": sys.argv[3],
+                  "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"]}))' \
+    "$rep" "$round" "$1" | tee -a "$OUT/results.jsonl"
+}
+
 : >"$OUT/results.jsonl"
 targets=(nginx haproxy scoregate)
 for rep in $(seq 1 "$REPS"); do
@@ -209,14 +219,10 @@ PY
       port=$(free_port)
       start_target "$t" "$port"
       taskset -c 1 "$HS" "127.0.0.1:$port" 1 8 rate-tls "$URL_PATH" "$KEY" 2000 >/dev/null   # warm-up
-      taskset -c 1 "$HS" "127.0.0.1:$port" "$SECS" 8 rate-tls "$URL_PATH" "$KEY" 2000 \
-        | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"rep": '"$rep"', "round": '"$round"', "target": "'"$t"'", "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"]}))' \
-        | tee -a "$OUT/results.jsonl"
+      latency "$t" "127.0.0.1:$port" rate-tls
       stop_target
     done
-    taskset -c 1 "$HS" "127.0.0.1:$BACKEND" "$SECS" 8 rate-plain "$URL_PATH" "$KEY" 2000 \
-      | python3 -c 'import json,sys; d=json.load(sys.stdin); print(json.dumps({"rep": '"$rep"', "round": '"$round"', "target": "direct", "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"]}))' \
-      | tee -a "$OUT/results.jsonl"
+    latency direct "127.0.0.1:$BACKEND" rate-plain
   done
 done
 
@@ -230,15 +236,13 @@ reps = sorted({r["rep"] for r in rows})
 def get(rep, t, k):
     return next((r[k] for r in rows if r["rep"] == rep and r["target"] == t and k in r), None)
 # Latency: added over the direct baseline of the same round, median over a repetition's rounds.
-def lat(rep, t, k):
-    return [x for x in lat_rows if x["rep"] == rep and x["target"] == t and k in x]
+def lat(rep, t):
+    return [x for x in lat_rows if x["rep"] == rep and x["target"] == t]
 for r in rows:
     for k in ("lat_p50_us", "lat_p99_us"):
-        own = lat(r["rep"], r["target"], k)
-        base = {d["round"]: d[k] for d in lat(r["rep"], "direct", k)}
-        added = [max(x[k] - base[x["round"]], 1) for x in own if x["round"] in base]
+        base = {d["round"]: d[k] for d in lat(r["rep"], "direct")}
+        added = [max(x[k] - base[x["round"]], 1) for x in lat(r["rep"], r["target"]) if x["round"] in base]
         if added:
-            r[k] = statistics.median(x[k] for x in own)
             r["added_" + k] = statistics.median(added)
 metrics = [  # key, label, higher is better, format
     ("keepalive_rps", "keep-alive TLS HTTP/1.1 req/s (wrk -c64)", True, "{:,.0f}"),
