@@ -95,12 +95,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
 /// Append the client address to `X-Forwarded-For` and set `X-Forwarded-Proto`, formatting on
 /// the stack.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
-    use std::io::Write;
     let mut buf = [0u8; 64];
-    let mut w = &mut buf[..];
-    let _ = write!(w, "{client}");
-    let written = 64 - w.len();
-    let ip = &buf[..written];
+    let ip = put_ip(client, &mut buf);
     let value = match headers.get(X_FORWARDED_FOR) {
         Some(prev) => {
             let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
@@ -131,8 +127,52 @@ pub fn content_length(v: &[u8]) -> Option<u64> {
 
 /// Write a `content-length` header line.
 pub fn put_content_length(out: &mut bytes::BytesMut, n: u64) {
-    use std::fmt::Write;
-    let _ = write!(out, "content-length: {n}\r\n");
+    use bytes::BufMut;
+    out.put_slice(b"content-length: ");
+    out.put_slice(decimal(n, &mut [0; 20]));
+    out.put_slice(b"\r\n");
+}
+
+/// `n` in decimal, written at the end of `digits` (no formatting machinery on the hot path).
+pub fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
+    let mut at = digits.len();
+    let mut v = n;
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (v % 10) as u8;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    &digits[at..]
+}
+
+/// The address as text, in `buf`: IPv4 by hand (every request formats its client's), IPv6
+/// through `Display`.
+fn put_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+    let mut len = 0;
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, octet) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                let mut digits = [0; 20];
+                let d = decimal(u64::from(octet), &mut digits);
+                buf[len..len + d.len()].copy_from_slice(d);
+                len += d.len();
+            }
+        }
+        IpAddr::V6(_) => {
+            use std::io::Write;
+            let mut w = &mut buf[..];
+            let _ = write!(w, "{ip}");
+            len = 64 - w.len();
+        }
+    }
+    &buf[..len]
 }
 
 #[cfg(test)]
@@ -226,6 +266,26 @@ mod tests {
         set_forwarded(&mut h, "2001:db8::1".parse().expect("ip"), false);
         assert_eq!(h[X_FORWARDED_FOR], "2001:db8::1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
+    }
+
+    #[test]
+    fn addresses_and_lengths_are_written_as_display_writes_them() {
+        for ip in [
+            "0.0.0.0",
+            "255.255.255.255",
+            "10.200.3.45",
+            "::1",
+            "::ffff:1.2.3.4",
+        ] {
+            let ip: IpAddr = ip.parse().expect("ip");
+            assert_eq!(put_ip(ip, &mut [0; 64]), ip.to_string().as_bytes());
+        }
+        for n in [0, 9, 10, 1_234_567, u64::MAX] {
+            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
+            let mut out = bytes::BytesMut::new();
+            put_content_length(&mut out, n);
+            assert_eq!(&out[..], format!("content-length: {n}\r\n").as_bytes());
+        }
     }
 
     #[test]

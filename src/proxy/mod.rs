@@ -102,14 +102,16 @@ impl Gateway {
         let (service, endpoint) = match found {
             Ok(s) => s,
             Err(e) => {
-                drain(body, &parts).await;
+                // Boxed: error paths only, kept out of every request's future.
+                Box::pin(drain(body, &parts)).await;
                 return self.fail(e, &rid, None);
             }
         };
         let version = match self.admit(&parts, &service, endpoint) {
             Ok(v) => v,
             Err(e) => {
-                drain(body, &parts).await;
+                // Boxed: error paths only, kept out of every request's future.
+                Box::pin(drain(body, &parts)).await;
                 return self.fail(e, &rid, Some(&service));
             }
         };
@@ -123,7 +125,8 @@ impl Gateway {
                 lease
             }
             Err(saturated) => {
-                drain(body, &parts).await;
+                // Boxed: error paths only, kept out of every request's future.
+                Box::pin(drain(body, &parts)).await;
                 let e = overloaded(&service, saturated);
                 m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
                 return self.fail(e, &rid, Some(&service));

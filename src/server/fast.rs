@@ -15,7 +15,7 @@
 use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
-use std::task::Poll;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
@@ -162,7 +162,12 @@ impl Session {
         if self.buf.capacity() == 0 {
             let mut first = [0u8; 64];
             let mut rb = ReadBuf::new(&mut first);
-            let r = wait(io, &mut rb, &mut self.timer, &mut self.stop, deadline).await;
+            let read = |cx: &mut Context<'_>| {
+                Pin::new(&mut *io)
+                    .poll_read(cx, &mut rb)
+                    .map_ok(|()| rb.filled().len())
+            };
+            let r = wait(read, &mut self.timer, &mut self.stop, deadline).await;
             if let Read::Data = r {
                 self.buf.reserve(READ_ROOM);
                 self.buf.put_slice(rb.filled());
@@ -172,13 +177,12 @@ impl Session {
         if self.buf.capacity() - self.buf.len() < READ_ROOM / 4 {
             self.buf.reserve(READ_ROOM);
         }
-        let len = self.buf.len();
-        self.buf.resize(self.buf.capacity(), 0);
-        let mut rb = ReadBuf::new(&mut self.buf[len..]);
-        let r = wait(io, &mut rb, &mut self.timer, &mut self.stop, deadline).await;
-        let n = rb.filled().len();
-        self.buf.truncate(len + n);
-        r
+        // Straight into the spare capacity, which is never zeroed first (that was a 4 KiB
+        // memset per read).
+        let buf = &mut self.buf;
+        let read =
+            |cx: &mut Context<'_>| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf);
+        wait(read, &mut self.timer, &mut self.stop, deadline).await
     }
 
     /// Read what is readable now, without waiting, until the buffer holds `total` bytes.
@@ -257,17 +261,17 @@ impl Session {
 
 /// Wait for bytes, the header-read deadline, or shutdown — whichever comes first. Without a
 /// deadline, do not wait (a pending read leaves a registered waker: at worst one spurious wake).
-async fn wait<I: AsyncRead + Unpin>(
-    io: &mut I,
-    rb: &mut ReadBuf<'_>,
+/// `read` polls one read and returns how many bytes it added (0: end of stream).
+async fn wait(
+    mut read: impl FnMut(&mut Context<'_>) -> Poll<io::Result<usize>>,
     timer: &mut Pin<Box<Sleep>>,
     stop: &mut Option<StopFuture>,
     deadline: Option<Instant>,
 ) -> Read {
     poll_fn(|cx| {
-        match Pin::new(&mut *io).poll_read(cx, rb) {
-            Poll::Ready(Ok(())) if rb.filled().is_empty() => return Poll::Ready(Read::Eof),
-            Poll::Ready(Ok(())) => return Poll::Ready(Read::Data),
+        match read(cx) {
+            Poll::Ready(Ok(0)) => return Poll::Ready(Read::Eof),
+            Poll::Ready(Ok(_)) => return Poll::Ready(Read::Data),
             Poll::Ready(Err(e)) => return Poll::Ready(Read::Failed(e)),
             Poll::Pending => {}
         }

@@ -240,10 +240,12 @@ impl ReplicaSet {
     /// A waiter whose deadline passes is removed from the queue and never sent.
     /// Returns the lease and how long the request queued.
     pub async fn acquire(self: &Arc<Self>) -> Result<(Lease, Duration), Saturated> {
-        let start = Instant::now();
         if self.replicas.load().is_empty() {
             return Err(Saturated::NoReplicas);
         }
+        // The clock is read only once the request has to wait: the common case reads none.
+        let mut start: Option<Instant> = None;
+        let waited = |start: Option<Instant>| start.map_or(Duration::ZERO, |s| s.elapsed());
         loop {
             let permit = match self.slots.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -257,7 +259,8 @@ impl ReplicaSet {
                         return Err(Saturated::Gateway);
                     }
                     let _waiting = Waiting(&self.queued);
-                    let remaining = self.max_wait.saturating_sub(start.elapsed());
+                    let since = *start.get_or_insert_with(Instant::now);
+                    let remaining = self.max_wait.saturating_sub(since.elapsed());
                     match tokio::time::timeout(remaining, self.slots.clone().acquire_owned()).await
                     {
                         Ok(Ok(p)) => p,
@@ -271,11 +274,12 @@ impl ReplicaSet {
                     set: self.clone(),
                     permit: Some(permit),
                 };
-                return Ok((lease, start.elapsed()));
+                return Ok((lease, waited(start)));
             }
             // The replica list changed under us (a busy replica was removed): try again.
             drop(permit);
-            if start.elapsed() >= self.max_wait {
+            let since = *start.get_or_insert_with(Instant::now);
+            if since.elapsed() >= self.max_wait {
                 return Err(Saturated::Replicas);
             }
             tokio::time::sleep(Duration::from_millis(1)).await;

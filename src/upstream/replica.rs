@@ -203,20 +203,23 @@ impl Replica {
         req: Request<UpstreamBody>,
     ) -> Result<http::Response<ResponseBody>, UpstreamError> {
         let (mut encoded, method) = h1::encode(req).await.map_err(|e| self.classify_h1(e))?;
-        if let Some(conn) = self.take_idle() {
+        let mut pooled = self.take_idle();
+        // One call site for the exchange: each one would add its future to every request's.
+        loop {
+            let retry = pooled.is_some();
+            let conn = match pooled.take() {
+                Some(conn) => conn,
+                None => h1::Conn::new(Box::pin(self.connect()).await?),
+            };
             match h1::exchange(conn, &mut encoded, &method, self).await {
                 // The replica closed the pooled connection as the request went out: nothing of
                 // it was taken, so it goes once more on a fresh connection.
-                Err(h1::SendError::Unsent(e)) if encoded.complete() => {
+                Err(h1::SendError::Unsent(e)) if retry && encoded.complete() => {
                     tracing::debug!(replica = %self.addr, error = %e, "pooled connection failed; retrying on a new one");
                 }
                 other => return other.map_err(|e| self.classify_h1(e)),
             }
         }
-        let conn = h1::Conn::new(Box::pin(self.connect()).await?);
-        h1::exchange(conn, &mut encoded, &method, self)
-            .await
-            .map_err(|e| self.classify_h1(e))
     }
 
     async fn send_h2(

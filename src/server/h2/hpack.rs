@@ -343,19 +343,8 @@ pub fn put_date(out: &mut BytesMut) {
 
 /// `content-length: n`.
 pub fn put_content_length(out: &mut BytesMut, n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    let mut v = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
     put_int(out, 0, 4, 28);
-    put_str(out, &digits[at..]);
+    put_str(out, crate::proxy::headers::decimal(n, &mut [0; 20]));
 }
 
 /// The static table's index of a (lowercase) header name, for the names answers carry.
