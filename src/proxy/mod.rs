@@ -132,11 +132,17 @@ impl Gateway {
                 return self.fail(e, &rid, Some(&service));
             }
         };
+        // Sent here, not from a helper async fn: each such level held its future twice over in
+        // every request's (boxed, and copied once per request).
+        let v = &service.versions[version];
         let req = Request::from_parts(parts, body);
-        match self
-            .forward(req, conn, &service, version, lease, &rid, start)
-            .await
-        {
+        let upstream_req =
+            self.upstream_request(req, conn, &service, v.protocol, &rid, &lease.replica.addr);
+        let sent = Instant::now();
+        v.metrics.in_flight.inc();
+        let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
+        let result = tokio::time::timeout_at(deadline, lease.replica.send(upstream_req)).await;
+        match self.answer(result, sent, &service, version, lease, &rid, start) {
             Ok(resp) => resp,
             Err(e) => {
                 m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
@@ -201,12 +207,16 @@ impl Gateway {
             })
     }
 
-    /// Send to the leased replica within `scoring_timeout_ms` and stream the answer back.
+    /// The replica's answer (sent within `scoring_timeout_ms` at `sent`), streamed back; or why
+    /// there is none.
     #[allow(clippy::too_many_arguments)]
-    async fn forward(
+    fn answer(
         &self,
-        req: Request<ClientBody>,
-        conn: ConnInfo,
+        result: Result<
+            Result<Response<crate::upstream::ResponseBody>, UpstreamError>,
+            tokio::time::error::Elapsed,
+        >,
+        sent: Instant,
         service: &Arc<Service>,
         version: usize,
         lease: Lease,
@@ -214,12 +224,6 @@ impl Gateway {
         start: Instant,
     ) -> Result<Response<ProxyBody>, GatewayError> {
         let v = &service.versions[version];
-        let upstream_req =
-            self.upstream_request(req, conn, service, v.protocol, rid, &lease.replica.addr);
-        let sent = Instant::now();
-        v.metrics.in_flight.inc();
-        let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
-        let result = tokio::time::timeout_at(deadline, lease.replica.send(upstream_req)).await;
         let model_time = sent.elapsed();
         lease.replica.observe_latency(model_time);
         let resp = match result {
