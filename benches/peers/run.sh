@@ -44,8 +44,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
-wait_port() { for _ in $(seq 1 100); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; return 1; }
+. "$ROOT/benches/peers/common.sh"
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
@@ -105,20 +104,7 @@ backend be
 CONF
       taskset -c 0 haproxy -f "$d/haproxy.cfg" -db & ;;
     scoregate)
-      cat >"$d/scoregate.toml" <<CONF
-[listen]
-tls = "127.0.0.1:$port"
-[[tls.certificates]]
-cert = "$W/${c}cert.pem"
-key = "$W/${c}key.pem"
-[[services]]
-name = "iris"
-primary_key = "$KEY"
-replica_max_concurrent_requests = 1000
-[[services.versions]]
-name = "blue"
-replicas = ["127.0.0.1:$BACKEND"]
-CONF
+      scoregate_toml "$port" "$W/${c}cert.pem" "$W/${c}key.pem" "$BACKEND" "$KEY" >"$d/scoregate.toml"
       RUST_LOG=warn,rustls=error TOKIO_WORKER_THREADS=1 taskset -c 0 "$ROOT/target/release/scoregate" serve --config "$d/scoregate.toml" & ;;
   esac
   TARGET_PID=$!

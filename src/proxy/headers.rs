@@ -48,14 +48,16 @@ pub fn new_request_id() -> HeaderValue {
     let r = fastrand::u128(..);
     let r = (r & !(0xF << 76) | (0x4 << 76)) & !(0x3 << 62) | (0x2 << 62);
     let mut out = [0u8; 36];
-    let mut nibble = 32;
-    for (i, b) in out.iter_mut().enumerate() {
-        if matches!(i, 8 | 13 | 18 | 23) {
-            *b = b'-';
-        } else {
-            nibble -= 1;
-            *b = HEX[((r >> (nibble * 4)) & 0xF) as usize];
+    let mut at = 0;
+    // A byte at a time (two digits), dashes before bytes 4, 6, 8 and 10: 8-4-4-4-12.
+    for (i, b) in r.to_be_bytes().into_iter().enumerate() {
+        if matches!(i, 4 | 6 | 8 | 10) {
+            out[at] = b'-';
+            at += 1;
         }
+        out[at] = HEX[usize::from(b >> 4)];
+        out[at + 1] = HEX[usize::from(b & 0xF)];
+        at += 2;
     }
     HeaderValue::from_bytes(&out).unwrap_or(HeaderValue::from_static("0"))
 }
