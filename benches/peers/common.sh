@@ -1,8 +1,33 @@
 # Shared by run.sh and instructions.sh (sourced).
 
+KEY="bench-key-0123456789abcdef"
+# The backend's answer: a ~200-byte scoring JSON.
+BODY='{"predictions":[{"label":"virginica","probability":0.9054},{"label":"not-virginica","probability":0.0012}],"model":"iris","version":"blue","took_ms":0.21,"request":"bench"}'
+
+# install_missing COMMAND:DEBIAN_PACKAGE...: apt-get installs the packages whose command is missing.
+install_missing() {
+  local need=() c
+  for c in "$@"; do
+    command -v "${c%%:*}" >/dev/null || need+=("${c#*:}")
+  done
+  if ((${#need[@]})); then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+  fi
+}
+
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'; }
 # wait_port PORT [TRIES=100]: 50 ms apart.
 wait_port() { for _ in $(seq 1 "${2:-100}"); do (echo >"/dev/tcp/127.0.0.1/$1") 2>/dev/null && return 0; sleep 0.05; done; echo "port $1 not up" >&2; return 1; }
+
+# The backend, nginx answering every request with $BODY: backend_conf PORT DIR (its pid file's).
+backend_conf() {
+  cat <<CONF
+worker_processes 1; daemon off; pid $2/nginx.pid; error_log stderr error;
+events { worker_connections 4096; }
+http { access_log off; keepalive_requests 1000000;
+  server { listen 127.0.0.1:$1; location / { default_type application/json; return 200 '$BODY'; } } }
+CONF
+}
 
 # The benchmark's scoregate config: scoregate_toml PORT CERT KEY BACKEND_PORT API_KEY
 scoregate_toml() {

@@ -11,13 +11,8 @@ ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 N1="${1:-2000}"
 N2="${2:-6000}"
 TOP="${3:-25}"
-need=()
-for c in nginx:nginx-light h2load:nghttp2-client valgrind:valgrind openssl:openssl; do
-  command -v "${c%%:*}" >/dev/null || need+=("${c#*:}")
-done
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
+. "$ROOT/benches/peers/common.sh"
+install_missing nginx:nginx-light h2load:nghttp2-client valgrind:valgrind openssl:openssl
 (cd "$ROOT" && cargo build --release -q)
 
 W="$(mktemp -d)"
@@ -27,19 +22,11 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-. "$ROOT/benches/peers/common.sh"
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
-KEY="bench-key-0123456789abcdef"
-BODY='{"predictions":[{"label":"virginica","probability":0.9054},{"label":"not-virginica","probability":0.0012}],"model":"iris","version":"blue","took_ms":0.21,"request":"bench"}'
 BACKEND=$(free_port)
-cat >"$W/backend.conf" <<CONF
-worker_processes 1; daemon off; pid $W/backend.pid; error_log stderr error;
-events { worker_connections 1024; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { default_type application/json; return 200 '$BODY'; } } }
-CONF
+backend_conf "$BACKEND" "$W" >"$W/backend.conf"
 nginx -c "$W/backend.conf" -p "$W" &
 PIDS+=($!)
 wait_port "$BACKEND"

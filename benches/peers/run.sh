@@ -21,14 +21,9 @@ REPS="${1:-3}"
 SECS="${2:-10}"
 OUT="$ROOT/benches/peers"
 
-need=()
-for c in nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client taskset:util-linux openssl:openssl; do
-  command -v "${c%%:*}" >/dev/null || need+=("${c#*:}")
-done
-if ((${#need[@]})); then
-  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
-fi
-command -v strace >/dev/null || { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends strace >/dev/null; }
+. "$ROOT/benches/peers/common.sh"
+install_missing nginx:nginx-light haproxy:haproxy wrk:wrk h2load:nghttp2-client taskset:util-linux \
+  openssl:openssl strace:strace
 (cd "$ROOT" && cargo build --release -q)
 HS="$(cd "$ROOT" && cargo bench --bench handshakes --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)"
 case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac
@@ -44,24 +39,15 @@ cleanup() {
 }
 trap cleanup EXIT
 
-. "$ROOT/benches/peers/common.sh"
-
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$W/rsa-key.pem" -out "$W/rsa-cert.pem" 2>/dev/null
-BODY='{"predictions":[{"label":"virginica","probability":0.9054},{"label":"not-virginica","probability":0.0012}],"model":"iris","version":"blue","took_ms":0.21,"request":"bench"}'
-KEY="bench-key-0123456789abcdef"
 BACKEND=$(free_port)
 
 # The backend: nginx on core 1, answering every request with the same ~200-byte JSON.
 mkdir -p "$W/backend"
-cat >"$W/backend/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $W/backend/nginx.pid; error_log stderr error;
-events { worker_connections 4096; }
-http { access_log off; keepalive_requests 1000000;
-  server { listen 127.0.0.1:$BACKEND; location / { default_type application/json; return 200 '$BODY'; } } }
-CONF
+backend_conf "$BACKEND" "$W/backend" >"$W/backend/nginx.conf"
 taskset -c 1 nginx -c "$W/backend/nginx.conf" -p "$W/backend" &
 PIDS+=($!)
 wait_port "$BACKEND"

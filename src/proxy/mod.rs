@@ -102,16 +102,14 @@ impl Gateway {
         let (service, endpoint) = match found {
             Ok(s) => s,
             Err(e) => {
-                // Boxed: error paths only, kept out of every request's future.
-                Box::pin(drain(body, &parts)).await;
+                drain(body, &parts).await;
                 return self.fail(e, &rid, None);
             }
         };
         let version = match self.admit(&parts, &service, endpoint) {
             Ok(v) => v,
             Err(e) => {
-                // Boxed: error paths only, kept out of every request's future.
-                Box::pin(drain(body, &parts)).await;
+                drain(body, &parts).await;
                 return self.fail(e, &rid, Some(&service));
             }
         };
@@ -125,8 +123,7 @@ impl Gateway {
                 lease
             }
             Err(saturated) => {
-                // Boxed: error paths only, kept out of every request's future.
-                Box::pin(drain(body, &parts)).await;
+                drain(body, &parts).await;
                 let e = overloaded(&service, saturated);
                 m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
                 return self.fail(e, &rid, Some(&service));
@@ -373,21 +370,28 @@ fn declared_length(parts: &http::request::Parts) -> Option<u64> {
 const DRAIN_LIMIT: u64 = 64 * 1024;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
-async fn drain(mut body: ClientBody, parts: &http::request::Parts) {
+/// Boxed: refusals only, so its future is no part of every request's (a box of nothing when
+/// there is nothing to read allocates nothing).
+fn drain(
+    mut body: ClientBody,
+    parts: &http::request::Parts,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     use hyper::body::Body;
     if body.is_end_stream() || declared_length(parts).is_none_or(|n| n > DRAIN_LIMIT) {
-        return;
+        return Box::pin(std::future::ready(()));
     }
-    let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
-        let mut read = 0u64;
-        while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
-            read += frame.data_ref().map_or(0, |d| d.len() as u64);
-            if read > DRAIN_LIMIT {
-                break;
+    Box::pin(async move {
+        let _ = tokio::time::timeout(DRAIN_TIMEOUT, async {
+            let mut read = 0u64;
+            while let Some(Ok(frame)) = http_body_util::BodyExt::frame(&mut body).await {
+                read += frame.data_ref().map_or(0, |d| d.len() as u64);
+                if read > DRAIN_LIMIT {
+                    break;
+                }
             }
-        }
+        })
+        .await;
     })
-    .await;
 }
 
 fn overloaded(service: &Service, saturated: Saturated) -> GatewayError {

@@ -93,7 +93,6 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
     if buf.len() < head_len + body_len {
         return Take::Body(head_len + body_len);
     }
-    let header_count = req.headers.len();
     // Offsets into the buffer, so the values can be cut from it once frozen (no copies).
     let base = buf.as_ptr() as usize;
     let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
@@ -110,7 +109,7 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
         return Take::Other;
     };
     // Room for the forwarding headers and request id the gateway adds: no regrowth.
-    let mut map = HeaderMap::with_capacity(header_count + 4);
+    let mut map = HeaderMap::with_capacity(spans.len() + 4);
     for &(name, value) in &spans {
         let (Ok(name), Ok(value)) = (
             HeaderName::from_bytes(&data[name.0..name.0 + name.1]),

@@ -245,7 +245,6 @@ impl ReplicaSet {
         }
         // The clock is read only once the request has to wait: the common case reads none.
         let mut start: Option<Instant> = None;
-        let waited = |start: Option<Instant>| start.map_or(Duration::ZERO, |s| s.elapsed());
         loop {
             let permit = match self.slots.clone().try_acquire_owned() {
                 Ok(p) => p,
@@ -274,7 +273,7 @@ impl ReplicaSet {
                     set: self.clone(),
                     permit: Some(permit),
                 };
-                return Ok((lease, waited(start)));
+                return Ok((lease, start.map_or(Duration::ZERO, |s| s.elapsed())));
             }
             // The replica list changed under us (a busy replica was removed): try again.
             drop(permit);
