@@ -1,6 +1,7 @@
 //! Micro-benchmarks of the per-request work that does not touch the network: route lookup,
 //! version choice, auth, header hygiene, request ids, the certificate resolver (per handshake),
-//! metrics recording, and the HTTP/1.1 fast path's request parse and response head.
+//! metrics recording, and the HTTP/1.1 fast path's request parse, the request it forwards and
+//! the response head (both from raw heads).
 //! Run: `cargo bench --bench request_path`.
 
 use std::hint::black_box;
@@ -9,7 +10,7 @@ use std::path::Path;
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, header};
 use scoregate::metrics::Metrics;
-use scoregate::proxy::headers;
+use scoregate::proxy::{AnswerHeaders, headers, raw};
 use scoregate::routing::{RouteTable, parse_path};
 use scoregate::server::wire;
 
@@ -65,14 +66,25 @@ fn bench(c: &mut Criterion) {
     });
     c.bench_function("key_auth_check", |b| {
         let svc = table.get("iris").expect("service");
-        b.iter(|| black_box(svc.auth.check(black_box(&hdrs)).is_ok()))
+        b.iter(|| {
+            black_box(
+                svc.auth
+                    .check(black_box(
+                        hdrs.get(header::AUTHORIZATION).map(HeaderValue::as_bytes),
+                    ))
+                    .is_ok(),
+            )
+        })
     });
     c.bench_function("header_hygiene", |b| {
         b.iter(|| {
             let mut h = hdrs.clone();
             headers::strip_hop_by_hop(&mut h);
             headers::set_forwarded(&mut h, "10.1.2.3".parse().expect("ip"), true);
-            h.insert(headers::REQUEST_ID, headers::request_id(&h));
+            h.insert(
+                headers::REQUEST_ID,
+                headers::request_id(h.get(headers::REQUEST_ID)),
+            );
             black_box(h)
         })
     });
@@ -116,13 +128,43 @@ fn bench(c: &mut Criterion) {
             black_box(wire::take_request(&mut buf, 64 * 1024, 64 * 1024))
         })
     });
-    let mut resp = HeaderMap::new();
-    resp.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp.insert(header::SERVER, HeaderValue::from_static("nginx/1.22.1"));
-    resp.insert("x-ms-request-id", headers::new_request_id());
+    // The same request encoded for an HTTP/1.1 replica, straight from its raw head.
+    if let wire::Take::Request { head, body, .. } = &taken {
+        let rid = headers::new_request_id();
+        let forward = scoregate::proxy::head::Forward {
+            path: "/score",
+            client: "10.1.2.3".parse().expect("ip"),
+            tls: true,
+            drop_authorization: true,
+            request_id: &rid,
+            replica: "127.0.0.1:8080".parse().expect("addr"),
+        };
+        c.bench_function("http1_forward_raw", |b| {
+            b.iter(|| {
+                black_box(scoregate::proxy::head::encode_h1(
+                    black_box(head),
+                    body.as_ref(),
+                    &forward,
+                ))
+            })
+        });
+    }
+    // What the peer comparison's backend (nginx) answers, passed through raw.
+    let reply: &'static [u8] = b"HTTP/1.1 200 OK\r\nServer: nginx/1.22.1\r\nDate: Sun, 29 Nov 2026 05:00:00 GMT\r\nContent-Type: application/json\r\nContent-Length: 206\r\nConnection: keep-alive\r\n\r\n";
+    let mut slots = [httparse::EMPTY_HEADER; 16];
+    let mut parsed = httparse::Response::new(&mut slots);
+    assert!(parsed.parse(reply).expect("reply").is_complete());
+    let spans = parsed
+        .headers
+        .iter()
+        .filter(|h| raw::role(h.name.as_bytes()) != raw::Role::Hop)
+        .map(|h| raw::span(reply.as_ptr() as usize, h))
+        .collect();
+    let resp = AnswerHeaders::Raw {
+        replica: raw::RawHeaders::new(bytes::Bytes::from_static(reply), spans),
+        request_id: headers::new_request_id(),
+        deployment: None,
+    };
     let mut out = bytes::BytesMut::with_capacity(1024);
     c.bench_function("http1_response_head", |b| {
         b.iter(|| {

@@ -284,3 +284,132 @@ async fn large_and_chunked_replies_stream_through_intact_to_curl_over_tls() {
         gw.stop().await;
     }
 }
+
+/// A replica on a raw socket: records each request (head and body) and answers every one with
+/// `reply`, keeping the connection open.
+async fn recording_replica(
+    reply: &'static [u8],
+) -> (std::net::SocketAddr, Arc<Mutex<Vec<String>>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+    let log = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut got = Vec::new();
+                let mut buf = [0u8; 4096];
+                loop {
+                    // One request: the head, then its content-length body.
+                    let mut headers = [httparse::EMPTY_HEADER; 32];
+                    let mut req = httparse::Request::new(&mut headers);
+                    if let Ok(httparse::Status::Complete(head)) = req.parse(&got) {
+                        let len = req
+                            .headers
+                            .iter()
+                            .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                            .and_then(|h| std::str::from_utf8(h.value).ok()?.parse().ok())
+                            .unwrap_or(0usize);
+                        if got.len() >= head + len {
+                            let one: Vec<u8> = got.drain(..head + len).collect();
+                            if let Ok(mut l) = log.lock() {
+                                l.push(String::from_utf8_lossy(&one).into_owned());
+                            }
+                            if s.write_all(reply).await.is_err() {
+                                return;
+                            }
+                            continue;
+                        }
+                    }
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => got.extend_from_slice(&buf[..n]),
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen)
+}
+
+/// Header lines of a head, lower-cased names, sorted (order is not part of HTTP semantics
+/// across different names); `date` left out.
+fn header_set(head: &str) -> Vec<String> {
+    let mut lines: Vec<String> = head
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(": "))
+        .map(|(n, v)| format!("{}: {v}", n.to_ascii_lowercase()))
+        .filter(|l| !l.starts_with("date: "))
+        .collect();
+    lines.sort();
+    lines
+}
+
+/// The fast path forwards the client's raw head (hop-by-hop headers and the gateway's key
+/// gone, forwarding headers and the request id set) and passes the replica's raw head back
+/// (hop-by-hop ones gone, the request id the gateway's): the same as the request hyper parses
+/// when the fast path hands a connection over.
+#[tokio::test]
+async fn raw_heads_are_forwarded_and_answered_as_hyper_parsed_ones_are() {
+    let reply: &'static [u8] = b"HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Hop-Reply\r\nX-Hop-Reply: secret\r\nKeep-Alive: timeout=5\r\nProxy-Authenticate: Basic\r\nX-Ms-Request-Id: replica-id\r\nX-Reply: kept\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\nok";
+    let (replica, seen) = recording_replica(reply).await;
+    let pki = Pki::new(&["localhost"]);
+    let gw = TestGateway::start(&service_toml(&pki, "", &[replica])).await;
+    let mut s = TcpStream::connect(gw.http.expect("http"))
+        .await
+        .expect("connect");
+    let common = format!(
+        "Host: localhost\r\nAuthorization: Bearer {KEY}\r\nX-Forwarded-For: 203.0.113.7\r\nx-forwarded-for: 198.51.100.1\r\nKeep-Alive: 300\r\nTE: trailers\r\nProxy-Authorization: Basic eA==\r\nX-Forwarded-Proto: ftp\r\nX-Ms-Request-Id: client-id-1\r\nX-Custom: kept\r\nContent-Length: 2\r\n"
+    );
+    // The first is the fast path's; the second names a header in `Connection`, which only
+    // hyper handles.
+    let raw = format!(
+        "POST /api/v1/service/iris/score?x=1 HTTP/1.1\r\n{common}\r\n{{}}\
+         POST /api/v1/service/iris/score?x=1 HTTP/1.1\r\n{common}Connection: keep-alive, X-Hop\r\nX-Hop: no\r\n\r\n{{}}"
+    );
+    s.write_all(raw.as_bytes()).await.expect("write");
+    let (text, _) = read_responses(&mut s, 2).await;
+    let answers: Vec<&str> = text.split("HTTP/1.1 ").filter(|a| !a.is_empty()).collect();
+    assert_eq!(answers.len(), 2, "{text}");
+    let mut views = Vec::new();
+    for a in &answers {
+        let (head, body) = a.split_once("\r\n\r\n").expect("head");
+        assert!(head.starts_with("200 OK"), "{a}");
+        assert_eq!(body, "ok");
+        let set = header_set(&format!("HTTP/1.1 {head}"));
+        assert_eq!(
+            set,
+            [
+                "azureml-model-deployment: blue",
+                "content-length: 2",
+                "content-type: application/json",
+                "x-ms-request-id: client-id-1",
+                "x-reply: kept"
+            ],
+            "{a}"
+        );
+        views.push(set);
+    }
+    let requests = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(requests.len(), 2, "{requests:?}");
+    for r in &requests {
+        let (head, body) = r.split_once("\r\n\r\n").expect("head");
+        assert!(head.starts_with("POST /score?x=1 HTTP/1.1\r\n"), "{r}");
+        assert_eq!(body, "{}");
+        assert_eq!(
+            header_set(head),
+            [
+                "content-length: 2",
+                "host: localhost",
+                "x-custom: kept",
+                "x-forwarded-for: 203.0.113.7, 198.51.100.1, 127.0.0.1",
+                "x-forwarded-proto: http",
+                "x-ms-request-id: client-id-1",
+            ],
+            "{r}"
+        );
+    }
+    gw.stop().await;
+}

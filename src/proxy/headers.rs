@@ -22,8 +22,8 @@ const HOP_BY_HOP: [HeaderName; 8] = [
 ];
 
 /// The client's request id when it is sane (visible ASCII, at most 128 bytes), else a new one.
-pub fn request_id(headers: &HeaderMap) -> HeaderValue {
-    if let Some(v) = headers.get(REQUEST_ID) {
+pub fn request_id(presented: Option<&HeaderValue>) -> HeaderValue {
+    if let Some(v) = presented {
         let b = v.as_bytes();
         if !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic()) {
             return v.clone();
@@ -94,20 +94,21 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Append the client address to `X-Forwarded-For` and set `X-Forwarded-Proto`, formatting on
-/// the stack.
+/// Append the client address to `X-Forwarded-For` (every value the client sent, in order: one
+/// list) and set `X-Forwarded-Proto`, formatting on the stack.
 pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
     let mut buf = [0u8; 64];
     let ip = put_ip(client, &mut buf);
-    let value = match headers.get(X_FORWARDED_FOR) {
-        Some(prev) => {
-            let mut v = Vec::with_capacity(prev.len() + 2 + ip.len());
-            v.extend_from_slice(prev.as_bytes());
-            v.extend_from_slice(b", ");
-            v.extend_from_slice(ip);
-            HeaderValue::from_bytes(&v)
-        }
-        None => HeaderValue::from_bytes(ip),
+    let mut v = Vec::new();
+    for prev in headers.get_all(X_FORWARDED_FOR) {
+        v.extend_from_slice(prev.as_bytes());
+        v.extend_from_slice(b", ");
+    }
+    let value = if v.is_empty() {
+        HeaderValue::from_bytes(ip)
+    } else {
+        v.extend_from_slice(ip);
+        HeaderValue::from_bytes(&v)
     };
     if let Ok(v) = value {
         headers.insert(X_FORWARDED_FOR, v);
@@ -152,7 +153,7 @@ pub fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
 
 /// The address as text, in `buf`: IPv4 by hand (every request formats its client's), IPv6
 /// through `Display`.
-fn put_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
+pub fn put_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
     let mut len = 0;
     match ip {
         IpAddr::V4(v4) => {
@@ -174,6 +175,15 @@ fn put_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
             len = 64 - w.len();
         }
     }
+    &buf[..len]
+}
+
+/// A socket address as `Display` writes it (`[v6]:port`), in `buf`.
+pub fn put_addr(addr: std::net::SocketAddr, buf: &mut [u8; 64]) -> &[u8] {
+    use std::io::Write;
+    let mut w = &mut buf[..];
+    let _ = write!(w, "{addr}");
+    let len = 64 - w.len();
     &buf[..len]
 }
 
@@ -224,9 +234,9 @@ mod tests {
     fn request_id_kept_when_sane_else_generated() {
         let mut h = HeaderMap::new();
         h.insert(REQUEST_ID, "abc-123".parse().expect("v"));
-        assert_eq!(request_id(&h), "abc-123");
+        assert_eq!(request_id(h.get(REQUEST_ID)), "abc-123");
         h.insert(REQUEST_ID, "has space".parse().expect("v"));
-        let id = request_id(&h);
+        let id = request_id(h.get(REQUEST_ID));
         assert_eq!(id.len(), 36);
         assert_eq!(id.as_bytes()[14], b'4');
         for _ in 0..1000 {
@@ -261,8 +271,10 @@ mod tests {
     fn forwarded_for_appends() {
         let mut h = HeaderMap::new();
         h.insert(X_FORWARDED_FOR, "10.0.0.1".parse().expect("v"));
+        h.append(X_FORWARDED_FOR, "10.0.0.2".parse().expect("v"));
         set_forwarded(&mut h, "127.0.0.1".parse().expect("ip"), true);
-        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 127.0.0.1");
+        assert_eq!(h[X_FORWARDED_FOR], "10.0.0.1, 10.0.0.2, 127.0.0.1");
+        assert_eq!(h.get_all(X_FORWARDED_FOR).iter().count(), 1);
         assert_eq!(h[X_FORWARDED_PROTO], "https");
         let mut h = HeaderMap::new();
         set_forwarded(&mut h, "2001:db8::1".parse().expect("ip"), false);
@@ -281,6 +293,8 @@ mod tests {
         ] {
             let ip: IpAddr = ip.parse().expect("ip");
             assert_eq!(put_ip(ip, &mut [0; 64]), ip.to_string().as_bytes());
+            let addr = std::net::SocketAddr::new(ip, 65535);
+            assert_eq!(put_addr(addr, &mut [0; 64]), addr.to_string().as_bytes());
         }
         for n in [0, 9, 10, 1_234_567, u64::MAX] {
             assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());

@@ -12,7 +12,9 @@
 
 mod body;
 pub mod error;
+pub mod head;
 pub mod headers;
+pub mod raw;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -24,12 +26,13 @@ use http_body_util::{Either, Limited};
 use body::Completion;
 pub use body::{ClientBody, ProxyBody, TrackedBody};
 use error::GatewayError;
+pub use head::{Answer, AnswerHeaders, ClientHead};
 
 use crate::acme::Challenges;
 use crate::config::Protocol;
 use crate::metrics::Metrics;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
-use crate::upstream::{Lease, Outcome, Saturated, UpstreamError};
+use crate::upstream::{Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated, UpstreamError};
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -80,16 +83,28 @@ impl Gateway {
         Some(r)
     }
 
-    pub async fn handle(&self, req: Request<ClientBody>, conn: ConnInfo) -> Response<ProxyBody> {
+    /// Answer a request parsed by hyper or the HTTP/2 server.
+    pub fn handle(
+        &self,
+        req: Request<ClientBody>,
+        conn: ConnInfo,
+    ) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
+        let (parts, body) = req.into_parts();
+        let answer = self.serve(ClientHead::Parsed(parts), body, conn);
+        async move { answer.await.into_response() }
+    }
+
+    /// Answer a request: the fast path's raw ones get a replica's raw head back when it spoke
+    /// HTTP/1.1.
+    pub async fn serve(&self, head: ClientHead, body: ClientBody, conn: ConnInfo) -> Answer {
         let start = Instant::now();
-        let rid = headers::request_id(req.headers());
-        if let Some(mut r) = self.acme_http01(req.uri().path()) {
+        let rid = head.request_id();
+        if let Some(mut r) = self.acme_http01(head.uri().path()) {
             r.headers_mut()
                 .insert(headers::REQUEST_ID, headers::unindexed(&rid));
-            return r;
+            return Answer::from_response(r);
         }
-        let (parts, body) = req.into_parts();
-        let found = parse_path(parts.uri.path())
+        let found = parse_path(head.uri().path())
             .ok_or(GatewayError::NotFound)
             .and_then(|(name, endpoint)| {
                 self.routes
@@ -102,14 +117,14 @@ impl Gateway {
         let (service, endpoint) = match found {
             Ok(s) => s,
             Err(e) => {
-                drain(body, &parts).await;
+                drain(body, &head).await;
                 return self.fail(e, &rid, None);
             }
         };
-        let version = match self.admit(&parts, &service, endpoint) {
+        let version = match self.admit(&head, &service, endpoint) {
             Ok(v) => v,
             Err(e) => {
-                drain(body, &parts).await;
+                drain(body, &head).await;
                 return self.fail(e, &rid, Some(&service));
             }
         };
@@ -123,7 +138,7 @@ impl Gateway {
                 lease
             }
             Err(saturated) => {
-                drain(body, &parts).await;
+                drain(body, &head).await;
                 let e = overloaded(&service, saturated);
                 m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
                 return self.fail(e, &rid, Some(&service));
@@ -132,15 +147,21 @@ impl Gateway {
         // Sent here, not from a helper async fn: each such level held its future twice over in
         // every request's (boxed, and copied once per request).
         let v = &service.versions[version];
-        let req = Request::from_parts(parts, body);
-        let upstream_req =
-            self.upstream_request(req, conn, &service, v.protocol, &rid, &lease.replica.addr);
+        let outgoing = self.upstream_request(
+            head,
+            body,
+            conn,
+            &service,
+            v.protocol,
+            &rid,
+            &lease.replica.addr,
+        );
         let sent = Instant::now();
         v.metrics.in_flight.inc();
         let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
-        let result = tokio::time::timeout_at(deadline, lease.replica.send(upstream_req)).await;
+        let result = tokio::time::timeout_at(deadline, lease.replica.send(outgoing)).await;
         match self.answer(result, sent, &service, version, lease, &rid, start) {
-            Ok(resp) => resp,
+            Ok(answer) => answer,
             Err(e) => {
                 m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
                 self.fail(e, &rid, Some(&service))
@@ -148,12 +169,7 @@ impl Gateway {
         }
     }
 
-    fn fail(
-        &self,
-        e: GatewayError,
-        rid: &HeaderValue,
-        service: Option<&Service>,
-    ) -> Response<ProxyBody> {
+    fn fail(&self, e: GatewayError, rid: &HeaderValue, service: Option<&Service>) -> Answer {
         let name = service.map(|s| s.name.as_str()).unwrap_or("");
         self.metrics.reject(name, e.reason());
         if e.status().is_server_error() {
@@ -161,18 +177,18 @@ impl Gateway {
         } else {
             tracing::debug!(request_id = ?rid, service = name, reason = e.reason(), error = %e, "request refused");
         }
-        e.to_response(rid).map(Either::Right)
+        Answer::from_response(e.to_response(rid).map(Either::Right))
     }
 
     /// Checks on the request head only: method, auth, declared size, version. Returns the index
     /// of the version that will serve it.
     fn admit(
         &self,
-        parts: &http::request::Parts,
+        head: &ClientHead,
         service: &Service,
         endpoint: Endpoint,
     ) -> Result<usize, GatewayError> {
-        match (endpoint, &parts.method) {
+        match (endpoint, head.method()) {
             (Endpoint::Score, &Method::POST)
             | (Endpoint::Swagger, &Method::GET | &Method::HEAD) => {}
             (Endpoint::Score, _) => return Err(GatewayError::MethodNotAllowed { allow: "POST" }),
@@ -184,18 +200,20 @@ impl Gateway {
         if endpoint == Endpoint::Score {
             service
                 .auth
-                .check(&parts.headers)
+                .check(head.header(&header::AUTHORIZATION))
                 .map_err(GatewayError::Unauthorized)?;
         }
-        if declared_length(parts).is_some_and(|n| n > self.max_body_bytes) {
+        if head
+            .declared_length()
+            .is_some_and(|n| n > self.max_body_bytes)
+        {
             return Err(GatewayError::PayloadTooLarge {
                 limit: self.max_body_bytes,
             });
         }
-        let pin = parts
-            .headers
-            .get(headers::MODEL_DEPLOYMENT)
-            .and_then(|v| v.to_str().ok());
+        let pin = head
+            .header(&headers::MODEL_DEPLOYMENT)
+            .and_then(|v| std::str::from_utf8(v).ok());
         service
             .pick_version(pin, fastrand::u8(..100))
             .map_err(|e| GatewayError::UnknownVersion {
@@ -209,17 +227,14 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     fn answer(
         &self,
-        result: Result<
-            Result<Response<crate::upstream::ResponseBody>, UpstreamError>,
-            tokio::time::error::Elapsed,
-        >,
+        result: Result<Result<Reply, UpstreamError>, tokio::time::error::Elapsed>,
         sent: Instant,
         service: &Arc<Service>,
         version: usize,
         lease: Lease,
         rid: &HeaderValue,
         start: Instant,
-    ) -> Result<Response<ProxyBody>, GatewayError> {
+    ) -> Result<Answer, GatewayError> {
         let v = &service.versions[version];
         let model_time = sent.elapsed();
         lease.replica.observe_latency(model_time);
@@ -245,42 +260,74 @@ impl Gateway {
         };
         v.metrics.upstream.observe(model_time.as_secs_f64());
 
-        let (mut parts, body) = resp.into_parts();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        parts
-            .headers
-            .insert(headers::REQUEST_ID, headers::unindexed(rid));
-        if let Some(name) = &v.header {
-            parts
-                .headers
-                .insert(headers::MODEL_DEPLOYMENT, name.clone());
-        }
+        let Reply {
+            status,
+            headers,
+            body,
+        } = resp;
+        let headers = match headers {
+            // Hop-by-hop headers were left out as the head was parsed.
+            ReplyHeaders::Raw(replica) => AnswerHeaders::Raw {
+                replica,
+                request_id: headers::unindexed(rid),
+                deployment: v.header.clone(),
+            },
+            ReplyHeaders::Map(mut map) => {
+                headers::strip_hop_by_hop(&mut map);
+                map.insert(headers::REQUEST_ID, headers::unindexed(rid));
+                if let Some(name) = &v.header {
+                    map.insert(headers::MODEL_DEPLOYMENT, name.clone());
+                }
+                AnswerHeaders::Map(map)
+            }
+        };
         let done = Completion {
             lease,
             service: service.clone(),
             version,
-            code: parts.status.as_u16(),
+            code: status.as_u16(),
             start,
         };
-        Ok(Response::from_parts(
-            parts,
-            Either::Left(TrackedBody::new(body, done)),
-        ))
+        Ok(Answer {
+            status,
+            headers,
+            body: Either::Left(TrackedBody::new(body, done)),
+        })
     }
 
     /// The request as the replica sees it: its own path, hop-by-hop headers gone, forwarding
-    /// headers set, the gateway's key removed, the request id attached.
+    /// headers set, the gateway's key removed, the request id attached. A raw request (read
+    /// whole by the fast path) for an HTTP/1.1 replica is encoded straight from the bytes that
+    /// arrived.
+    #[allow(clippy::too_many_arguments)]
     fn upstream_request(
         &self,
-        req: Request<ClientBody>,
+        head: ClientHead,
+        body: ClientBody,
         conn: ConnInfo,
         service: &Service,
         protocol: Protocol,
         rid: &HeaderValue,
         addr: &SocketAddr,
-    ) -> Request<crate::upstream::UpstreamBody> {
-        let (mut parts, body) = req.into_parts();
-        let path = parse_path(parts.uri.path()).map_or("/", |(_, e)| e.upstream_path());
+    ) -> Outgoing {
+        let path = parse_path(head.uri().path()).map_or("/", |(_, e)| e.upstream_path());
+        if let (ClientHead::Raw(raw), Protocol::Http1, ClientBody::Whole(data)) =
+            (&head, protocol, &body)
+        {
+            let forward = head::Forward {
+                path,
+                client: conn.remote.ip(),
+                tls: conn.tls,
+                drop_authorization: service.auth.consumes_header(),
+                request_id: rid,
+                replica: *addr,
+            };
+            return Outgoing::Encoded {
+                bytes: head::encode_h1(raw, data.as_ref(), &forward),
+                method: raw.method.clone(),
+            };
+        }
+        let mut parts = head.into_parts();
         let query = parts.uri.query().map(|q| format!("?{q}"));
         let pq = || format!("{path}{}", query.as_deref().unwrap_or(""));
         let authority = parts.uri.authority().cloned();
@@ -316,13 +363,13 @@ impl Gateway {
                 parts.headers.remove(header::HOST);
             }
         }
-        Request::from_parts(
+        Outgoing::Request(Request::from_parts(
             parts,
             Limited::new(
                 body,
                 usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
             ),
-        )
+        ))
     }
 }
 
@@ -357,14 +404,6 @@ impl std::fmt::Display for ErrorChain<'_> {
     }
 }
 
-fn declared_length(parts: &http::request::Parts) -> Option<u64> {
-    parts
-        .headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-}
-
 /// Bodies up to this size are read and discarded before an error answer, so that clients still
 /// uploading (curl over HTTP/2) see the answer instead of a reset stream.
 const DRAIN_LIMIT: u64 = 64 * 1024;
@@ -374,10 +413,10 @@ const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 /// there is nothing to read allocates nothing).
 fn drain(
     mut body: ClientBody,
-    parts: &http::request::Parts,
+    head: &ClientHead,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     use hyper::body::Body;
-    if body.is_end_stream() || declared_length(parts).is_none_or(|n| n > DRAIN_LIMIT) {
+    if body.is_end_stream() || head.declared_length().is_none_or(|n| n > DRAIN_LIMIT) {
         return Box::pin(std::future::ready(()));
     }
     Box::pin(async move {

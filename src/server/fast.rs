@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::Response;
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
@@ -28,7 +27,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::idle::InFlight;
 use super::wire::{self, Framing, Take};
-use crate::proxy::{ClientBody, ConnInfo, Gateway, ProxyBody};
+use crate::proxy::{Answer, ClientBody, ClientHead, ConnInfo, Gateway};
 
 /// Read room reserved at a time.
 const READ_ROOM: usize = 4096;
@@ -98,10 +97,10 @@ where
     };
     loop {
         let deadline = Instant::now() + settings.header_read_timeout;
-        let (parts, body, close) = loop {
+        let (head, body, close) = loop {
             if !s.buf.is_empty() {
                 match wire::take_request(&mut s.buf, settings.max_head, settings.max_body) {
-                    Take::Request { parts, body, close } => break (parts, body, close),
+                    Take::Request { head, body, close } => break (head, body, close),
                     Take::Partial => {}
                     // The rest of the body may already be readable (a body larger than one read):
                     // take what is there without waiting, then look again.
@@ -128,9 +127,9 @@ where
             }
         };
         let busy = in_flight.enter();
-        let req = http::Request::from_parts(parts, ClientBody::Whole(body));
         // Boxed: the request future is a few KB; the connection's own stays small while idle.
-        let resp = Box::pin(gateway.handle(req, info)).await;
+        let answer = Box::pin(gateway.serve(ClientHead::Raw(head), ClientBody::Whole(body), info));
+        let resp = answer.await;
         let close = close || *s.stop_rx.borrow();
         let sent = s.respond(io, resp, close).await;
         drop(busy);
@@ -202,14 +201,18 @@ impl Session {
     async fn respond<I: AsyncWrite + Unpin>(
         &mut self,
         io: &mut I,
-        resp: Response<ProxyBody>,
+        resp: Answer,
         close: bool,
     ) -> io::Result<()> {
-        let (parts, mut body) = resp.into_parts();
-        let framing = wire::framing(parts.status, body.size_hint().exact());
+        let Answer {
+            status,
+            headers,
+            mut body,
+        } = resp;
+        let framing = wire::framing(status, body.size_hint().exact());
         self.out.clear();
-        wire::put_head(&mut self.out, parts.status, &parts.headers, framing, close);
-        drop(parts);
+        wire::put_head(&mut self.out, status, &headers, framing, close);
+        drop(headers);
         match framing {
             Framing::None => drop(body),
             Framing::Length(n) if n <= INLINE_BODY => {

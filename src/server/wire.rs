@@ -16,10 +16,12 @@ use std::task::{Context, Poll};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, StatusCode, Uri, Version, header};
+use http::{Method, StatusCode, Uri};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
+use crate::proxy::AnswerHeaders;
 use crate::proxy::headers;
+use crate::proxy::raw::{self, RawHeaders, RawRequest, Role};
 
 /// hyper's default limit on request header fields.
 const MAX_HEADERS: usize = 100;
@@ -35,9 +37,9 @@ pub enum Take {
     Other,
     /// A simple request whose body has not all been read: the buffer needs this many bytes.
     Body(usize),
-    /// A request, its body, and whether the client asked to close afterwards.
+    /// A request (its headers raw), its body, and whether the client asked to close afterwards.
     Request {
-        parts: http::request::Parts,
+        head: RawRequest,
         body: Option<Bytes>,
         close: bool,
     },
@@ -93,39 +95,23 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
     if buf.len() < head_len + body_len {
         return Take::Body(head_len + body_len);
     }
-    // Offsets into the buffer, so the values can be cut from it once frozen (no copies).
+    // Offsets into the buffer: the head is cut from it once frozen (no copies), and its
+    // headers stay as they arrived (`proxy::raw`).
     let base = buf.as_ptr() as usize;
-    let offset = |s: &[u8]| (s.as_ptr() as usize - base, s.len());
-    let path = offset(path.as_bytes());
-    // Sized to the request's headers: a fixed array for the most allowed was a 3 KiB memset.
-    let spans: Vec<_> = req
-        .headers
-        .iter()
-        .map(|h| (offset(h.name.as_bytes()), offset(h.value)))
-        .collect();
+    let (path_at, path_len) = raw::offset(base, path.as_bytes());
+    let spans = req.headers.iter().map(|h| raw::span(base, h)).collect();
     let data = buf.split_to(head_len + body_len).freeze();
-    let cut = |(at, len): (usize, usize)| data.slice(at..at + len);
-    let Ok(uri) = Uri::from_maybe_shared(cut(path)) else {
+    let (path_at, path_len) = (path_at as usize, path_len as usize);
+    let Ok(uri) = Uri::from_maybe_shared(data.slice(path_at..path_at + path_len)) else {
         return Take::Other;
     };
-    // Room for the forwarding headers and request id the gateway adds: no regrowth.
-    let mut map = HeaderMap::with_capacity(spans.len() + 4);
-    for &(name, value) in &spans {
-        let (Ok(name), Ok(value)) = (
-            HeaderName::from_bytes(&data[name.0..name.0 + name.1]),
-            HeaderValue::from_maybe_shared(cut(value)),
-        ) else {
-            return Take::Other;
-        };
-        map.append(name, value);
-    }
-    let (mut parts, ()) = http::Request::new(()).into_parts();
-    parts.method = method;
-    parts.uri = uri;
-    parts.version = Version::HTTP_11;
-    parts.headers = map;
     let body = (body_len > 0).then(|| data.slice(head_len..));
-    Take::Request { parts, body, close }
+    let head = RawRequest {
+        method,
+        uri,
+        headers: RawHeaders::new(data, spans),
+    };
+    Take::Request { head, body, close }
 }
 
 /// How a response body is framed on the wire.
@@ -138,11 +124,12 @@ pub enum Framing {
 }
 
 /// Write the status line and headers. `Content-Length` and `Transfer-Encoding` come from
-/// `framing` (any in `headers` are replaced); `Date` is added when missing, as hyper does.
+/// `framing` (any in `headers` are replaced), hop-by-hop headers are not written; `Date` is
+/// added when missing, as hyper does.
 pub fn put_head(
     out: &mut BytesMut,
     status: StatusCode,
-    headers: &HeaderMap,
+    headers: &AnswerHeaders,
     framing: Framing,
     close: bool,
 ) {
@@ -151,25 +138,26 @@ pub fn put_head(
     out.put_u8(b' ');
     out.put_slice(status.canonical_reason().unwrap_or("").as_bytes());
     out.put_slice(b"\r\n");
-    for (name, value) in headers {
-        // A 304 keeps the length of what it stands for; every other length is ours.
-        let ours = name == header::TRANSFER_ENCODING
-            || name == header::CONNECTION
-            || (name == header::CONTENT_LENGTH && status != StatusCode::NOT_MODIFIED);
-        if ours {
-            continue;
+    let mut dated = false;
+    headers.for_each(|name, value| {
+        match raw::role(name) {
+            Role::Hop => return,
+            // A 304 keeps the length of what it stands for; every other length is ours.
+            Role::Length if status != StatusCode::NOT_MODIFIED => return,
+            Role::Date => dated = true,
+            _ => {}
         }
-        out.put_slice(name.as_str().as_bytes());
+        out.put_slice(name);
         out.put_slice(b": ");
-        out.put_slice(value.as_bytes());
+        out.put_slice(value);
         out.put_slice(b"\r\n");
-    }
+    });
     match framing {
         Framing::None => {}
         Framing::Length(n) => headers::put_content_length(out, n),
         Framing::Chunked => out.put_slice(b"transfer-encoding: chunked\r\n"),
     }
-    if !headers.contains_key(header::DATE) {
+    if !dated {
         out.put_slice(b"date: ");
         put_date(out);
         out.put_slice(b"\r\n");
@@ -274,6 +262,7 @@ impl<T: AsyncWrite + Unpin> AsyncWrite for Rewind<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::{HeaderMap, HeaderValue, header};
     use tokio::io::AsyncReadExt;
 
     fn take(raw: &[u8]) -> (Take, BytesMut) {
@@ -286,14 +275,17 @@ mod tests {
     fn a_simple_request_is_taken_with_its_body_and_the_rest_stays() {
         let raw = b"POST /api/v1/service/iris/score?x=1 HTTP/1.1\r\nHost: a\r\nX-Custom: v\r\nContent-Length: 3\r\n\r\nabcGET / HTTP/1.1\r\n";
         let (t, rest) = take(raw);
-        let Take::Request { parts, body, close } = t else {
+        let Take::Request { head, body, close } = t else {
             panic!("not taken: {t:?}");
         };
-        assert_eq!(parts.method, Method::POST);
-        assert_eq!(parts.uri, "/api/v1/service/iris/score?x=1");
-        assert_eq!(parts.version, Version::HTTP_11);
+        assert_eq!(head.method, Method::POST);
+        assert_eq!(head.uri, "/api/v1/service/iris/score?x=1");
+        assert_eq!(head.headers.get(&http::header::HOST), Some(&b"a"[..]));
+        let parts = head.into_parts();
+        assert_eq!(parts.version, http::Version::HTTP_11);
         assert_eq!(parts.headers["host"], "a");
         assert_eq!(parts.headers["x-custom"], "v");
+        assert_eq!(parts.headers.len(), 3);
         assert_eq!(body.as_deref(), Some(&b"abc"[..]));
         assert!(!close);
         assert_eq!(&rest[..], b"GET / HTTP/1.1\r\n");
@@ -369,6 +361,7 @@ mod tests {
         h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("999"));
         h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive"));
         h.insert("x-ms-request-id", HeaderValue::from_static("r1"));
+        let h = AnswerHeaders::Map(h);
         let mut out = BytesMut::new();
         let f = framing(StatusCode::OK, Some(12));
         put_head(&mut out, StatusCode::OK, &h, f, false);
@@ -394,7 +387,7 @@ mod tests {
         put_head(
             &mut out,
             StatusCode::BAD_GATEWAY,
-            &HeaderMap::new(),
+            &AnswerHeaders::Map(HeaderMap::new()),
             framing(StatusCode::BAD_GATEWAY, None),
             true,
         );

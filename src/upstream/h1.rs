@@ -16,18 +16,21 @@ use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode, header};
+use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::replica::Replica;
+use super::{Reply, ReplyHeaders};
 use crate::proxy::headers::{content_length, put_content_length};
+use crate::proxy::raw::{self, RawHeaders, Role};
 
 /// The largest response head accepted.
 pub const MAX_HEAD: usize = 64 * 1024;
 const MAX_HEADERS: usize = 100;
+const _: () = assert!(MAX_HEADERS <= 128, "Scan::hop has a bit per header");
 /// Request bodies of a known length up to this size go out with the head in one write.
 const INLINE_BODY: u64 = 64 * 1024;
 /// Response bodies of a known length up to this size are read whole before the answer starts.
@@ -160,6 +163,11 @@ pub struct Encoded<B> {
 }
 
 impl<B> Encoded<B> {
+    /// A request encoded whole elsewhere (`proxy::head::encode_h1`).
+    pub fn whole(bytes: BytesMut) -> Self {
+        Encoded { bytes, rest: None }
+    }
+
     /// Whether the whole request is in `bytes` (so it can be sent again on a new connection).
     pub fn complete(&self) -> bool {
         self.rest.is_none()
@@ -240,7 +248,7 @@ pub async fn exchange<B>(
     req: &mut Encoded<B>,
     method: &Method,
     replica: &Arc<Replica>,
-) -> Result<Response<super::ResponseBody>, SendError>
+) -> Result<Reply, SendError>
 where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
@@ -268,7 +276,7 @@ where
         }
     }
     let mut answered = false;
-    let (parts, framing, keep_alive) = loop {
+    let (status, headers, framing, keep_alive) = loop {
         if let Some(head) = parse_head(&mut conn.buf, method)? {
             break head;
         }
@@ -303,123 +311,161 @@ where
             done: false,
         }),
     };
-    Ok(Response::from_parts(parts, body))
+    Ok(Reply {
+        status,
+        headers: ReplyHeaders::Raw(headers),
+        body,
+    })
 }
 
 /// Parse a complete response head at the front of `buf` (consuming it), skipping interim 1xx
-/// responses. `None` until the head is complete.
+/// responses. `None` until the head is complete. The headers stay raw; hop-by-hop ones
+/// (including any `Connection` names) are left out.
+#[allow(clippy::type_complexity)]
 fn parse_head(
     buf: &mut BytesMut,
     method: &Method,
-) -> Result<Option<(http::response::Parts, Framing, bool)>, SendError> {
+) -> Result<Option<(StatusCode, RawHeaders, Framing, bool)>, SendError> {
     loop {
         let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-        let mut spans = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
         let mut resp = httparse::Response::new(&mut []);
         let parsed = httparse::ParserConfig::default()
             .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
-        let (len, code, minor, count) = match parsed {
-            Ok(httparse::Status::Complete(len)) => {
-                let base = buf.as_ptr() as usize;
-                for (span, h) in spans.iter_mut().zip(resp.headers.iter()) {
-                    let n = h.name.as_ptr() as usize - base;
-                    let v = h.value.as_ptr() as usize - base;
-                    *span = (
-                        n as u32,
-                        h.name.len() as u32,
-                        v as u32,
-                        h.value.len() as u32,
-                    );
-                }
-                (
-                    len,
-                    resp.code.unwrap_or(0),
-                    resp.version.unwrap_or(1),
-                    resp.headers.len(),
-                )
-            }
+        let len = match parsed {
+            Ok(httparse::Status::Complete(len)) => len,
             Ok(httparse::Status::Partial) => return Ok(None),
             Err(e) => return Err(SendError::Proto(ProtoError::Parse(e))),
         };
-        let head = buf.split_to(len).freeze();
-        if code == 101 {
-            return Err(SendError::Proto(ProtoError::Upgrade));
-        }
+        let (code, minor) = (resp.code.unwrap_or(0), resp.version.unwrap_or(1));
         if (100..200).contains(&code) {
+            bytes::Buf::advance(buf, len);
+            if code == 101 {
+                return Err(SendError::Proto(ProtoError::Upgrade));
+            }
             continue;
         }
         let status =
             StatusCode::from_u16(code).map_err(|_| SendError::Proto(ProtoError::Header))?;
-        // Room for the request id and deployment headers the gateway adds: no regrowth.
-        let mut headers = HeaderMap::with_capacity(count + 2);
-        for &(n, nl, v, vl) in &spans[..count] {
-            let (n, nl, v, vl) = (n as usize, nl as usize, v as usize, vl as usize);
-            let name = HeaderName::from_bytes(&head[n..n + nl])
-                .map_err(|_| SendError::Proto(ProtoError::Header))?;
-            let value = HeaderValue::from_maybe_shared(head.slice(v..v + vl))
-                .map_err(|_| SendError::Proto(ProtoError::Header))?;
-            headers.append(name, value);
-        }
-        let framing = body_framing(&headers, status, method).map_err(SendError::Proto)?;
-        let close = has_token(&headers, "close");
+        let scan = Scan::of(resp.headers);
+        let framing = scan.framing(status, method).map_err(SendError::Proto)?;
         let keep_alive = if minor >= 1 {
-            !close
+            !scan.close
         } else {
-            has_token(&headers, "keep-alive") && !close
+            scan.keep_alive && !scan.close
         };
-        let mut resp = Response::new(());
-        *resp.status_mut() = status;
-        *resp.headers_mut() = headers;
-        let (parts, ()) = resp.into_parts();
-        return Ok(Some((parts, framing, keep_alive)));
+        let base = buf.as_ptr() as usize;
+        let spans = resp
+            .headers
+            .iter()
+            .enumerate()
+            .filter(|&(i, h)| scan.hop & (1 << i) == 0 && !scan.names(h.name))
+            .map(|(_, h)| raw::span(base, h))
+            .collect();
+        let head = buf.split_to(len).freeze();
+        return Ok(Some((
+            status,
+            RawHeaders::new(head, spans),
+            framing,
+            keep_alive,
+        )));
     }
 }
 
-fn body_framing(
-    headers: &HeaderMap,
-    status: StatusCode,
-    method: &Method,
-) -> Result<Framing, ProtoError> {
-    if method == Method::HEAD
-        || status == StatusCode::NO_CONTENT
-        || status == StatusCode::NOT_MODIFIED
-    {
-        return Ok(Framing::Length(0));
-    }
-    if let Some(last) = headers
-        .get_all(header::TRANSFER_ENCODING)
-        .iter()
-        .next_back()
-    {
-        let chunked = last
-            .to_str()
-            .ok()
-            .and_then(|v| v.rsplit(',').next())
-            .is_some_and(|c| c.trim().eq_ignore_ascii_case("chunked"));
-        return Ok(if chunked {
-            Framing::Chunked(Chunk::Size)
-        } else {
-            Framing::Close
-        });
-    }
-    let mut length = None;
-    for v in headers.get_all(header::CONTENT_LENGTH) {
-        for part in v.to_str().map_err(|_| ProtoError::Length)?.split(',') {
-            let n = content_length(part.trim().as_bytes()).ok_or(ProtoError::Length)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(ProtoError::Length);
+/// What a response head says about framing and the connection, from one pass over it.
+struct Scan<'h> {
+    /// The last `Transfer-Encoding` value.
+    transfer_encoding: Option<&'h [u8]>,
+    /// The `Content-Length` (every value and comma-separated part the same), or why not.
+    length: Result<Option<u64>, ProtoError>,
+    close: bool,
+    keep_alive: bool,
+    /// The `Connection` values, when they name headers beyond `close` and `keep-alive`.
+    named: Vec<&'h [u8]>,
+    /// Bit i: header i is hop-by-hop (`MAX_HEADERS` fit).
+    hop: u128,
+}
+
+impl<'h> Scan<'h> {
+    fn of(headers: &[httparse::Header<'h>]) -> Self {
+        let mut s = Scan {
+            transfer_encoding: None,
+            length: Ok(None),
+            close: false,
+            keep_alive: false,
+            named: Vec::new(),
+            hop: 0,
+        };
+        for (i, h) in headers.iter().enumerate() {
+            let name = h.name.as_bytes();
+            let role = raw::role(name);
+            if role == Role::Hop {
+                s.hop |= 1 << i;
             }
-            length = Some(n);
+            match role {
+                Role::Length => s.add_length(h.value),
+                Role::Hop if name.eq_ignore_ascii_case(b"transfer-encoding") => {
+                    s.transfer_encoding = Some(h.value);
+                }
+                Role::Hop if name.eq_ignore_ascii_case(b"connection") => {
+                    for token in h.value.split(|&c| c == b',').map(<[u8]>::trim_ascii) {
+                        if token.eq_ignore_ascii_case(b"close") {
+                            s.close = true;
+                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
+                            s.keep_alive = true;
+                        } else if !token.is_empty() {
+                            s.named.push(token);
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        s
+    }
+
+    fn add_length(&mut self, value: &[u8]) {
+        let Ok(known) = self.length else { return };
+        let mut length = known;
+        for part in value.split(|&c| c == b',') {
+            match content_length(part.trim_ascii()) {
+                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
+                _ => {
+                    self.length = Err(ProtoError::Length);
+                    return;
+                }
+            }
+        }
+        self.length = Ok(length);
+    }
+
+    /// Whether the `Connection` header names `name` (so it is hop-by-hop too).
+    fn names(&self, name: &str) -> bool {
+        self.named
+            .iter()
+            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
+    }
+
+    /// How the body is delimited (RFC 9112 §6.3).
+    fn framing(&self, status: StatusCode, method: &Method) -> Result<Framing, ProtoError> {
+        if method == Method::HEAD
+            || status == StatusCode::NO_CONTENT
+            || status == StatusCode::NOT_MODIFIED
+        {
+            return Ok(Framing::Length(0));
+        }
+        if let Some(te) = self.transfer_encoding {
+            let last = te.rsplit(|&c| c == b',').next().unwrap_or(&[]);
+            return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                Framing::Chunked(Chunk::Size)
+            } else {
+                Framing::Close
+            });
+        }
+        match &self.length {
+            Ok(length) => Ok(length.map_or(Framing::Close, Framing::Length)),
+            Err(_) => Err(ProtoError::Length),
         }
     }
-    Ok(length.map_or(Framing::Close, Framing::Length))
-}
-
-fn has_token(headers: &HeaderMap, token: &str) -> bool {
-    headers.get_all(header::CONNECTION).iter().any(|v| {
-        v.to_str()
-            .is_ok_and(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-    })
 }
 
 /// One step of decoding what is buffered.
@@ -668,10 +714,7 @@ mod tests {
     }
 
     /// Send a request the way `Replica::send` does: a pooled connection if one is usable.
-    async fn send(
-        r: &Arc<Replica>,
-        req: Request<Full<Bytes>>,
-    ) -> Result<Response<super::super::ResponseBody>, String> {
+    async fn send(r: &Arc<Replica>, req: Request<Full<Bytes>>) -> Result<Reply, String> {
         let (mut encoded, method) = encode(req).await.map_err(|e| format!("{e:?}"))?;
         let conn = match r.take_idle() {
             Some(c) => c,
@@ -686,14 +729,21 @@ mod tests {
             .map_err(|e| format!("{e:?}"))
     }
 
-    async fn get(r: &Arc<Replica>) -> Result<(StatusCode, HeaderMap, Bytes), String> {
+    async fn get(r: &Arc<Replica>) -> Result<(StatusCode, http::HeaderMap, Bytes), String> {
         let req = Request::get("/score")
             .body(Full::default())
             .expect("request");
-        let resp = send(r, req).await?;
-        let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.map_err(|e| e.to_string())?.to_bytes();
-        Ok((parts.status, parts.headers, bytes))
+        let reply = send(r, req).await?;
+        let ReplyHeaders::Raw(headers) = reply.headers else {
+            return Err("an HTTP/1.1 reply's headers stay raw".into());
+        };
+        let bytes = reply
+            .body
+            .collect()
+            .await
+            .map_err(|e| e.to_string())?
+            .to_bytes();
+        Ok((reply.status, headers.to_map(0, |_| false), bytes))
     }
 
     #[tokio::test]
@@ -768,8 +818,7 @@ mod tests {
         // The replica keeps the connection open after its only reply; end it by dropping the
         // listener task's connection: the body ends at EOF.
         let req = Request::get("/").body(Full::default()).expect("request");
-        let resp = send(&r, req).await.expect("head");
-        let mut body = resp.into_body();
+        let mut body = send(&r, req).await.expect("head").body;
         let first = body.frame().await.expect("frame").expect("ok");
         assert_eq!(first.into_data().expect("data"), "until the end");
         let (r, _) = replica(vec![b"HTTP/1.1 200 OK\r\ncontent-length: 10\r\n\r\nshort"]).await;

@@ -22,6 +22,36 @@ use crate::config::{Protocol, ServiceSettings};
 pub use outlier::{Ejection, Outcome};
 pub use replica::{Replica, UpstreamBody, UpstreamError};
 
+/// A request on its way to a replica.
+// One per request, moved once into the send: boxing the larger variant would cost an allocation.
+#[allow(clippy::large_enum_variant)]
+#[derive(Debug)]
+pub enum Outgoing {
+    /// Built by the gateway: `h1::encode` or hyper's h2c client writes it.
+    Request(http::Request<UpstreamBody>),
+    /// Already encoded for an HTTP/1.1 replica, body included (`proxy::head::encode_h1`).
+    Encoded {
+        bytes: bytes::BytesMut,
+        method: http::Method,
+    },
+}
+
+/// A replica's answer.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: http::StatusCode,
+    pub headers: ReplyHeaders,
+    pub body: ResponseBody,
+}
+
+#[derive(Debug)]
+pub enum ReplyHeaders {
+    /// From an h2c replica, as hyper decoded them.
+    Map(http::HeaderMap),
+    /// From an HTTP/1.1 replica as they arrived, hop-by-hop ones left out.
+    Raw(crate::proxy::raw::RawHeaders),
+}
+
 /// A replica's response body: read whole (small, known length), streaming from an HTTP/1.1
 /// connection, or an h2c stream.
 #[derive(Debug)]

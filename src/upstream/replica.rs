@@ -15,9 +15,9 @@ use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
 
-use super::ResponseBody;
 use super::ewma::PeakEwma;
 use super::h1;
+use super::{Outgoing, Reply, ReplyHeaders, ResponseBody};
 use crate::config::Protocol;
 
 /// What the gateway sends upstream: the client's body, capped at the body limit.
@@ -176,14 +176,23 @@ impl Replica {
         }
     }
 
-    /// Send one request. The URI must be origin-form for HTTP/1.1 and absolute for h2c.
-    pub async fn send(
-        self: &Arc<Self>,
-        req: Request<UpstreamBody>,
-    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
-        match self.protocol {
-            Protocol::Http1 => self.send_http1(req).await,
-            Protocol::H2c => self.send_h2(req).await.map(|r| r.map(ResponseBody::H2)),
+    /// Send one request. The URI must be origin-form for HTTP/1.1 and absolute for h2c; an
+    /// encoded request is for HTTP/1.1 replicas only.
+    pub async fn send(self: &Arc<Self>, out: Outgoing) -> Result<Reply, UpstreamError> {
+        match (self.protocol, out) {
+            (Protocol::H2c, Outgoing::Request(req)) => {
+                let (parts, body) = self.send_h2(req).await?.into_parts();
+                Ok(Reply {
+                    status: parts.status,
+                    headers: ReplyHeaders::Map(parts.headers),
+                    body: ResponseBody::H2(body),
+                })
+            }
+            (Protocol::H2c, Outgoing::Encoded { .. }) => Err(UpstreamError::Protocol {
+                addr: self.addr,
+                source: "an HTTP/1.1-encoded request cannot go to an h2c replica".into(),
+            }),
+            (Protocol::Http1, out) => self.send_http1(out).await,
         }
     }
 
@@ -198,11 +207,11 @@ impl Replica {
         None
     }
 
-    async fn send_http1(
-        self: &Arc<Self>,
-        req: Request<UpstreamBody>,
-    ) -> Result<http::Response<ResponseBody>, UpstreamError> {
-        let (mut encoded, method) = h1::encode(req).await.map_err(|e| self.classify_h1(e))?;
+    async fn send_http1(self: &Arc<Self>, out: Outgoing) -> Result<Reply, UpstreamError> {
+        let (mut encoded, method) = match out {
+            Outgoing::Encoded { bytes, method } => (h1::Encoded::whole(bytes), method),
+            Outgoing::Request(req) => h1::encode(req).await.map_err(|e| self.classify_h1(e))?,
+        };
         let mut pooled = self.take_idle();
         // One call site for the exchange: each one would add its future to every request's.
         loop {
