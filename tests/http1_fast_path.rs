@@ -411,5 +411,29 @@ async fn raw_heads_are_forwarded_and_answered_as_hyper_parsed_ones_are() {
             "{r}"
         );
     }
+    // The same replica head to an HTTP/2 client: names lower-cased (HTTP/2 refuses others),
+    // the same headers.
+    let c = client(&pki.ca_pem)
+        .http2_prior_knowledge()
+        .build()
+        .expect("client");
+    let resp = c
+        .post(gw.https("/api/v1/service/iris/score"))
+        .bearer_auth(KEY)
+        .header("x-ms-request-id", "client-id-1")
+        .body("{}")
+        .send()
+        .await
+        .expect("HTTP/2 answer");
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let mut set: Vec<String> = resp
+        .headers()
+        .iter()
+        .filter(|(n, _)| n.as_str() != "date")
+        .map(|(n, v)| format!("{n}: {}", v.to_str().expect("ascii")))
+        .collect();
+    set.sort();
+    assert_eq!(set, views[0]);
+    assert_eq!(resp.text().await.expect("body"), "ok");
     gw.stop().await;
 }

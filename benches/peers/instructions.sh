@@ -6,6 +6,7 @@
 # total and the functions that cost most per request.
 #
 #   benches/peers/instructions.sh [N1=2000] [N2=6000] [TOP=25]
+#   PROTO=h2 benches/peers/instructions.sh ...   # over HTTP/2 instead (10 streams a connection)
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 N1="${1:-2000}"
@@ -42,7 +43,9 @@ serve() {
   local sg=$!
   PIDS+=("$sg")
   wait_port "$p" 600 || { cat "$W/valgrind.err" >&2; return 1; }
-  h2load -n "$1" -c 8 -t 1 --h1 -d "$W/body.json" -H "Authorization: Bearer $KEY" \
+  local mode=(--h1)
+  [ "${PROTO:-h1}" = h2 ] && mode=(-m 10)
+  h2load -n "$1" -c 8 -t 1 "${mode[@]}" -d "$W/body.json" -H "Authorization: Bearer $KEY" \
     -H 'Content-Type: application/json' "https://127.0.0.1:$p/api/v1/service/iris/score" >"$W/h2load.txt"
   grep -q "$1 succeeded" "$W/h2load.txt" || { cat "$W/h2load.txt" >&2; return 1; }
   kill -TERM "$sg"

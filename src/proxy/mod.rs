@@ -83,19 +83,9 @@ impl Gateway {
         Some(r)
     }
 
-    /// Answer a request parsed by hyper or the HTTP/2 server.
-    pub fn handle(
-        &self,
-        req: Request<ClientBody>,
-        conn: ConnInfo,
-    ) -> impl Future<Output = Response<ProxyBody>> + Send + '_ {
-        let (parts, body) = req.into_parts();
-        let answer = self.serve(ClientHead::Parsed(parts), body, conn);
-        async move { answer.await.into_response() }
-    }
-
-    /// Answer a request: the fast path's raw ones get a replica's raw head back when it spoke
-    /// HTTP/1.1.
+    /// Answer a request (parsed by hyper or the HTTP/2 server, or raw from the HTTP/1.1 fast
+    /// path). An HTTP/1.1 replica's head comes back raw: the fast path and the HTTP/2 server
+    /// write it as it is, hyper gets it as a map (`Answer::into_response`).
     pub async fn serve(&self, head: ClientHead, body: ClientBody, conn: ConnInfo) -> Answer {
         let start = Instant::now();
         let rid = head.request_id();

@@ -405,10 +405,12 @@ impl Conn {
             let gateway = gateway.clone();
             let busy = in_flight.enter();
             // Boxed: the request future is a few KB; the connection's own stays small.
-            let req = req.map(crate::proxy::ClientBody::Streaming);
-            let fut = Box::pin(async move { gateway.handle(req, info).await });
+            let (parts, body) = req.into_parts();
+            let head = crate::proxy::ClientHead::Parsed(parts);
+            let body = crate::proxy::ClientBody::Streaming(body);
+            let fut = Box::pin(async move { gateway.serve(head, body, info).await });
             async move {
-                let resp = fut.await;
+                let resp = fut.await.into_response();
                 drop(busy);
                 Ok::<_, Infallible>(resp)
             }

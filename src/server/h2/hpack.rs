@@ -322,16 +322,36 @@ pub fn put_status(out: &mut BytesMut, status: http::StatusCode) {
     }
 }
 
-/// A header field as a literal without indexing.
-pub fn put_field(out: &mut BytesMut, name: &str, value: &[u8]) {
+/// A header field as a literal without indexing; the name is written in lower case (HTTP/2
+/// requires it; an HTTP/1.1 replica's may be in any case).
+pub fn put_field(out: &mut BytesMut, name: &[u8], value: &[u8]) {
+    if name.iter().any(u8::is_ascii_uppercase) {
+        let mut buf = [0u8; 32];
+        if let Some(b) = buf.get_mut(..name.len()) {
+            b.copy_from_slice(name);
+            b.make_ascii_lowercase();
+            put_name(out, b);
+        } else {
+            // Longer than any name in the static table.
+            out.put_u8(0);
+            put_int(out, 0, 7, name.len());
+            out.extend(name.iter().map(u8::to_ascii_lowercase));
+        }
+    } else {
+        put_name(out, name);
+    }
+    put_str(out, value);
+}
+
+/// A lower-case name: the static table's index when it has one, else literally.
+fn put_name(out: &mut BytesMut, name: &[u8]) {
     match static_name(name) {
         Some(i) => put_int(out, 0, 4, i),
         None => {
             out.put_u8(0);
-            put_str(out, name.as_bytes());
+            put_str(out, name);
         }
     }
-    put_str(out, value);
 }
 
 /// `date: <now>` (IMF-fixdate, always 29 bytes), formatted once per second.
@@ -348,29 +368,29 @@ pub fn put_content_length(out: &mut BytesMut, n: u64) {
 }
 
 /// The static table's index of a (lowercase) header name, for the names answers carry.
-fn static_name(name: &str) -> Option<usize> {
+fn static_name(name: &[u8]) -> Option<usize> {
     Some(match name {
-        "content-type" => 31,
-        "content-length" => 28,
-        "date" => 33,
-        "server" => 54,
-        "cache-control" => 24,
-        "content-encoding" => 26,
-        "retry-after" => 53,
-        "location" => 46,
-        "allow" => 22,
-        "vary" => 59,
-        "etag" => 34,
-        "www-authenticate" => 61,
-        "set-cookie" => 55,
-        "last-modified" => 44,
-        "expires" => 36,
-        "age" => 21,
-        "accept-ranges" => 18,
-        "strict-transport-security" => 56,
-        "access-control-allow-origin" => 20,
-        "link" => 45,
-        "via" => 60,
+        b"content-type" => 31,
+        b"content-length" => 28,
+        b"date" => 33,
+        b"server" => 54,
+        b"cache-control" => 24,
+        b"content-encoding" => 26,
+        b"retry-after" => 53,
+        b"location" => 46,
+        b"allow" => 22,
+        b"vary" => 59,
+        b"etag" => 34,
+        b"www-authenticate" => 61,
+        b"set-cookie" => 55,
+        b"last-modified" => 44,
+        b"expires" => 36,
+        b"age" => 21,
+        b"accept-ranges" => 18,
+        b"strict-transport-security" => 56,
+        b"access-control-allow-origin" => 20,
+        b"link" => 45,
+        b"via" => 60,
         _ => return None,
     })
 }
@@ -408,7 +428,7 @@ mod tests {
     #[test]
     fn static_table_matches_the_names_the_encoder_uses() {
         for (i, (n, _)) in STATIC.iter().enumerate() {
-            if let Some(j) = static_name(n) {
+            if let Some(j) = static_name(n.as_bytes()) {
                 assert_eq!(j, i + 1, "{n}");
             }
         }
@@ -509,8 +529,8 @@ mod tests {
         put_table_size_zero(&mut out);
         put_status(&mut out, http::StatusCode::OK);
         put_status(&mut out, http::StatusCode::TOO_MANY_REQUESTS);
-        put_field(&mut out, "content-type", b"application/json");
-        put_field(&mut out, "x-request-id", &[b'a'; 200]);
+        put_field(&mut out, b"content-type", b"application/json");
+        put_field(&mut out, b"x-request-id", &[b'a'; 200]);
         put_date(&mut out);
         put_content_length(&mut out, 1_234_567);
         put_content_length(&mut out, 0);
@@ -530,5 +550,33 @@ mod tests {
         assert_eq!(&got[3].name[..], b"x-request-id");
         assert_eq!(got[3].value.len(), 200);
         assert!(d.table.is_empty(), "nothing was indexed");
+
+        // An HTTP/1.1 replica's names go out in lower case: by the static table or literally,
+        // short or longer than any table name.
+        let long = format!("X-{}", "Long".repeat(10));
+        let mut out = BytesMut::new();
+        put_field(&mut out, b"Content-Type", b"a/b");
+        put_field(&mut out, b"X-Reply", b"1");
+        put_field(&mut out, long.as_bytes(), b"2");
+        let mut got = Vec::new();
+        d.decode(&out.freeze(), |f| got.push(f)).expect("decodes");
+        let names: Vec<_> = got.iter().map(|f| f.name.to_vec()).collect();
+        assert_eq!(
+            names,
+            [
+                b"content-type".to_vec(),
+                b"x-reply".to_vec(),
+                long.to_ascii_lowercase().into_bytes()
+            ]
+        );
+        assert_eq!(out_len_of_indexed_name(), 2 + 1 + 3);
+    }
+
+    /// `content-type: a/b` by the static table's name (index 31: two bytes with a 4-bit
+    /// prefix), then the value's length and bytes.
+    fn out_len_of_indexed_name() -> usize {
+        let mut out = BytesMut::new();
+        put_field(&mut out, b"CONTENT-TYPE", b"a/b");
+        out.len()
     }
 }

@@ -107,6 +107,36 @@ const fn build() -> Canon {
     }
 }
 
+/// Bits looked at in one step: every code of at most this many bits is decoded by one table
+/// lookup (all letters, digits and the common punctuation — nearly every octet of a header).
+const FAST_BITS: u32 = 8;
+
+/// For each `FAST_BITS`-bit prefix: the octet whose code it starts with and that code's length,
+/// or length 0 when the code is longer.
+const FAST: [(u8, u8); 1 << FAST_BITS] = fast_table();
+
+const fn fast_table() -> [(u8, u8); 1 << FAST_BITS] {
+    let mut t = [(0u8, 0u8); 1 << FAST_BITS];
+    let mut p = 0;
+    while p < 1 << FAST_BITS {
+        let mut len = MIN_LEN;
+        while len <= FAST_BITS {
+            let code = (p as u32) >> (FAST_BITS - len);
+            let k = code.wrapping_sub(CANON.first[len as usize]);
+            if k < CANON.count[len as usize] {
+                t[p] = (
+                    CANON.sorted[CANON.offset[len as usize] as usize + k as usize],
+                    len as u8,
+                );
+                break;
+            }
+            len += 1;
+        }
+        p += 1;
+    }
+    t
+}
+
 /// The string is not valid Huffman: a code that is no octet's (EOS included), or padding that
 /// is longer than 7 bits or not all ones (RFC 7541 §5.2). A COMPRESSION_ERROR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -123,6 +153,17 @@ pub fn decode(src: &[u8], out: &mut BytesMut) -> Result<(), Invalid> {
         bits += 8;
         'symbols: while bits >= MIN_LEN {
             let mut len = MIN_LEN;
+            if bits >= FAST_BITS {
+                let (octet, l) = FAST[((acc >> (bits - FAST_BITS)) & 0xff) as usize];
+                if l != 0 {
+                    out.put_u8(octet);
+                    bits -= u32::from(l);
+                    acc &= (1u64 << bits) - 1;
+                    continue 'symbols;
+                }
+                // No code of up to FAST_BITS bits starts here: search the longer ones.
+                len = FAST_BITS + 1;
+            }
             while len <= bits.min(MAX_LEN) {
                 let code = ((acc >> (bits - len)) & ((1u64 << len) - 1)) as u32;
                 let i = len as usize;

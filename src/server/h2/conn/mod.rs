@@ -16,13 +16,12 @@ use std::task::{Context, Poll};
 use bytes::{Buf, Bytes, BytesMut};
 use futures_util::future::{AbortHandle, Abortable};
 use futures_util::stream::{FuturesUnordered, StreamExt};
-use http::Response;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, Head, Reason};
 use super::hpack::Decoder;
 use super::recv::{RecvBody, Shared};
-use crate::proxy::{ClientBody, ConnInfo, Gateway, ProxyBody};
+use crate::proxy::{Answer, ClientBody, ClientHead, ConnInfo, Gateway, ProxyBody};
 use crate::server::idle::{InFlight, InFlightGuard};
 
 /// Our SETTINGS_MAX_CONCURRENT_STREAMS.
@@ -43,7 +42,7 @@ const MAX_EMPTY_DATA: u32 = 1024;
 /// Stream ids remembered after we reset or finished them early, whose late frames are ignored.
 const RECENT: usize = 128;
 
-type Task<'a> = Pin<Box<dyn Future<Output = (u32, Option<Response<ProxyBody>>)> + Send + 'a>>;
+type Task<'a> = Pin<Box<dyn Future<Output = (u32, Option<Answer>)> + Send + 'a>>;
 
 /// A connection error: GOAWAY with this code, then close.
 #[derive(Debug, Clone, Copy)]
@@ -263,12 +262,10 @@ impl<'a> Conn<'a> {
         let len = self.rbuf.len();
         let want = Head::parse(&self.rbuf).map_or(0, |h| frame::HEAD_LEN + h.len);
         let room = READ_ROOM.max(want.saturating_sub(len));
-        self.rbuf.resize(len + room, 0);
-        let mut rb = ReadBuf::new(&mut self.rbuf[len..]);
-        let r = Pin::new(io).poll_read(cx, &mut rb);
-        let n = rb.filled().len();
-        self.rbuf.truncate(len + n);
-        r.map_ok(|()| n)
+        self.rbuf.reserve(room);
+        // Straight into the spare capacity, which is never zeroed first (that was a memset of
+        // the whole read room per read).
+        tokio_util::io::poll_read_buf(Pin::new(io), cx, &mut self.rbuf)
     }
 
     fn poll_write<I: AsyncWrite + Unpin>(
@@ -355,11 +352,14 @@ impl<'a> Conn<'a> {
                 let body: RecvBody = self.shared.open(id, first, !st.recv_open, st.declared);
                 ClientBody::H2(body)
             };
-            let req = http::Request::from_parts(parts, body);
             let (abort, reg) = AbortHandle::new_pair();
-            let fut = Abortable::new(self.gateway.handle(req, self.info), reg);
-            self.tasks
-                .push(Box::pin(async move { (id, fut.await.ok()) }));
+            let (gateway, info) = (self.gateway, self.info);
+            // The gateway's future is made inside the task: made outside, the few KB of it
+            // would be copied once more on the way into the box.
+            self.tasks.push(Box::pin(async move {
+                let answer = gateway.serve(ClientHead::Parsed(parts), body, info);
+                (id, Abortable::new(answer, reg).await.ok())
+            }));
             st.phase = Phase::Running {
                 abort,
                 body: !whole,

@@ -4,13 +4,13 @@
 use std::task::{Context, Poll};
 
 use bytes::BufMut;
-use http::{Response, header};
 use hyper::body::Body;
 
 use super::super::frame::{self, Reason};
 use super::super::{hpack, request};
 use super::{CONN_WINDOW, Conn, HIGH_WATER, Phase};
-use crate::proxy::ProxyBody;
+use crate::proxy::Answer;
+use crate::proxy::raw::{self, Role};
 use crate::server::wire::{self, Framing};
 
 impl Conn<'_> {
@@ -37,27 +37,38 @@ impl Conn<'_> {
     }
 
     /// The gateway's answer for stream `id`: its headers now, its body as windows allow.
-    pub(super) fn respond(&mut self, id: u32, resp: Response<ProxyBody>) {
+    pub(super) fn respond(&mut self, id: u32, answer: Answer) {
         if !self.streams.contains_key(&id) {
             return;
         }
-        let (parts, body) = resp.into_parts();
+        let Answer {
+            status,
+            headers,
+            body,
+        } = answer;
         let end = body.is_end_stream();
         self.scratch.clear();
         self.put_table_update();
         let out = &mut self.scratch;
-        hpack::put_status(out, parts.status);
-        // The gateway has already stripped every hop-by-hop header (`headers::strip_hop_by_hop`),
-        // connection-specific ones included, from what a replica answered.
-        for (name, value) in &parts.headers {
-            debug_assert!(!request::is_connection_specific(name), "{name}");
-            hpack::put_field(out, name.as_str(), value.as_bytes());
-        }
-        if !parts.headers.contains_key(header::DATE) {
+        hpack::put_status(out, status);
+        // The gateway has already left out every hop-by-hop header (connection-specific ones
+        // included) of what a replica answered; an HTTP/1.1 replica's names may be in any case.
+        let (mut dated, mut length) = (false, false);
+        headers.for_each(|name, value| {
+            match raw::role(name) {
+                Role::Hop => return,
+                Role::Date => dated = true,
+                Role::Length => length = true,
+                _ => {}
+            }
+            hpack::put_field(out, name, value);
+        });
+        drop(headers);
+        if !dated {
             hpack::put_date(out);
         }
-        if let Framing::Length(n) = wire::framing(parts.status, body.size_hint().exact())
-            && !parts.headers.contains_key(header::CONTENT_LENGTH)
+        if let Framing::Length(n) = wire::framing(status, body.size_hint().exact())
+            && !length
         {
             hpack::put_content_length(out, n);
         }
@@ -194,7 +205,11 @@ impl Conn<'_> {
                     self.scratch.clear();
                     for (name, value) in &trailers {
                         if !request::is_connection_specific(name) {
-                            hpack::put_field(&mut self.scratch, name.as_str(), value.as_bytes());
+                            hpack::put_field(
+                                &mut self.scratch,
+                                name.as_str().as_bytes(),
+                                value.as_bytes(),
+                            );
                         }
                     }
                     frame::put_header_block(
