@@ -5,11 +5,14 @@ use libfuzzer_sys::fuzz_target;
 use scoregate::acme::challenge::{Challenges, HTTP01_PREFIX};
 
 const TOKEN: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA";
-const KEY_AUTH: &str = "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI";
+const KEY_AUTH: &str =
+    "evaGxfADs6pSRb2LAv9IZf17Dt3juxGJ-PCt92wr-oA.9jg46WB3rR_AHD-EBXdN7cBkH1WOu0tA3M9fm21mqTI";
 
 fuzz_target!(|data: &[u8]| {
     scoregate::tls::install_default_provider();
-    let Ok(text) = std::str::from_utf8(data) else { return };
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
     let ch = Challenges::new();
     ch.put_http(TOKEN, KEY_AUTH);
     match ch.answer_path(text) {

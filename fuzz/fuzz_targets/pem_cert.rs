@@ -15,8 +15,14 @@ fuzz_target!(|data: &[u8]| {
     };
     let now = SystemTime::UNIX_EPOCH + Duration::from_secs(1_800_000_000);
     for policy in [
-        tls::Policy { cname: None, roots: None },
-        tls::Policy { cname: Some("scoring.example.com".into()), roots: roots.clone() },
+        tls::Policy {
+            cname: None,
+            roots: None,
+        },
+        tls::Policy {
+            cname: Some("scoring.example.com".into()),
+            roots: roots.clone(),
+        },
     ] {
         let _ = tls::validate(&loaded, &policy, now);
     }
