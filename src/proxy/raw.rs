@@ -64,14 +64,19 @@ impl RawHeaders {
         })
     }
 
-    /// The first value of `name`.
-    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+    /// The span of the first header called `name`. Lengths first: most names are ruled out
+    /// without touching their bytes.
+    fn find(&self, name: &HeaderName) -> Option<&[u32; 4]> {
         let want = name.as_str().as_bytes();
-        // Lengths first: most names are ruled out without touching their bytes.
-        let s = self.spans.iter().find(|s| {
+        self.spans.iter().find(|s| {
             s[1] as usize == want.len()
                 && self.buf[s[0] as usize..(s[0] + s[1]) as usize].eq_ignore_ascii_case(want)
-        })?;
+        })
+    }
+
+    /// The first value of `name`.
+    pub fn get(&self, name: &HeaderName) -> Option<&[u8]> {
+        let s = self.find(name)?;
         Some(&self.buf[s[2] as usize..(s[2] + s[3]) as usize])
     }
 
@@ -85,11 +90,7 @@ impl RawHeaders {
 
     /// The first value of `name` as a `HeaderValue` sharing the buffer.
     pub fn value(&self, name: &HeaderName) -> Option<HeaderValue> {
-        let want = name.as_str().as_bytes();
-        let s = self.spans.iter().find(|s| {
-            s[1] as usize == want.len()
-                && self.buf[s[0] as usize..(s[0] + s[1]) as usize].eq_ignore_ascii_case(want)
-        })?;
+        let s = self.find(name)?;
         let (v, vl) = (s[2] as usize, s[3] as usize);
         HeaderValue::from_maybe_shared(self.buf.slice(v..v + vl)).ok()
     }
@@ -139,7 +140,8 @@ impl RawRequest {
     }
 }
 
-/// What a request header is to the gateway when it forwards the request over HTTP/1.1.
+/// What a header is to the gateway as it passes a raw head on (a request to a replica, an
+/// answer to the client).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     /// Copied as it is.
