@@ -52,8 +52,14 @@ impl ClientHead {
     /// The declared body length, when there is a valid one (hyper, the HTTP/2 server and the
     /// fast path each refused any other).
     pub fn declared_length(&self) -> Option<u64> {
-        self.header(&header::CONTENT_LENGTH)
-            .and_then(headers::content_length)
+        match self {
+            ClientHead::Parsed(p) => p
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| headers::content_length(v.as_bytes())),
+            // Parsed once already, as the fast path took the request.
+            ClientHead::Raw(r) => r.content_length,
+        }
     }
 
     /// The head with its headers in a `HeaderMap`.
@@ -105,19 +111,15 @@ pub fn encode_h1(req: &RawRequest, body: Option<&Bytes>, f: &Forward<'_>) -> Byt
         out.put_slice(q.as_bytes());
     }
     out.put_slice(b" HTTP/1.1\r\n");
-    let (mut host, mut length) = (false, false);
-    let mut forwarded_for: Option<BytesMut> = None;
+    let (mut host, mut length, mut forwarded_for) = (false, false, false);
     for (name, value) in req.headers.iter() {
         match raw::role(name) {
             Role::Pass | Role::Date => {}
             Role::Host => host = true,
             Role::Authorization if !f.drop_authorization => {}
+            // Written below as one list, the client last.
             Role::ForwardedFor => {
-                let prev = forwarded_for.get_or_insert_with(BytesMut::new);
-                if !prev.is_empty() {
-                    prev.put_slice(b", ");
-                }
-                prev.put_slice(value);
+                forwarded_for = true;
                 continue;
             }
             // The length written below is the body's.
@@ -130,9 +132,11 @@ pub fn encode_h1(req: &RawRequest, body: Option<&Bytes>, f: &Forward<'_>) -> Byt
         put_line(&mut out, name, value);
     }
     out.put_slice(b"x-forwarded-for: ");
-    if let Some(prev) = forwarded_for {
-        out.put_slice(&prev);
-        out.put_slice(b", ");
+    if forwarded_for {
+        for prev in req.headers.get_all(&headers::X_FORWARDED_FOR) {
+            out.put_slice(prev);
+            out.put_slice(b", ");
+        }
     }
     out.put_slice(ip);
     out.put_slice(b"\r\nx-forwarded-proto: ");

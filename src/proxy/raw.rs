@@ -126,6 +126,8 @@ pub struct RawRequest {
     pub method: Method,
     pub uri: Uri,
     pub headers: RawHeaders,
+    /// Its one `Content-Length`, if it has one.
+    pub content_length: Option<u64>,
 }
 
 impl RawRequest {

@@ -91,6 +91,7 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
             }
         }
     }
+    let content_length = body_len;
     let body_len = body_len.unwrap_or(0) as usize;
     if buf.len() < head_len + body_len {
         return Take::Body(head_len + body_len);
@@ -110,6 +111,7 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
         method,
         uri,
         headers: RawHeaders::new(data, spans),
+        content_length,
     };
     Take::Request { head, body, close }
 }
@@ -281,6 +283,7 @@ mod tests {
         assert_eq!(head.method, Method::POST);
         assert_eq!(head.uri, "/api/v1/service/iris/score?x=1");
         assert_eq!(head.headers.get(&http::header::HOST), Some(&b"a"[..]));
+        assert_eq!(head.content_length, Some(3));
         let parts = head.into_parts();
         assert_eq!(parts.version, http::Version::HTTP_11);
         assert_eq!(parts.headers["host"], "a");
