@@ -27,7 +27,7 @@ use tokio::time::{Instant, Sleep};
 
 use super::idle::InFlight;
 use super::wire::{self, Framing, Take};
-use crate::proxy::{Answer, ClientBody, ClientHead, ConnInfo, Gateway};
+use crate::proxy::{Answer, ClientBody, ClientHead, ConnInfo, Gateway, ProxyBody};
 
 /// Read room reserved at a time.
 const READ_ROOM: usize = 4096;
@@ -73,15 +73,16 @@ struct Session {
     stop_rx: watch::Receiver<bool>,
 }
 
-/// Serve `io` until it closes or a request needs hyper.
-pub async fn serve<I>(
-    io: &mut I,
-    gateway: &Gateway,
+/// Serve `io` until it closes or a request needs hyper. (A plain function returning its future:
+/// an `async fn` keeps its arguments twice, and every idle connection holds this future.)
+pub fn serve<'a, I>(
+    io: &'a mut I,
+    gateway: &'a Gateway,
     info: ConnInfo,
-    settings: &Settings,
-    in_flight: &InFlight,
+    settings: &'a Settings,
+    in_flight: &'a InFlight,
     stop_rx: watch::Receiver<bool>,
-) -> Ended
+) -> impl Future<Output = Ended> + 'a
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
@@ -95,54 +96,67 @@ where
         })),
         stop_rx,
     };
-    loop {
-        let deadline = Instant::now() + settings.header_read_timeout;
-        let (head, body, close) = loop {
-            if !s.buf.is_empty() {
-                match wire::take_request(&mut s.buf, settings.max_head, settings.max_body) {
-                    Take::Request { head, body, close } => break (head, body, close),
-                    Take::Partial => {}
+    async move {
+        loop {
+            let deadline = Instant::now() + settings.header_read_timeout;
+            let (head, body, close) = loop {
+                if !s.buf.is_empty() {
+                    // The parse result is not held across the read below (it is 224 bytes that every
+                    // idle connection's future would keep room for).
+                    let more = match wire::take_request(
+                        &mut s.buf,
+                        settings.max_head,
+                        settings.max_body,
+                    ) {
+                        Take::Request { head, body, close } => break (head, body, close),
+                        Take::Partial => None,
+                        Take::Body(total) => Some(total),
+                        Take::Other => return Ended::Handoff(s.buf.split().freeze()),
+                    };
                     // The rest of the body may already be readable (a body larger than one read):
                     // take what is there without waiting, then look again.
-                    Take::Body(total) if s.read_ready(io, total).await => continue,
-                    Take::Body(_) | Take::Other => {
+                    if let Some(total) = more {
+                        if s.read_ready(io, total).await {
+                            continue;
+                        }
                         return Ended::Handoff(s.buf.split().freeze());
                     }
                 }
-            }
-            match s.read(io, Some(deadline)).await {
-                // `NotReady` only comes from reads that do not wait.
-                Read::Data | Read::NotReady => {}
-                // Shutting down mid-head: finish this request, then close.
-                Read::Stop if !s.buf.is_empty() => {}
-                Read::Stop | Read::Eof => return finish(io).await,
-                Read::Timeout => {
-                    tracing::debug!(remote = %info.remote, "request head not received within header_read_timeout_ms; closing");
-                    return finish(io).await;
+                match s.read(io, Some(deadline)).await {
+                    // `NotReady` only comes from reads that do not wait.
+                    Read::Data | Read::NotReady => {}
+                    // Shutting down mid-head: finish this request, then close.
+                    Read::Stop if !s.buf.is_empty() => {}
+                    Read::Stop | Read::Eof => return finish(io).await,
+                    Read::Timeout => {
+                        tracing::debug!(remote = %info.remote, "request head not received within header_read_timeout_ms; closing");
+                        return finish(io).await;
+                    }
+                    Read::Failed(e) => {
+                        tracing::debug!(remote = %info.remote, error = %e, "connection read failed");
+                        return Ended::Closed;
+                    }
                 }
-                Read::Failed(e) => {
-                    tracing::debug!(remote = %info.remote, error = %e, "connection read failed");
+            };
+            let busy = in_flight.enter();
+            // Boxed: the request future is a few KB; the connection's own stays small while idle.
+            let answer =
+                Box::pin(gateway.serve(ClientHead::Raw(head), ClientBody::Whole(body), info));
+            let resp = answer.await;
+            let close = close || *s.stop_rx.borrow();
+            let sent = s.respond(io, resp, close).await;
+            drop(busy);
+            // After a large request, an idle keep-alive connection does not keep its buffer.
+            if s.buf.is_empty() && s.buf.capacity() > 4 * READ_ROOM {
+                s.buf = BytesMut::new();
+            }
+            match sent {
+                Ok(()) if close => return finish(io).await,
+                Ok(()) => {}
+                Err(e) => {
+                    tracing::debug!(remote = %info.remote, error = %e, "writing the response failed");
                     return Ended::Closed;
                 }
-            }
-        };
-        let busy = in_flight.enter();
-        // Boxed: the request future is a few KB; the connection's own stays small while idle.
-        let answer = Box::pin(gateway.serve(ClientHead::Raw(head), ClientBody::Whole(body), info));
-        let resp = answer.await;
-        let close = close || *s.stop_rx.borrow();
-        let sent = s.respond(io, resp, close).await;
-        drop(busy);
-        // After a large request, an idle keep-alive connection does not keep its buffer.
-        if s.buf.is_empty() && s.buf.capacity() > 4 * READ_ROOM {
-            s.buf = BytesMut::new();
-        }
-        match sent {
-            Ok(()) if close => return finish(io).await,
-            Ok(()) => {}
-            Err(e) => {
-                tracing::debug!(remote = %info.remote, error = %e, "writing the response failed");
-                return Ended::Closed;
             }
         }
     }
@@ -198,12 +212,15 @@ impl Session {
     }
 
     /// Write the response: head and a small body in one write, else the head then each frame.
-    async fn respond<I: AsyncWrite + Unpin>(
-        &mut self,
-        io: &mut I,
+    /// The head is written into the buffer before the future is made, so the future keeps only
+    /// the body (the whole `Answer` held across its awaits would double its size, and the
+    /// connection's future keeps room for this one while idle).
+    fn respond<'a, I: AsyncWrite + Unpin>(
+        &'a mut self,
+        io: &'a mut I,
         resp: Answer,
         close: bool,
-    ) -> io::Result<()> {
+    ) -> impl Future<Output = io::Result<()>> + 'a {
         let Answer {
             status,
             headers,
@@ -213,50 +230,66 @@ impl Session {
         self.out.clear();
         wire::put_head(&mut self.out, status, &headers, framing, close);
         drop(headers);
-        match framing {
-            Framing::None => drop(body),
-            Framing::Length(n) if n <= INLINE_BODY => {
-                self.out.reserve(n as usize);
-                while let Some(frame) = body.frame().await {
-                    if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
-                        self.out.put_slice(&data);
+        async move {
+            match framing {
+                Framing::None => drop(body),
+                Framing::Length(n) if n <= INLINE_BODY => {
+                    self.out.reserve(n as usize);
+                    while let Some(frame) = body.frame().await {
+                        if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                            self.out.put_slice(&data);
+                        }
                     }
                 }
+                // Large or chunked: boxed, as it is rare and its future is twice this one.
+                _ => {
+                    let chunked = framing == Framing::Chunked;
+                    Box::pin(self.stream_body(io, body, chunked)).await?;
+                }
             }
-            _ => {
+            if !self.out.is_empty() {
+                io.write_all(&self.out).await?;
+            }
+            io.flush().await?;
+            // After a large response, an idle keep-alive connection does not keep its write
+            // buffer.
+            if self.out.capacity() > 4 * READ_ROOM {
+                self.out = BytesMut::new();
+            }
+            Ok(())
+        }
+    }
+
+    /// Write the head, then the body frame by frame (chunked when `chunked`); a chunked body's
+    /// last chunk is left in the buffer.
+    async fn stream_body<I: AsyncWrite + Unpin>(
+        &mut self,
+        io: &mut I,
+        mut body: ProxyBody,
+        chunked: bool,
+    ) -> io::Result<()> {
+        io.write_all(&self.out).await?;
+        self.out.clear();
+        while let Some(frame) = body.frame().await {
+            let Ok(data) = frame.map_err(io::Error::other)?.into_data() else {
+                continue; // trailers are not forwarded over HTTP/1.1
+            };
+            if data.is_empty() {
+                continue;
+            }
+            if chunked {
+                use std::fmt::Write;
+                let _ = write!(self.out, "{:x}\r\n", data.len());
+                self.out.put_slice(&data);
+                self.out.put_slice(b"\r\n");
                 io.write_all(&self.out).await?;
                 self.out.clear();
-                let chunked = framing == Framing::Chunked;
-                while let Some(frame) = body.frame().await {
-                    let Ok(data) = frame.map_err(io::Error::other)?.into_data() else {
-                        continue; // trailers are not forwarded over HTTP/1.1
-                    };
-                    if data.is_empty() {
-                        continue;
-                    }
-                    if chunked {
-                        use std::fmt::Write;
-                        let _ = write!(self.out, "{:x}\r\n", data.len());
-                        self.out.put_slice(&data);
-                        self.out.put_slice(b"\r\n");
-                        io.write_all(&self.out).await?;
-                        self.out.clear();
-                    } else {
-                        io.write_all(&data).await?;
-                    }
-                }
-                if chunked {
-                    self.out.put_slice(b"0\r\n\r\n");
-                }
+            } else {
+                io.write_all(&data).await?;
             }
         }
-        if !self.out.is_empty() {
-            io.write_all(&self.out).await?;
-        }
-        io.flush().await?;
-        // After a large response, an idle keep-alive connection does not keep its write buffer.
-        if self.out.capacity() > 4 * READ_ROOM {
-            self.out = BytesMut::new();
+        if chunked {
+            self.out.put_slice(b"0\r\n\r\n");
         }
         Ok(())
     }
