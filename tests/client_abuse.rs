@@ -242,7 +242,9 @@ async fn ten_thousand_idle_tls_connections_stay_bounded() {
     let toml = service_toml(&pki, "", &[model.addr]).replace(
         "[[services]]",
         &format!(
-            "[limits]\nmax_connections = {}\nidle_timeout_ms = 600000\n\n[[services]]",
+            // Held open for the whole test: neither the idle timeout nor the header-read
+            // deadline (a connection that never sends a request) may close them meanwhile.
+            "[limits]\nmax_connections = {}\nidle_timeout_ms = 600000\nheader_read_timeout_ms = 600000\n\n[[services]]",
             n + 100
         ),
     );
@@ -283,6 +285,7 @@ async fn ten_thousand_idle_tls_connections_stay_bounded() {
     assert_eq!(status, 200, "served with {n} idle connections open");
     assert!(per_conn < 64 * 1024, "{per_conn} bytes per idle connection");
     assert!(fds1 <= fds0 + n + 16, "fds {fds0} -> {fds1}");
+    assert!(fds1 >= fds0 + n, "all {n} held open: fds {fds0} -> {fds1}");
     assert!(latency < Duration::from_secs(5), "{latency:?}");
 
     drop(conns);
