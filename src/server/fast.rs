@@ -101,8 +101,8 @@ where
             let deadline = Instant::now() + settings.header_read_timeout;
             let (head, body, close) = loop {
                 if !s.buf.is_empty() {
-                    // The parse result is not held across the read below (it is 224 bytes that every
-                    // idle connection's future would keep room for).
+                    // The parse result is not held across the read below (224 bytes that
+                    // every idle connection's future would keep room for).
                     let more = match wire::take_request(
                         &mut s.buf,
                         settings.max_head,
