@@ -241,10 +241,7 @@ async fn ten_thousand_idle_tls_connections_stay_bounded() {
     let limit = std::fs::read_to_string("/proc/self/limits")
         .ok()
         .and_then(|l| {
-            let line = l
-                .lines()
-                .find(|l| l.starts_with("Max open files"))?
-                .to_owned();
+            let line = l.lines().find(|l| l.starts_with("Max open files"))?;
             line.split_whitespace().nth(3)?.parse::<usize>().ok()
         })
         .unwrap_or(1024);
