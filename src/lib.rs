@@ -31,6 +31,7 @@ pub mod acme;
 pub mod admin;
 pub mod auth;
 pub mod autoscale;
+pub mod busy_poll;
 pub mod cli;
 pub mod config;
 pub mod control;

@@ -2,11 +2,14 @@
 //! 0 success, 64 bad configuration or arguments (nothing bound), 1 runtime failure.
 
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use clap::Parser;
+use scoregate::busy_poll::BusyPoll;
 use scoregate::cli::{CertCommand, Cli, Command, ControlArgs};
 use scoregate::{config, control, demo, server, shutdown, tls};
+use tokio::runtime::Runtime;
 
 const EX_CONFIG: u8 = 64;
 
@@ -58,7 +61,7 @@ fn main() -> ExitCode {
         }
         Command::Cert(c) => return cert(c),
         Command::Check { config: path } => {
-            let c = match config::load(&path) {
+            let c = match config::load(&path).and_then(|c| check_runtime(&c).map(|()| c)) {
                 Ok(c) => c,
                 Err(e) => return bad_config(&e),
             };
@@ -78,7 +81,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(e) => return bad_config(&e),
             };
-            runtime().and_then(|rt| rt.block_on(serve(c, path)))
+            if let Err(e) = check_runtime(&c) {
+                return bad_config(&e);
+            }
+            runtime_with(c.runtime.busy_poll).and_then(|(rt, bp)| rt.block_on(serve(c, path, bp)))
         }
         Command::SampleReplica { listen, name } => runtime().and_then(|rt| {
             rt.block_on(async {
@@ -188,19 +194,68 @@ fn bad_config(e: &config::ConfigErrors) -> ExitCode {
 /// one worker the current-thread scheduler, which skips the work-stealing machinery a single
 /// worker cannot use.
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    let single = std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1");
-    let mut b = if single {
+    runtime_with(std::time::Duration::ZERO).map(|(rt, _)| rt)
+}
+
+fn one_worker() -> bool {
+    std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1")
+}
+
+/// The configuration's demands on the runtime this process will start.
+fn check_runtime(c: &config::Config) -> Result<(), config::ConfigErrors> {
+    if c.runtime.busy_poll.is_zero() || one_worker() {
+        return Ok(());
+    }
+    Err(config::ConfigErrors::one(
+        "runtime.busy_poll_us",
+        "busy polling keeps the one worker awake; run the one-worker runtime \
+         (TOKIO_WORKER_THREADS=1: a process per core, or a one-vCPU pod) or remove it",
+    ))
+}
+
+/// [`runtime`], busy polling for `busy_poll` after work when it is not zero (one worker only,
+/// checked with the configuration).
+fn runtime_with(
+    busy_poll: std::time::Duration,
+) -> anyhow::Result<(Runtime, Option<Arc<BusyPoll>>)> {
+    let mut b = if one_worker() {
         tokio::runtime::Builder::new_current_thread()
     } else {
         tokio::runtime::Builder::new_multi_thread()
     };
-    b.enable_all().build().context("starting the tokio runtime")
+    let bp = if busy_poll.is_zero() {
+        None
+    } else {
+        Some(BusyPoll::new(busy_poll).context("busy polling")?)
+    };
+    if let Some(bp) = &bp {
+        bp.install(&mut b);
+    }
+    let rt = b
+        .enable_all()
+        .build()
+        .context("starting the tokio runtime")?;
+    if let Some(bp) = &bp {
+        rt.spawn(bp.nudger());
+    }
+    Ok((rt, bp))
 }
 
-async fn serve(config: config::Config, path: std::path::PathBuf) -> anyhow::Result<()> {
-    let app = server::App::build(&config)
+async fn serve(
+    config: config::Config,
+    path: std::path::PathBuf,
+    busy_poll: Option<Arc<BusyPoll>>,
+) -> anyhow::Result<()> {
+    let mut app = server::App::build(&config)
         .context("building the gateway")?
         .reload_from(path);
+    if let Some(bp) = &busy_poll {
+        app = app.busy_poll(bp).context("busy polling")?;
+        tracing::info!(
+            budget_us = config.runtime.busy_poll.as_micros() as u64,
+            "busy polling on"
+        );
+    }
     let listeners = server::Listeners::bind(&config.listen).await?;
     let a = listeners.addrs();
     tracing::info!(tls = ?a.tls, http = ?a.http, admin = ?a.admin, services = config.services.len(), "listening");

@@ -49,6 +49,18 @@ const CASES: &[Case] = &[
         message: "allowed 8192..=1048576",
     },
     Case {
+        name: "busy poll range",
+        edit: ("[limits]", "[runtime]\nbusy_poll_us = 20000\n[limits]"),
+        field: "runtime.busy_poll_us",
+        message: "allowed 0..=10000 (default 0)",
+    },
+    Case {
+        name: "busy poll without the one-worker runtime",
+        edit: ("[limits]", "[runtime]\nbusy_poll_us = 300\n[limits]"),
+        field: "runtime.busy_poll_us",
+        message: "TOKIO_WORKER_THREADS=1",
+    },
+    Case {
         name: "tls version",
         edit: ("min_version = \"1.2\"", "min_version = \"1.1\""),
         field: "tls.min_version",
@@ -214,6 +226,7 @@ fn run_serve(dir: &std::path::Path, text: &str) -> (Option<i32>, String) {
         .args(["serve", "--config"])
         .arg(&path)
         .env("RUST_LOG", "info")
+        .env_remove("TOKIO_WORKER_THREADS")
         .output()
         .expect("run scoregate");
     (

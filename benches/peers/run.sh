@@ -12,13 +12,16 @@
 # full TLS 1.3 handshakes (ECDSA P-256 and RSA-2048) and resumed ones (benches/handshakes.rs, a
 # new connection per request, 32 at a time), latency at a fixed 2,000 req/s over 8 keep-alive
 # connections minus the same load sent directly to the backend (LAT_ROUNDS=3 rounds per
-# repetition, each target and then the direct baseline in turn), RSS per idle TLS connection (1,000
-# held open), syscalls per proxied request (strace -c -f on the serving process, 20,000 requests).
+# repetition, in turn: each target, haproxy with `busy-polling`, scoregate with `[runtime]
+# busy_poll_us = $BUSY_POLL_US` (default 1000), the direct baseline; with each process's CPU during
+# the load and idle after it), RSS per idle TLS connection (1,000 held open), syscalls per proxied
+# request (strace -c -f on the serving process, 20,000 requests).
 # Every process it starts is stopped by PID; every loop is bounded.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 REPS="${1:-3}"
 SECS="${2:-10}"
+export BUSY_POLL_US="${BUSY_POLL_US:-1000}"
 OUT="$ROOT/benches/peers"
 
 . "$ROOT/benches/peers/common.sh"
@@ -68,11 +71,12 @@ http { access_log off; keepalive_requests 1000000;
     location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
 CONF
       taskset -c 0 nginx -c "$d/nginx.conf" -p "$d" & ;;
-    haproxy)
+    haproxy|haproxy-busy)
       cat "$W/${c}cert.pem" "$W/${c}key.pem" >"$d/both.pem"
       cat >"$d/haproxy.cfg" <<CONF
 global
   nbthread 1
+$([ "$name" = haproxy-busy ] && echo "  busy-polling")
   maxconn 8192
   ssl-default-bind-options ssl-min-ver TLSv1.2
 defaults
@@ -89,8 +93,11 @@ backend be
   server s1 127.0.0.1:$BACKEND
 CONF
       taskset -c 0 haproxy -f "$d/haproxy.cfg" -db & ;;
-    scoregate)
+    scoregate|scoregate-busy)
       scoregate_toml "$port" "$W/${c}cert.pem" "$W/${c}key.pem" "$BACKEND" "$KEY" >"$d/scoregate.toml"
+      if [ "$name" = scoregate-busy ]; then
+        printf '[runtime]\nbusy_poll_us = %s\n' "$BUSY_POLL_US" >>"$d/scoregate.toml"
+      fi
       RUST_LOG=warn,rustls=error TOKIO_WORKER_THREADS=1 taskset -c 0 "$ROOT/target/release/scoregate" serve --config "$d/scoregate.toml" & ;;
   esac
   TARGET_PID=$!
@@ -114,14 +121,27 @@ wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
 printf '%s' '{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}' >"$W/body.json"
 
-# One latency row of results.jsonl: target, address, load mode (uses $rep and $round).
+# CPU time (clock ticks) the process has used so far.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+TCK=$(getconf CLK_TCK)
+# One latency row of results.jsonl: target, address, load mode, serving pid or "" (uses $rep and
+# $round). With a pid, also the process's CPU during the load and in the second after it (idle).
 latency() {
-  taskset -c 1 "$HS" "$2" "$SECS" 8 "$3" "$URL_PATH" "$KEY" 2000 | python3 -c '
+  local c0 c1 c2 t0 t1 t2 out
+  c0=$([ -n "$4" ] && cpu_ticks "$4" || echo 0); t0=$(date +%s%N)
+  out=$(taskset -c 1 "$HS" "$2" "$SECS" 8 "$3" "$URL_PATH" "$KEY" 2000)
+  c1=$([ -n "$4" ] && cpu_ticks "$4" || echo 0); t1=$(date +%s%N)
+  sleep 1
+  c2=$([ -n "$4" ] && cpu_ticks "$4" || echo 0); t2=$(date +%s%N)
+  python3 -c '
 import json, sys
-d = json.load(sys.stdin)
-print(json.dumps({"rep": int(sys.argv[1]), "round": int(sys.argv[2]), "target": sys.argv[3],
-                  "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"]}))' \
-    "$rep" "$round" "$1" | tee -a "$OUT/results.jsonl"
+d = json.loads(sys.argv[1])
+a = [int(x) for x in sys.argv[5:]]
+print(json.dumps({"rep": int(sys.argv[2]), "round": int(sys.argv[3]), "target": sys.argv[4],
+                  "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"], "hs_errors": d["errors"],
+                  "cpu_pct": round((a[1] - a[0]) / a[3] / ((a[5] - a[4]) / 1e9) * 100, 1),
+                  "idle_cpu_pct": round((a[2] - a[1]) / a[3] / ((a[6] - a[5]) / 1e9) * 100, 1)}))' \
+    "$out" "$rep" "$round" "$1" "$c0" "$c1" "$c2" "$TCK" "$t0" "$t1" "$t2" | tee -a "$OUT/results.jsonl"
 }
 
 : >"$OUT/results.jsonl"
@@ -186,15 +206,17 @@ PY
   # that alternate the targets and end with the same open-loop load sent straight to the backend
   # (plain HTTP): "added" is a target's figure minus the direct one of the same round, and the
   # repetition's value is the median over its rounds.
+  # Then haproxy with its `busy-polling` and scoregate with `runtime.busy_poll_us`: CPU for
+  # latency, each process's CPU measured during the load and in the idle second after it.
   for round in $(seq 1 "${LAT_ROUNDS:-3}"); do
-    for t in "${order[@]}"; do
+    for t in "${order[@]}" haproxy-busy scoregate-busy; do
       port=$(free_port)
       start_target "$t" "$port"
       taskset -c 1 "$HS" "127.0.0.1:$port" 1 8 rate-tls "$URL_PATH" "$KEY" 2000 >/dev/null   # warm-up
-      latency "$t" "127.0.0.1:$port" rate-tls
+      latency "$t" "127.0.0.1:$port" rate-tls "$SERVING_PID"
       stop_target
     done
-    latency direct "127.0.0.1:$BACKEND" rate-plain
+    latency direct "127.0.0.1:$BACKEND" rate-plain ""
   done
 done
 
@@ -211,11 +233,17 @@ def get(rep, t, k):
 def lat(rep, t):
     return [x for x in lat_rows if x["rep"] == rep and x["target"] == t]
 for r in rows:
-    for k in ("lat_p50_us", "lat_p99_us"):
-        base = {d["round"]: d[k] for d in lat(r["rep"], "direct")}
-        added = [max(x[k] - base[x["round"]], 1) for x in lat(r["rep"], r["target"]) if x["round"] in base]
-        if added:
-            r["added_" + k] = statistics.median(added)
+    for variant, prefix in (("", ""), ("-busy", "busy_")):
+        mine = lat(r["rep"], r["target"] + variant)
+        for k in ("lat_p50_us", "lat_p99_us"):
+            base = {d["round"]: d[k] for d in lat(r["rep"], "direct")}
+            added = [max(x[k] - base[x["round"]], 1) for x in mine if x["round"] in base]
+            if added:
+                r[prefix + "added_" + k] = statistics.median(added)
+        for k in ("cpu_pct", "idle_cpu_pct"):
+            v = [x[k] for x in mine if k in x]
+            if v:
+                r[prefix + k] = statistics.median(v)
 metrics = [  # key, label, higher is better, format
     ("keepalive_rps", "keep-alive TLS HTTP/1.1 req/s (wrk -c64)", True, "{:,.0f}"),
     ("h2_rps", "HTTP/2 req/s (h2load -c16 -m10)", True, "{:,.0f}"),
@@ -224,6 +252,11 @@ metrics = [  # key, label, higher is better, format
     ("resumed_hs", "resumed handshakes/s", True, "{:,.0f}"),
     ("added_lat_p50_us", "latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
     ("added_lat_p99_us", "latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
+    ("cpu_pct", "proxy CPU at 2,000 req/s (% of its core)", False, "{:,.0f}"),
+    ("busy_added_lat_p50_us", "with busy polling: latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
+    ("busy_added_lat_p99_us", "with busy polling: latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
+    ("busy_cpu_pct", "with busy polling: proxy CPU at 2,000 req/s (%)", False, "{:,.0f}"),
+    ("busy_idle_cpu_pct", "with busy polling: proxy CPU with no traffic (%)", False, "{:,.0f}"),
     ("rss_per_idle_conn_kb", "RSS per idle TLS connection (KiB, 1,000 open)", False, "{:,.1f}"),
     ("syscalls_per_req", "syscalls per proxied request (strace -c)", False, "{:,.2f}"),
 ]
@@ -252,6 +285,9 @@ for k, name, higher, fmt in metrics:
     r = ratios(k, higher)
     cells.append(f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})" if r else "—")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
+lines += ["", "Busy-polling rows: haproxy with `busy-polling` (nginx has no such option) and scoregate with "
+          f"`[runtime] busy_poll_us = {os.environ.get('BUSY_POLL_US', '1000')}`, the same latency load; CPU "
+          "is the serving process's, during the load and in the idle second after it."]
 direct = [r for r in lat_rows if r["target"] == "direct"]
 if direct:
     lines += ["", "Direct to the backend at 2,000 req/s (the baseline): p50 "

@@ -23,6 +23,7 @@ pub struct Config {
     pub listen: Listen,
     pub tls: TlsSettings,
     pub limits: Limits,
+    pub runtime: RuntimeSettings,
     pub services: Vec<ServiceConfig>,
     /// Set when something needs the Kubernetes API.
     pub kubernetes: Option<crate::discovery::KubeSettings>,
@@ -74,6 +75,14 @@ impl Default for Limits {
             max_connections: 10_000,
         }
     }
+}
+
+/// How the gateway's tokio runtime runs (`[runtime]`; read at start).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RuntimeSettings {
+    /// After it last did work, the one-worker runtime polls for events without blocking for this
+    /// long (`crate::busy_poll`); zero, the default, parks it at once.
+    pub busy_poll: Duration,
 }
 
 /// One scoring service: its auth, its limits and its versions (deployments).
@@ -215,7 +224,7 @@ impl fmt::Display for ConfigErrors {
 }
 
 impl ConfigErrors {
-    fn one(field: impl Into<String>, message: impl Into<String>) -> Self {
+    pub fn one(field: impl Into<String>, message: impl Into<String>) -> Self {
         ConfigErrors(vec![FieldError {
             field: field.into(),
             message: message.into(),

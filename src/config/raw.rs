@@ -12,6 +12,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub limits: RawLimits,
     #[serde(default)]
+    pub runtime: RawRuntime,
+    #[serde(default)]
     pub services: Vec<RawService>,
     pub kubernetes: Option<RawKubernetes>,
 }
@@ -125,6 +127,12 @@ pub struct RawLimits {
     pub idle_timeout_ms: Option<u64>,
     pub shutdown_grace_ms: Option<u64>,
     pub max_connections: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRuntime {
+    pub busy_poll_us: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]

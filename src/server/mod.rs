@@ -33,6 +33,7 @@ pub use listeners::{BoundAddrs, Listeners};
 
 use crate::acme::{AcmeManager, ChallengeKind, Challenges};
 use crate::admin::AdminState;
+use crate::busy_poll::Working;
 use crate::config::{Config, Limits};
 use crate::metrics::{HandshakeMetrics, Metrics, MetricsError};
 use crate::proxy::{ConnInfo, Gateway};
@@ -160,6 +161,15 @@ impl App {
     pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
         self.config_path = Some(path);
         self
+    }
+
+    /// Export busy polling's rounds (`scoregate_busy_poll_rounds_total`).
+    pub fn busy_poll(self, bp: &crate::busy_poll::BusyPoll) -> Result<Self, MetricsError> {
+        self.metrics
+            .registry
+            .register(Box::new(bp.rounds_counter()))
+            .map_err(MetricsError::from)?;
+        Ok(self)
     }
 }
 
@@ -296,16 +306,18 @@ impl AcceptCtx<'_> {
             let open = OpenConn::new(self.app.metrics.connections_open.clone(), permit);
             // The connection's future is spawned as built, not wrapped in another async block:
             // a wrapper would keep room for the stream and the future it awaits twice over, and
-            // that room is held by every idle connection.
+            // that room is held by every idle connection. `Working` adds no room: it counts the
+            // future's polls as work for busy polling (`runtime.busy_poll_us`).
             match &acceptor {
                 Some(acc) => {
-                    tokio::spawn(conn.serve_tls(stream, remote, acc.clone(), open));
+                    let serve = conn.serve_tls(stream, remote, acc.clone(), open);
+                    tokio::spawn(Working::new(serve));
                 }
                 None => {
                     let info = ConnInfo { remote, tls: false };
                     // h2c with prior knowledge is recognised by its preface when the fast path
                     // hands the connection over.
-                    tokio::spawn(conn.serve_http(stream, info, false, open));
+                    tokio::spawn(Working::new(conn.serve_http(stream, info, false, open)));
                 }
             }
         }

@@ -16,7 +16,7 @@ use tokio::sync::watch;
 use crate::discovery::RouteSources;
 
 /// Sections read once at start.
-const RESTART_SECTIONS: [&str; 4] = ["listen", "tls", "limits", "kubernetes"];
+const RESTART_SECTIONS: [&str; 5] = ["listen", "tls", "limits", "runtime", "kubernetes"];
 
 pub(super) struct Reloader {
     pub path: PathBuf,

@@ -46,6 +46,15 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
     let mut errs = Errors(Vec::new());
     let listen = listen(&raw, &mut errs);
     let limits = limits(&raw.limits, &mut errs);
+    let runtime = crate::config::RuntimeSettings {
+        busy_poll: Duration::from_micros(errs.range(
+            "runtime.busy_poll_us",
+            raw.runtime.busy_poll_us,
+            0,
+            10_000,
+            0,
+        )),
+    };
     let tls = tls_settings(&raw.tls, listen.tls.is_some(), base, &mut errs);
     if let Some((a, _)) = &tls.acme {
         use crate::acme::ChallengeKind;
@@ -95,6 +104,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
             listen,
             tls,
             limits,
+            runtime,
             services,
             kubernetes,
         })
