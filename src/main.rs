@@ -61,7 +61,7 @@ fn main() -> ExitCode {
         }
         Command::Cert(c) => return cert(c),
         Command::Check { config: path } => {
-            let c = match config::load(&path).and_then(|c| check_runtime(&c).map(|()| c)) {
+            let c = match load(&path) {
                 Ok(c) => c,
                 Err(e) => return bad_config(&e),
             };
@@ -77,13 +77,10 @@ fn main() -> ExitCode {
         }
         Command::Serve { config: path } => {
             // Parsed and validated in full before any port is bound.
-            let c = match config::load(&path) {
+            let c = match load(&path) {
                 Ok(c) => c,
                 Err(e) => return bad_config(&e),
             };
-            if let Err(e) = check_runtime(&c) {
-                return bad_config(&e);
-            }
             runtime_with(c.runtime.busy_poll).and_then(|(rt, bp)| rt.block_on(serve(c, path, bp)))
         }
         Command::SampleReplica { listen, name } => runtime().and_then(|rt| {
@@ -201,10 +198,11 @@ fn one_worker() -> bool {
     std::env::var("TOKIO_WORKER_THREADS").is_ok_and(|v| v.trim() == "1")
 }
 
-/// The configuration's demands on the runtime this process will start.
-fn check_runtime(c: &config::Config) -> Result<(), config::ConfigErrors> {
+/// The configuration file, validated, and checked against the runtime this process will start.
+fn load(path: &std::path::Path) -> Result<config::Config, config::ConfigErrors> {
+    let c = config::load(path)?;
     if c.runtime.busy_poll.is_zero() || one_worker() {
-        return Ok(());
+        return Ok(c);
     }
     Err(config::ConfigErrors::one(
         "runtime.busy_poll_us",

@@ -121,18 +121,18 @@ wrk.headers["Authorization"] = "Bearer $KEY"
 LUA
 printf '%s' '{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}' >"$W/body.json"
 
-# CPU time (clock ticks) the process has used so far.
-cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+# CPU time (clock ticks) process $1 has used so far; 0 without a pid.
+cpu_ticks() { { [ -n "$1" ] && awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null; } || echo 0; }
 TCK=$(getconf CLK_TCK)
 # One latency row of results.jsonl: target, address, load mode, serving pid or "" (uses $rep and
 # $round). With a pid, also the process's CPU during the load and in the second after it (idle).
 latency() {
   local c0 c1 c2 t0 t1 t2 out
-  c0=$([ -n "$4" ] && cpu_ticks "$4" || echo 0); t0=$(date +%s%N)
+  c0=$(cpu_ticks "$4"); t0=$(date +%s%N)
   out=$(taskset -c 1 "$HS" "$2" "$SECS" 8 "$3" "$URL_PATH" "$KEY" 2000)
-  c1=$([ -n "$4" ] && cpu_ticks "$4" || echo 0); t1=$(date +%s%N)
+  c1=$(cpu_ticks "$4"); t1=$(date +%s%N)
   sleep 1
-  c2=$([ -n "$4" ] && cpu_ticks "$4" || echo 0); t2=$(date +%s%N)
+  c2=$(cpu_ticks "$4"); t2=$(date +%s%N)
   python3 -c '
 import json, sys
 d = json.loads(sys.argv[1])

@@ -650,7 +650,8 @@ mod tests {
             .expect("slot");
         let open = OpenConn::new(app.metrics.connections_open.clone(), slot);
         assert_eq!(app.metrics.connections_open.get(), 1);
-        let serve = conn.serve_tls(stream, remote, acceptor, open);
+        // As spawned: `Working` (busy polling's work count) must add nothing.
+        let serve = Working::new(conn.serve_tls(stream, remote, acceptor, open));
         let size = std::mem::size_of_val(&serve);
         assert!(size <= 1024, "a TLS connection's future is {size} bytes");
         drop(serve);
