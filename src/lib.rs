@@ -21,6 +21,7 @@
 //!   drain.
 //! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/config`, `/certificates`.
 //! - [`metrics`] — the Prometheus registry and pre-resolved handles.
+//! - [`report`] — errors printed with their causes, each cause once.
 //! - [`demo`] — `scoregate demo` and its sample model replica.
 //! - [`shutdown`] — SIGTERM/SIGINT.
 //! - [`control`] — attach/detach/update/status and the certificate lifecycle of a cluster
@@ -40,6 +41,7 @@ pub mod discovery;
 pub mod fsutil;
 pub mod metrics;
 pub mod proxy;
+pub mod report;
 pub mod routing;
 pub mod server;
 pub mod shutdown;

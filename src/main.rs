@@ -7,7 +7,7 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::Parser;
 use scoregate::busy_poll::BusyPoll;
-use scoregate::cli::{CertCommand, Cli, Command, ControlArgs};
+use scoregate::cli::{CertCommand, Cli, Command, ControlArgs, LogFormat};
 use scoregate::{config, control, demo, server, shutdown, tls};
 use tokio::runtime::Runtime;
 
@@ -15,14 +15,7 @@ const EX_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // rustls warns on every client that sends an IP address as SNI: not actionable.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    init_logging(cli.log_format);
     tls::install_default_provider();
 
     let result = match cli.command {
@@ -115,7 +108,7 @@ fn main() -> ExitCode {
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             ExitCode::FAILURE
         }
     }
@@ -166,7 +159,7 @@ fn run_control(
     let rt = match runtime() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            eprintln!("error: {}", chain(&e));
             return ExitCode::FAILURE;
         }
     };
@@ -176,10 +169,37 @@ fn run_control(
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("error: {}", scoregate::report::ErrorChain(&e));
             ExitCode::from(e.exit_code())
         }
     }
+}
+
+/// Logs on stderr at `RUST_LOG` (default `info`): text, coloured only when stderr is a terminal
+/// (and `NO_COLOR` is unset), or JSON, one object per event with its fields at the top level.
+fn init_logging(format: LogFormat) {
+    use std::io::IsTerminal;
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        // rustls warns on every client that sends an IP address as SNI: not actionable.
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,rustls=error"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => fmt
+            .with_ansi(std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none())
+            .init(),
+        LogFormat::Json => fmt
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+    }
+}
+
+/// An error with its causes, each once.
+fn chain(e: &anyhow::Error) -> scoregate::report::ErrorChain<'_> {
+    scoregate::report::ErrorChain(e.as_ref())
 }
 
 fn bad_config(e: &config::ConfigErrors) -> ExitCode {

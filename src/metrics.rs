@@ -34,6 +34,8 @@ pub struct Metrics {
     queued: IntGaugeVec,
     ejections: IntCounterVec,
     rejected: IntCounterVec,
+    retries: IntCounterVec,
+    h2_abuse: IntCounterVec,
     tls_handshakes: IntCounterVec,
     pub connections_open: IntGauge,
     pub certs: CertMetrics,
@@ -174,6 +176,9 @@ impl AcmeMetrics {
             &["result"],
         )?;
         registry.register(Box::new(orders.clone()))?;
+        for result in ["ok", "error"] {
+            orders.with_label_values(&[result]);
+        }
         Ok(AcmeMetrics { orders })
     }
 
@@ -267,6 +272,27 @@ pub struct VersionMetrics {
     pub in_flight: IntGauge,
     pub queued: IntGauge,
     pub ejections: IntCounter,
+    pub retries: Retries,
+}
+
+/// Requests sent to a replica a second time, on a new connection, because a pooled one failed.
+#[derive(Debug, Clone)]
+pub struct Retries {
+    /// No byte of the request had left: the replica had closed the pooled connection.
+    pub unsent: IntCounter,
+    /// An idempotent request, or one with an idempotency key, that may have reached the replica.
+    pub replayable: IntCounter,
+}
+
+impl Retries {
+    /// Counters registered nowhere (unit tests of the upstream client).
+    pub fn detached() -> Self {
+        let c = || IntCounter::new("detached", "not exported").expect("valid metric name");
+        Retries {
+            unsent: c(),
+            replayable: c(),
+        }
+    }
 }
 
 impl VersionMetrics {
@@ -347,6 +373,20 @@ impl Metrics {
                 ),
                 &["service", "reason"],
             )?,
+            retries: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_upstream_retries_total",
+                    "Requests sent again on a new connection after a pooled one failed, by reason: unsent (no byte had left) or replayable (idempotent, or with an idempotency key).",
+                ),
+                &["service", "version", "reason"],
+            )?,
+            h2_abuse: IntCounterVec::new(
+                Opts::new(
+                    "scoregate_http2_abuse_total",
+                    "HTTP/2 connections closed with ENHANCE_YOUR_CALM, by kind (continuation_flood, header_block_size, empty_data, rapid_reset).",
+                ),
+                &["kind"],
+            )?,
             tls_handshakes: IntCounterVec::new(
                 Opts::new(
                     "scoregate_tls_handshakes_total",
@@ -371,6 +411,17 @@ impl Metrics {
         m.registry.register(Box::new(m.queued.clone()))?;
         m.registry.register(Box::new(m.ejections.clone()))?;
         m.registry.register(Box::new(m.rejected.clone()))?;
+        m.registry.register(Box::new(m.retries.clone()))?;
+        m.registry.register(Box::new(m.h2_abuse.clone()))?;
+        // Exported at 0 from the start: an absent series reads as "unknown", not "none".
+        for kind in [
+            "continuation_flood",
+            "header_block_size",
+            "empty_data",
+            "rapid_reset",
+        ] {
+            m.h2_abuse.with_label_values(&[kind]);
+        }
         m.registry.register(Box::new(m.tls_handshakes.clone()))?;
         m.registry.register(Box::new(m.connections_open.clone()))?;
         Ok(m)
@@ -388,6 +439,14 @@ impl Metrics {
             in_flight: self.in_flight.with_label_values(&sv),
             queued: self.queued.with_label_values(&sv),
             ejections: self.ejections.with_label_values(&sv),
+            retries: Retries {
+                unsent: self
+                    .retries
+                    .with_label_values(&[service, version, "unsent"]),
+                replayable: self
+                    .retries
+                    .with_label_values(&[service, version, "replayable"]),
+            },
         }
     }
 
@@ -403,6 +462,11 @@ impl Metrics {
     /// Count a request the gateway answered itself. `service` must be a configured name or "".
     pub fn reject(&self, service: &str, reason: &'static str) {
         self.rejected.with_label_values(&[service, reason]).inc();
+    }
+
+    /// Count an HTTP/2 connection closed for abuse; `kind` is one of a fixed set.
+    pub fn h2_abuse(&self, kind: &'static str) {
+        self.h2_abuse.with_label_values(&[kind]).inc();
     }
 
     /// The exposition text for `/metrics`.

@@ -236,17 +236,10 @@ async fn connections_over_max_connections_wait_in_the_backlog() {
 /// everything is released when they go.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_idle_tls_connections_stay_bounded() {
-    // Within the descriptor limit that the gateway inherits from this process (both ends hold
-    // one per connection).
-    let limit = std::fs::read_to_string("/proc/self/limits")
-        .ok()
-        .and_then(|l| {
-            let line = l.lines().find(|l| l.starts_with("Max open files"))?;
-            line.split_whitespace().nth(3)?.parse::<usize>().ok()
-        })
-        .unwrap_or(1024);
-    let n: usize =
-        env_or("SCOREGATE_IDLE_CONNECTIONS", 10_000).min(limit.saturating_sub(256).max(64));
+    let n: usize = env_or("SCOREGATE_IDLE_CONNECTIONS", 10_000);
+    // This process holds one descriptor per connection, and so does the gateway, which inherits
+    // the limit: raise it to what the test needs, or fail saying why.
+    raise_open_files(n + 512);
     let model = Backend::model().await;
     let pki = Pki::new(&["localhost"]);
     let toml = service_toml(&pki, "", &[model.addr]).replace(
@@ -306,4 +299,43 @@ async fn ten_thousand_idle_tls_connections_stay_bounded() {
     let fds2 = gw.fds();
     assert!(fds2 <= fds0 + 16, "descriptors released: {fds0} -> {fds2}");
     assert_eq!(post(&c, &url, Some(KEY), ROWS).await.status(), 200);
+}
+
+/// This process's open-file limits (soft, hard), from /proc/self/limits.
+fn open_files_limits() -> (usize, usize) {
+    let limits = std::fs::read_to_string("/proc/self/limits").expect("/proc/self/limits");
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .expect("a Max open files line");
+    let mut f = line
+        .split_whitespace()
+        .skip(3)
+        .map(|v| v.parse().unwrap_or(usize::MAX));
+    (f.next().expect("soft limit"), f.next().expect("hard limit"))
+}
+
+/// Raise this process's soft open-file limit (and so the gateway's it starts) to `need`, with
+/// util-linux's `prlimit` (no unsafe code in the tests); panic with the reason if it cannot be.
+fn raise_open_files(need: usize) {
+    let (soft, hard) = open_files_limits();
+    if soft >= need {
+        return;
+    }
+    assert!(
+        hard >= need,
+        "this test needs {need} open files per process; the hard limit is {hard}: raise it \
+         (ulimit -Hn, or LimitNOFILE for a service) or set SCOREGATE_IDLE_CONNECTIONS lower"
+    );
+    let status = std::process::Command::new("prlimit")
+        .arg("--pid")
+        .arg(std::process::id().to_string())
+        .arg(format!("--nofile={need}:{hard}"))
+        .status()
+        .expect("run prlimit (util-linux)");
+    let (soft, _) = open_files_limits();
+    assert!(
+        status.success() && soft >= need,
+        "could not raise the open-file limit to {need} (prlimit: {status}, now {soft})"
+    );
 }

@@ -90,7 +90,16 @@ replicas = ["{replica}"]
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     write_atomic(key, first.key_pem.as_bytes());
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Wait for the refusal itself (the key does not match the certificate), not for a while.
+    let refused = r#"scoregate_certificate_reloads_total{result="rejected",source="files"}"#;
+    while series_value(&gw.app_metrics.render(), refused).is_none() {
+        assert!(
+            std::time::Instant::now() < deadline + Duration::from_secs(10),
+            "the mismatched key was not refused"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(counter(&gw.app_metrics.render(), refused), 1);
     assert_eq!(
         served_fingerprint(&ca.ca_pem, &url("iris")).await.ok(),
         Some(fp)
@@ -133,4 +142,19 @@ replicas = ["{replica}"]
     ] {
         assert_not_logged(&log, secret, what);
     }
+}
+
+/// The check itself: a log line quoting any 24 characters of a key is caught, wherever they start,
+/// across the key's line breaks too (the key lines joined, as a log quoting it joined would).
+#[test]
+fn every_window_of_a_secret_is_looked_for() {
+    let key = "-----BEGIN KEY-----\nABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghij\nklmnopqrstuvwxyz0123456789\n-----END KEY-----";
+    // Offset 29 of the body, 24 characters across the break after "j".
+    let leak = "debug: loaded ...defghijklmnopqrstuvwxyz0... from the file";
+    let caught = std::panic::catch_unwind(|| assert_not_logged(leak, key, "the key"));
+    assert!(
+        caught.is_err(),
+        "an unaligned window spanning lines is caught"
+    );
+    assert_not_logged("debug: nothing secret here", key, "the key");
 }

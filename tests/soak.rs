@@ -2,7 +2,9 @@
 //! `SCOREGATE_SOAK_SECS` (default 60; `scripts/soak.sh 600` for ten minutes) while, every two
 //! seconds, its certificate files rotate, its configuration file is rewritten (a second service
 //! comes and goes, settings change) and one replica flips between serving and dropping every
-//! request. Asserts: no unexpected error (the only tolerated failures are the flapping replica's
+//! request. Each cycle is checked to take effect: new handshakes get the certificate just
+//! installed, and the service the new configuration adds (or removes) answers 200 (or 404).
+//! Asserts: no unexpected error (the only tolerated failures are the flapping replica's
 //! 502s before outlier detection ejects it), RSS and open descriptors stable from start to end.
 
 mod common;
@@ -170,20 +172,47 @@ async fn soak_with_rotations_reloads_and_replica_failures() {
     let started = Instant::now();
     let (mut rotations, mut reloads, mut flaps) = (0u64, 0u64, 0u64);
     let mut round = 0u64;
+    let checker = client(&ca.ca_pem).build().expect("client");
+    let wine = format!("https://localhost:{port}/api/v1/service/wine/score");
     while started.elapsed() < Duration::from_secs(secs) {
         tokio::time::sleep(Duration::from_secs(2)).await;
         round += 1;
-        files.install((round % 2) as usize);
-        rotations += 1;
+        let pair = (round % 2) as usize;
+        files.install(pair);
         write_atomic(&gw.config, config(&files, &replicas, round).as_bytes());
         if round.is_multiple_of(3) {
             gw.signal("HUP");
         }
-        reloads += 1;
         if round.is_multiple_of(4) {
             healthy.fetch_xor(true, Ordering::Relaxed);
             flaps += 1;
         }
+        // Each cycle takes effect: new handshakes get the certificate just installed, and the
+        // `wine` service answers exactly while the configuration has it.
+        let fp = pem_fingerprint(&files.pairs[pair].cert_pem);
+        let t = Instant::now();
+        while served_fingerprint(&ca.ca_pem, &url).await.ok().as_ref() != Some(&fp) {
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "round {round}: the rotated certificate is not served"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        rotations += 1;
+        let want = if round % 2 == 1 { 200 } else { 404 };
+        let t = Instant::now();
+        loop {
+            let status = post(&checker, &wine, Some(KEY), ROWS).await.status();
+            if status == want {
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(10),
+                "round {round}: the reloaded route answers {status}, not {want}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        reloads += 1;
     }
     let elapsed = started.elapsed();
     stop.store(true, Ordering::Relaxed);
@@ -209,6 +238,10 @@ async fn soak_with_rotations_reloads_and_replica_failures() {
         first_error.lock().map(|f| f.clone())
     );
     assert!(ok > 100 * secs, "the load ran: {ok}");
+    assert!(
+        rotations >= secs / 4 && reloads == rotations,
+        "every cycle's rotation and reload took effect: {rotations}, {reloads}"
+    );
     assert!(
         expected <= ok / 20,
         "ejection keeps the flapping replica's failures rare: {expected} of {ok}"

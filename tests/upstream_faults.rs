@@ -7,6 +7,7 @@
 mod common;
 
 use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::*;
@@ -90,6 +91,132 @@ async fn misbehave(mut s: TcpStream, fault: Fault) {
 }
 
 const SCORE: &str = "/api/v1/service/iris/score";
+
+/// A model process that dies while scoring: on every connection it answers the first request,
+/// then reads the second one whole and resets the connection (SO_LINGER 0). Records the
+/// `x-ms-request-id` of every request it read in full.
+async fn dies_on_second_request() -> (SocketAddr, Arc<Mutex<Vec<String>>>, JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let log = seen.clone();
+    let task = tokio::spawn(async move {
+        while let Ok((mut s, _)) = listener.accept().await {
+            let log = log.clone();
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                for n in 0.. {
+                    let Some(id) = read_request(&mut s, &mut buf).await else {
+                        return;
+                    };
+                    log.lock().expect("log").push(id);
+                    if n == 1 {
+                        let _ = s.set_zero_linger();
+                        return;
+                    }
+                    let reply = "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2\r\n\r\n{}";
+                    if s.write_all(reply.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, seen, task)
+}
+
+/// One whole request (head and `content-length` body) off `s`: its request id, `None` at EOF.
+async fn read_request(s: &mut TcpStream, buf: &mut Vec<u8>) -> Option<String> {
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let field = |name: &str| {
+                head.lines()
+                    .find_map(|l| l.strip_prefix(name).map(|v| v.trim().to_string()))
+            };
+            let len: usize = field("content-length:").map_or(0, |v| v.parse().unwrap_or(0));
+            if buf.len() >= end + 4 + len {
+                buf.drain(..end + 4 + len);
+                return Some(field("x-ms-request-id:").unwrap_or_default());
+            }
+        }
+        let mut chunk = [0u8; 4096];
+        match s.read(&mut chunk).await {
+            Ok(0) | Err(_) => return None,
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+        }
+    }
+}
+
+#[tokio::test]
+async fn a_scoring_post_the_replica_read_is_delivered_once_and_answered_502() {
+    let (addr, seen, task) = dies_on_second_request().await;
+    let pki = Pki::new(&["localhost"]);
+    // One replica is never ejected: every request goes to it.
+    let gw = TestGateway::start(&service_toml(&pki, "", &[addr])).await;
+    let c = client(&pki.ca_pem).build().expect("client");
+    let url = gw.https(SCORE);
+    let send = |id: &'static str, key: Option<&'static str>| {
+        let mut r = c
+            .post(&url)
+            .bearer_auth(KEY)
+            .header("x-ms-request-id", id)
+            .body(ROWS);
+        if let Some(k) = key {
+            r = r.header("idempotency-key", k);
+        }
+        r.send()
+    };
+    // Each first request on a connection is answered; each second one is read, then reset.
+    let mut statuses = Vec::new();
+    for id in ["r0", "r1", "r2", "r3"] {
+        let r = send(id, None).await.expect("an answer");
+        statuses.push(r.status().as_u16());
+        if r.status() == 502 {
+            expect_error(r, 502, "replica_closed_connection").await;
+        }
+    }
+    assert_eq!(
+        statuses,
+        [200, 502, 200, 502],
+        "the client learns of the failure"
+    );
+    assert_eq!(
+        *seen.lock().expect("log"),
+        ["r0", "r1", "r2", "r3"],
+        "each scoring POST reached the model exactly once"
+    );
+    // With the client's idempotency key, the same failure is sent again on a new connection.
+    let r = send("r4", None).await.expect("an answer");
+    assert_eq!(r.status(), 200);
+    let r = send("r5", Some("order-7")).await.expect("an answer");
+    assert_eq!(r.status(), 200, "replayed on a new connection");
+    assert_eq!(
+        seen.lock().expect("log")[4..],
+        ["r4", "r5", "r5"],
+        "the key allowed the second delivery"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        counter(
+            &m,
+            r#"scoregate_requests_rejected_total{reason="replica_closed_connection",service="iris"}"#
+        ),
+        2,
+        "{m}"
+    );
+    let retries = |reason: &str| {
+        counter(
+            &m,
+            &format!(
+                r#"scoregate_upstream_retries_total{{reason="{reason}",service="iris",version="blue"}}"#
+            ),
+        )
+    };
+    assert_eq!((retries("unsent"), retries("replayable")), (0, 1), "{m}");
+    gw.stop().await;
+    task.abort();
+}
 
 #[tokio::test]
 async fn each_fault_is_a_502_or_504_with_its_reason_and_the_gateway_keeps_serving() {

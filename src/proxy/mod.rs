@@ -65,6 +65,10 @@ impl Gateway {
         }
     }
 
+    pub fn metrics(&self) -> &Metrics {
+        &self.metrics
+    }
+
     /// HTTP-01: `/.well-known/acme-challenge/<token>` answered with the key authorization.
     fn acme_http01(&self, path: &str) -> Option<Response<ProxyBody>> {
         let answer = self.challenges.as_ref()?.answer_path(path)?;
@@ -149,7 +153,9 @@ impl Gateway {
         let sent = Instant::now();
         v.metrics.in_flight.inc();
         let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
-        let result = tokio::time::timeout_at(deadline, lease.replica.send(outgoing)).await;
+        let result =
+            tokio::time::timeout_at(deadline, lease.replica.send(outgoing, &v.metrics.retries))
+                .await;
         match self.answer(result, sent, &service, version, lease, &rid, start) {
             Ok(answer) => answer,
             Err(e) => {
@@ -163,9 +169,9 @@ impl Gateway {
         let name = service.map(|s| s.name.as_str()).unwrap_or("");
         self.metrics.reject(name, e.reason());
         if e.status().is_server_error() {
-            tracing::warn!(request_id = ?rid, service = name, reason = e.reason(), error = %ErrorChain(&e), "request failed");
+            tracing::warn!(request_id = rid.to_str().unwrap_or_default(), service = name, reason = e.reason(), error = %crate::report::ErrorChain(&e), "request failed");
         } else {
-            tracing::debug!(request_id = ?rid, service = name, reason = e.reason(), error = %e, "request refused");
+            tracing::debug!(request_id = rid.to_str().unwrap_or_default(), service = name, reason = e.reason(), error = %e, "request refused");
         }
         Answer::from_response(e.to_response(rid).map(Either::Right))
     }
@@ -301,6 +307,7 @@ impl Gateway {
         addr: &SocketAddr,
     ) -> Outgoing {
         let path = parse_path(head.uri().path()).map_or("/", |(_, e)| e.upstream_path());
+        let replayable = crate::upstream::replayable(head.method(), |h| head.header(h).is_some());
         if let (ClientHead::Raw(raw), Protocol::Http1, ClientBody::Whole(data)) =
             (&head, protocol, &body)
         {
@@ -315,6 +322,7 @@ impl Gateway {
             return Outgoing::Encoded {
                 bytes: head::encode_h1(raw, data.as_ref(), &forward),
                 method: raw.method.clone(),
+                replayable,
             };
         }
         let mut parts = head.into_parts();
@@ -353,13 +361,16 @@ impl Gateway {
                 parts.headers.remove(header::HOST);
             }
         }
-        Outgoing::Request(Request::from_parts(
-            parts,
-            Limited::new(
-                body,
-                usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+        Outgoing::Request {
+            req: Request::from_parts(
+                parts,
+                Limited::new(
+                    body,
+                    usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
+                ),
             ),
-        ))
+            replayable,
+        }
     }
 }
 
@@ -379,23 +390,10 @@ pub(crate) fn report(lease: &Lease, outcome: Outcome, service: &Service, version
     }
 }
 
-/// Display an error with its whole `source()` chain.
-pub struct ErrorChain<'a>(pub &'a (dyn std::error::Error + 'static));
-
-impl std::fmt::Display for ErrorChain<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.0)?;
-        let mut src = self.0.source();
-        while let Some(s) = src {
-            write!(f, ": {s}")?;
-            src = s.source();
-        }
-        Ok(())
-    }
-}
-
-/// Bodies up to this size are read and discarded before an error answer, so that clients still
-/// uploading (curl over HTTP/2) see the answer instead of a reset stream.
+/// Bodies up to this size (declared, or of unknown length until this much was read) are read
+/// and discarded before an error answer, so that clients still uploading (curl over HTTP/2) see
+/// the answer instead of a reset stream, and an HTTP/2 request's frames keep being checked as
+/// RFC 9113 asks until it ends.
 const DRAIN_LIMIT: u64 = 64 * 1024;
 const DRAIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
 
@@ -406,7 +404,7 @@ fn drain(
     head: &ClientHead,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     use hyper::body::Body;
-    if body.is_end_stream() || head.declared_length().is_none_or(|n| n > DRAIN_LIMIT) {
+    if body.is_end_stream() || head.declared_length().is_some_and(|n| n > DRAIN_LIMIT) {
         return Box::pin(std::future::ready(()));
     }
     Box::pin(async move {

@@ -69,10 +69,14 @@ pub enum ProtoError {
 /// Why an exchange failed before the response head was complete.
 #[derive(Debug)]
 pub enum SendError {
-    /// The request did not get through: the write failed, or the replica reset the connection
-    /// before answering (a reset means our bytes arrived at a closed socket, unread).
+    /// Nothing of the request left the gateway: the first write failed before the kernel took a
+    /// byte of it (the replica had already closed or reset the connection). Safe to send again.
     Unsent(io::Error),
-    /// The connection failed or closed (read error, EOF before a full response).
+    /// The request, or part of it, was written, then the connection failed or closed before a
+    /// byte of an answer arrived. The replica may have read it and acted on it (a reset after
+    /// reading looks the same as a reset before), so only a replayable request goes again.
+    Unanswered(io::Error),
+    /// The connection failed or closed after the answer had begun.
     Io(io::Error),
     /// The replica answered something that is not HTTP/1.1.
     Proto(ProtoError),
@@ -134,8 +138,28 @@ impl Conn {
             && matches!(self.io.try_read(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock)
     }
 
-    async fn write(&mut self, bytes: &[u8]) -> Result<(), SendError> {
-        self.io.write_all(bytes).await.map_err(SendError::Unsent)
+    /// Write all of `bytes`. `sent` records whether any byte of the request was taken by the
+    /// kernel so far: a failure before that is [`SendError::Unsent`], after it
+    /// [`SendError::Unanswered`].
+    async fn write(&mut self, mut bytes: &[u8], sent: &mut bool) -> Result<(), SendError> {
+        while !bytes.is_empty() {
+            let e = match self.io.write(bytes).await {
+                Ok(0) => io::ErrorKind::WriteZero.into(),
+                Ok(n) => {
+                    *sent = true;
+                    bytes = &bytes[n..];
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => e,
+            };
+            return Err(if *sent {
+                SendError::Unanswered(e)
+            } else {
+                SendError::Unsent(e)
+            });
+        }
+        Ok(())
     }
 
     /// Spare capacity for the next read.
@@ -159,18 +183,32 @@ impl Conn {
 /// A request encoded for the wire: everything, or the head plus the body still to stream.
 pub struct Encoded<B> {
     bytes: BytesMut,
-    rest: Option<(B, bool)>,
+    rest: Rest<B>,
+}
+
+/// The part of a request not in [`Encoded::bytes`].
+enum Rest<B> {
+    /// Nothing: the whole request is encoded.
+    None,
+    /// The body, to stream after the head (`true`: chunked).
+    Body(B, bool),
+    /// The body was streamed (or began to be): the request cannot be sent again.
+    Streamed,
 }
 
 impl<B> Encoded<B> {
     /// A request encoded whole elsewhere (`proxy::head::encode_h1`).
     pub fn whole(bytes: BytesMut) -> Self {
-        Encoded { bytes, rest: None }
+        Encoded {
+            bytes,
+            rest: Rest::None,
+        }
     }
 
-    /// Whether the whole request is in `bytes` (so it can be sent again on a new connection).
-    pub fn complete(&self) -> bool {
-        self.rest.is_none()
+    /// Whether the whole request is still at hand (so it can be sent again on a new
+    /// connection): it was encoded whole, or its body has not begun to stream.
+    pub fn intact(&self) -> bool {
+        !matches!(self.rest, Rest::Streamed)
     }
 }
 
@@ -220,7 +258,7 @@ where
             b.put_slice(b"content-length: 0\r\n");
         }
         b.put_slice(b"\r\n");
-        None
+        Rest::None
     } else if let Some(n) = exact {
         put_content_length(&mut b, n);
         b.put_slice(b"\r\n");
@@ -231,13 +269,13 @@ where
                     b.put_slice(&data);
                 }
             }
-            None
+            Rest::None
         } else {
-            Some((body, false))
+            Rest::Body(body, false)
         }
     } else {
         b.put_slice(b"transfer-encoding: chunked\r\n\r\n");
-        Some((body, true))
+        Rest::Body(body, true)
     };
     Ok((Encoded { bytes: b, rest }, parts.method))
 }
@@ -253,8 +291,11 @@ where
     B: Body<Data = Bytes> + Unpin,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    conn.write(&req.bytes).await?;
-    if let Some((mut body, chunked)) = req.rest.take() {
+    let mut sent = false;
+    conn.write(&req.bytes, &mut sent).await?;
+    if matches!(req.rest, Rest::Body(..))
+        && let Rest::Body(mut body, chunked) = std::mem::replace(&mut req.rest, Rest::Streamed)
+    {
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(|e| SendError::Body(e.into()))?.into_data() else {
                 continue;
@@ -263,16 +304,16 @@ where
                 continue;
             }
             if chunked {
-                conn.write(format!("{:x}\r\n", data.len()).as_bytes())
+                conn.write(format!("{:x}\r\n", data.len()).as_bytes(), &mut sent)
                     .await?;
-                conn.write(&data).await?;
-                conn.write(b"\r\n").await?;
+                conn.write(&data, &mut sent).await?;
+                conn.write(b"\r\n", &mut sent).await?;
             } else {
-                conn.write(&data).await?;
+                conn.write(&data, &mut sent).await?;
             }
         }
         if chunked {
-            conn.write(b"0\r\n\r\n").await?;
+            conn.write(b"0\r\n\r\n", &mut sent).await?;
         }
     }
     let mut answered = false;
@@ -285,9 +326,9 @@ where
         }
         match conn.fill().await {
             Ok(()) => answered = true,
-            Err(SendError::Io(e)) if !answered && e.kind() == io::ErrorKind::ConnectionReset => {
-                return Err(SendError::Unsent(e));
-            }
+            // Closed or reset before a byte of an answer: whether the replica read the request
+            // first cannot be told from here.
+            Err(SendError::Io(e)) if !answered => return Err(SendError::Unanswered(e)),
             Err(e) => return Err(e),
         }
     };

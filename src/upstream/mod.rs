@@ -28,13 +28,28 @@ pub use replica::{Replica, UpstreamBody, UpstreamError};
 #[derive(Debug)]
 pub enum Outgoing {
     /// Built by the gateway: `h1::encode` or hyper's h2c client writes it.
-    Request(http::Request<UpstreamBody>),
+    Request {
+        req: http::Request<UpstreamBody>,
+        replayable: bool,
+    },
     /// Already encoded for an HTTP/1.1 replica, body included (`proxy::head::encode_h1`).
     Encoded {
         bytes: bytes::BytesMut,
         method: http::Method,
+        replayable: bool,
     },
 }
+
+/// Whether a request may go to a replica again after it may have reached it. RFC 9110 §9.2.2:
+/// a client must not automatically retry a non-idempotent request; like Go's `net/http`, the
+/// client's `Idempotency-Key` (or `X-Idempotency-Key`) says that repeating it is safe. A scoring
+/// `POST` is neither by default: a model that may have run is never run again.
+pub fn replayable(method: &http::Method, has_header: impl Fn(&http::HeaderName) -> bool) -> bool {
+    method.is_idempotent() || has_header(&IDEMPOTENCY_KEY) || has_header(&X_IDEMPOTENCY_KEY)
+}
+
+pub static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+pub static X_IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("x-idempotency-key");
 
 /// A replica's answer.
 #[derive(Debug)]

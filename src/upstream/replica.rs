@@ -19,6 +19,7 @@ use super::ewma::PeakEwma;
 use super::h1;
 use super::{Outgoing, Reply, ReplyHeaders, ResponseBody};
 use crate::config::Protocol;
+use crate::metrics::Retries;
 
 /// What the gateway sends upstream: the client's body, capped at the body limit.
 pub type UpstreamBody = http_body_util::Limited<crate::proxy::ClientBody>;
@@ -161,10 +162,12 @@ impl Replica {
 
     fn classify_h1(&self, e: h1::SendError) -> UpstreamError {
         match e {
-            h1::SendError::Io(e) | h1::SendError::Unsent(e) => UpstreamError::Closed {
-                addr: self.addr,
-                source: Box::new(e),
-            },
+            h1::SendError::Io(e) | h1::SendError::Unsent(e) | h1::SendError::Unanswered(e) => {
+                UpstreamError::Closed {
+                    addr: self.addr,
+                    source: Box::new(e),
+                }
+            }
             h1::SendError::Proto(e) => UpstreamError::Protocol {
                 addr: self.addr,
                 source: Box::new(e),
@@ -177,10 +180,15 @@ impl Replica {
     }
 
     /// Send one request. The URI must be origin-form for HTTP/1.1 and absolute for h2c; an
-    /// encoded request is for HTTP/1.1 replicas only.
-    pub async fn send(self: &Arc<Self>, out: Outgoing) -> Result<Reply, UpstreamError> {
+    /// encoded request is for HTTP/1.1 replicas only. A request sent again on a new connection
+    /// is counted in `retries`.
+    pub async fn send(
+        self: &Arc<Self>,
+        out: Outgoing,
+        retries: &Retries,
+    ) -> Result<Reply, UpstreamError> {
         match (self.protocol, out) {
-            (Protocol::H2c, Outgoing::Request(req)) => {
+            (Protocol::H2c, Outgoing::Request { req, .. }) => {
                 let (parts, body) = self.send_h2(req).await?.into_parts();
                 Ok(Reply {
                     status: parts.status,
@@ -192,7 +200,7 @@ impl Replica {
                 addr: self.addr,
                 source: "an HTTP/1.1-encoded request cannot go to an h2c replica".into(),
             }),
-            (Protocol::Http1, out) => self.send_http1(out).await,
+            (Protocol::Http1, out) => self.send_http1(out, retries).await,
         }
     }
 
@@ -207,24 +215,43 @@ impl Replica {
         None
     }
 
-    async fn send_http1(self: &Arc<Self>, out: Outgoing) -> Result<Reply, UpstreamError> {
-        let (mut encoded, method) = match out {
-            Outgoing::Encoded { bytes, method } => (h1::Encoded::whole(bytes), method),
-            Outgoing::Request(req) => h1::encode(req).await.map_err(|e| self.classify_h1(e))?,
+    /// HTTP/1.1: on a pooled connection if one is usable. A pooled connection that fails is
+    /// replaced by a new one for the same request only when that cannot deliver it twice: no
+    /// byte of it had left ([`h1::SendError::Unsent`]), or it is replayable and no answer had
+    /// begun ([`h1::SendError::Unanswered`]). Never more than once, never on a new connection.
+    async fn send_http1(
+        self: &Arc<Self>,
+        out: Outgoing,
+        retries: &Retries,
+    ) -> Result<Reply, UpstreamError> {
+        let (mut encoded, method, replayable) = match out {
+            Outgoing::Encoded {
+                bytes,
+                method,
+                replayable,
+            } => (h1::Encoded::whole(bytes), method, replayable),
+            Outgoing::Request { req, replayable } => {
+                let (encoded, method) = h1::encode(req).await.map_err(|e| self.classify_h1(e))?;
+                (encoded, method, replayable)
+            }
         };
         let mut pooled = self.take_idle();
         // One call site for the exchange: each one would add its future to every request's.
         loop {
-            let retry = pooled.is_some();
+            let reused = pooled.is_some();
             let conn = match pooled.take() {
                 Some(conn) => conn,
                 None => h1::Conn::new(Box::pin(self.connect()).await?),
             };
             match h1::exchange(conn, &mut encoded, &method, self).await {
-                // The replica closed the pooled connection as the request went out: nothing of
-                // it was taken, so it goes once more on a fresh connection.
-                Err(h1::SendError::Unsent(e)) if retry && encoded.complete() => {
-                    tracing::debug!(replica = %self.addr, error = %e, "pooled connection failed; retrying on a new one");
+                // The replica had closed the pooled connection: nothing of the request left.
+                Err(h1::SendError::Unsent(e)) if reused && encoded.intact() => {
+                    retries.unsent.inc();
+                    tracing::debug!(replica = %self.addr, error = %e, "pooled connection was closed; sending on a new one");
+                }
+                Err(h1::SendError::Unanswered(e)) if reused && replayable && encoded.intact() => {
+                    retries.replayable.inc();
+                    tracing::debug!(replica = %self.addr, error = %e, "pooled connection closed before an answer; sending the replayable request again");
                 }
                 other => return other.map_err(|e| self.classify_h1(e)),
             }
@@ -264,3 +291,7 @@ impl Replica {
         Ok(sender)
     }
 }
+
+#[cfg(test)]
+#[path = "replica_tests.rs"]
+mod tests;

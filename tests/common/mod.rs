@@ -149,7 +149,7 @@ impl TestGateway {
         let t = std::time::Instant::now();
         loop {
             let m = self.metrics().await;
-            if counter(&m, series) >= at_least {
+            if series_value(&m, series).is_some_and(|v| v >= at_least) {
                 return;
             }
             assert!(
@@ -427,14 +427,26 @@ pub fn pem_fingerprint(cert_pem: &str) -> String {
     sha256_hex(&der)
 }
 
-/// The value of the exposition line starting with `series` (0 when absent).
+/// The value of the exposition line for `series` (the name with its labels in Prometheus's
+/// order, exactly). A series that is absent fails the test: a renamed metric or label must not
+/// read as 0.
+#[track_caller]
 pub fn counter(metrics: &str, series: &str) -> u64 {
+    series_value(metrics, series)
+        .unwrap_or_else(|| panic!("no series {series} in the exposition:\n{metrics}"))
+}
+
+/// The value of `series` if it is exported (for waiting until it appears).
+pub fn series_value(metrics: &str, series: &str) -> Option<u64> {
     metrics
         .lines()
-        .find(|l| l.starts_with(series))
-        .and_then(|l| l.rsplit(' ').next())
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| {
+            let (name, value) = l.rsplit_once(' ')?;
+            (name == series).then_some(value)
+        })
         .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+        .map(|v| v as u64)
 }
 
 /// The `iris` service with key auth and one version `blue` on `replica`; `extra` adds settings.

@@ -6,9 +6,10 @@
 //!
 //! Limits: 256 concurrent streams (more are refused), 1 MiB stream and 4 MiB connection receive
 //! windows credited as the replica takes the body, header lists up to `max_header_bytes`
-//! (larger ones are answered 431), at most 1,024 more requests reset by the client while in
-//! flight than answered (rapid reset) and 1,024 empty DATA frames per connection (both
-//! ENHANCE_YOUR_CALM).
+//! (larger ones are answered 431), at most 32 CONTINUATION frames per header block and none
+//! empty unless it ends the block, at most 1,024 more requests reset by the client while in
+//! flight than answered (rapid reset) and 1,024 empty DATA frames per connection (each
+//! ENHANCE_YOUR_CALM, counted in `scoregate_http2_abuse_total{kind}`).
 //! On shutdown it sends GOAWAY, finishes the streams in flight and closes.
 
 mod conn;

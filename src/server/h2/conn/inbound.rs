@@ -7,8 +7,8 @@ use bytes::{Buf, Bytes, BytesMut};
 use super::super::frame::{self, Head, Reason};
 use super::super::request::{self, Builder, Refused};
 use super::{
-    Conn, ConnError, HeaderBlock, MAX_EMPTY_DATA, MAX_RESETS, MAX_STREAMS, Phase, RECENT,
-    STREAM_WINDOW, Stream,
+    Abuse, Conn, ConnError, HeaderBlock, MAX_CONTINUATIONS, MAX_EMPTY_DATA, MAX_RESETS,
+    MAX_STREAMS, Phase, RECENT, STREAM_WINDOW, Stream,
 };
 
 impl Conn<'_> {
@@ -52,7 +52,14 @@ impl Conn<'_> {
                 return Err(ConnError(Reason::Protocol));
             }
             if b.block.len() + payload.len() > self.max_header.saturating_mul(2) + 16_384 {
-                return Err(ConnError(Reason::EnhanceYourCalm));
+                return Err(self.calm(Abuse::HeaderBlockSize));
+            }
+            // CONTINUATION floods (CVE-2024-27316 and kin): an empty one that does not end the
+            // block carries nothing, and a block is never split into many frames honestly.
+            b.continuations += 1;
+            let empty = payload.is_empty() && h.flags & frame::END_HEADERS == 0;
+            if empty || b.continuations > MAX_CONTINUATIONS {
+                return Err(self.calm(Abuse::ContinuationFlood));
             }
             b.block.extend_from_slice(&payload);
             if h.flags & frame::END_HEADERS != 0 {
@@ -125,6 +132,7 @@ impl Conn<'_> {
         let end_stream = h.flags & frame::END_STREAM != 0;
         if h.flags & frame::END_HEADERS == 0 {
             self.block = Some(HeaderBlock {
+                continuations: 0,
                 id: h.stream,
                 end_stream,
                 self_dependent,
@@ -274,7 +282,7 @@ impl Conn<'_> {
         if data.is_empty() && !end {
             self.empty_data += 1;
             if self.empty_data > MAX_EMPTY_DATA {
-                return Err(ConnError(Reason::EnhanceYourCalm));
+                return Err(self.calm(Abuse::EmptyData));
             }
         }
         st.recv_open = !end;
@@ -311,7 +319,7 @@ impl Conn<'_> {
                 // A request abandoned while the gateway works on it (rapid reset, CVE-2023-44487).
                 self.resets += 1;
                 if self.resets > MAX_RESETS {
-                    return Err(ConnError(Reason::EnhanceYourCalm));
+                    return Err(self.calm(Abuse::RapidReset));
                 }
             }
             // Not remembered: frames after the client's own reset are errors (§5.1).

@@ -39,6 +39,9 @@ const HIGH_WATER: usize = 64 * 1024;
 const MAX_RESETS: u32 = 1024;
 /// Empty DATA frames (without END_STREAM) tolerated on one connection.
 const MAX_EMPTY_DATA: u32 = 1024;
+/// CONTINUATION frames allowed in one header block (nghttp2 allows 8; a block within the header
+/// limit fills at most 9 frames of the default size, and some clients split finer).
+const MAX_CONTINUATIONS: u32 = 32;
 /// Stream ids remembered after we reset or finished them early, whose late frames are ignored.
 const RECENT: usize = 128;
 
@@ -79,8 +82,35 @@ struct Stream {
     _busy: InFlightGuard,
 }
 
+/// A client's abuse of the protocol, answered with GOAWAY ENHANCE_YOUR_CALM and counted in
+/// `scoregate_http2_abuse_total{kind}`.
+#[derive(Debug, Clone, Copy)]
+enum Abuse {
+    /// More CONTINUATION frames in one header block than [`MAX_CONTINUATIONS`], or an empty one
+    /// that does not end it.
+    ContinuationFlood,
+    /// A header block over twice `max_header_bytes` (plus a frame).
+    HeaderBlockSize,
+    /// More than [`MAX_EMPTY_DATA`] empty DATA frames.
+    EmptyData,
+    /// More than [`MAX_RESETS`] requests reset while in flight, net of those answered.
+    RapidReset,
+}
+
+impl Abuse {
+    fn label(self) -> &'static str {
+        match self {
+            Abuse::ContinuationFlood => "continuation_flood",
+            Abuse::HeaderBlockSize => "header_block_size",
+            Abuse::EmptyData => "empty_data",
+            Abuse::RapidReset => "rapid_reset",
+        }
+    }
+}
+
 /// A header block still arriving in CONTINUATION frames.
 struct HeaderBlock {
+    continuations: u32,
     id: u32,
     end_stream: bool,
     self_dependent: bool,
@@ -306,6 +336,13 @@ impl<'a> Conn<'a> {
                 self.owed += self.shared.close(id, false);
             }
         }
+    }
+
+    /// The connection error for a client's abuse, counted and logged.
+    fn calm(&self, abuse: Abuse) -> ConnError {
+        self.gateway.metrics().h2_abuse(abuse.label());
+        tracing::debug!(remote = %self.info.remote, kind = abuse.label(), "HTTP/2 client abuse; closing the connection");
+        ConnError(Reason::EnhanceYourCalm)
     }
 
     /// A connection error: GOAWAY, drop every stream, close once written.
