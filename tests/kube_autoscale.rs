@@ -260,3 +260,66 @@ async fn load_scales_up_at_once_down_after_the_window_with_one_leader() {
     }
     gw_b.stop().await;
 }
+
+/// Autoscaling is read from the route table on every tick: a configuration reload that adds
+/// `[services.versions.autoscale]` to a gateway that started without any starts the Lease
+/// election and scales, and one that lowers `max_replicas` is followed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_that_adds_or_changes_autoscaling_takes_effect() {
+    let tb = Testbed::start();
+    tb.kubectl(&["create", "namespace", NS]);
+    let kube = tb.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(kube.clone(), NS);
+    deployments
+        .create(&PostParams::default(), &deployment("iris-green"))
+        .await
+        .expect("deployment");
+    let leases: Api<Lease> = Api::namespaced(kube.clone(), NS);
+    let slow = Backend::fixed(r#"{"ok":true}"#, Duration::from_millis(300)).await;
+    let pki = Pki::new(&["localhost"]);
+    // The configuration file is polled every second (the default): reloads land within ~1 s.
+    let with = gateway_toml(&tb, &pki, "gw-r", "iris-green", slow.addr);
+    let section = with
+        .find("[services.versions.autoscale]")
+        .expect("autoscale section");
+    let without = &with[..section];
+    let gw = ServeProcess::start(without, "info", &[]);
+    let url = format!(
+        "https://localhost:{}/api/v1/service/iris/score",
+        gw.tls.expect("tls").port()
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let tasks = load(&pki, url, stop.clone());
+
+    // Without autoscaling: load changes nothing and no Lease is taken.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(replicas(&deployments, "iris-green").await, 1);
+    assert_eq!(
+        holder(&leases).await,
+        None,
+        "no election without autoscaling"
+    );
+
+    // Added by a reload: the election starts and the load scales the Deployment to its maximum.
+    write_atomic(
+        &gw.config,
+        with.replace("max_replicas = 10", "max_replicas = 4")
+            .as_bytes(),
+    );
+    let up = wait_replicas(&deployments, "iris-green", 4, Duration::from_secs(20)).await;
+    println!("scaled 1 -> 4 {up:?} after the reload that added autoscaling");
+    assert_eq!(holder(&leases).await.as_deref(), Some("gw-r"));
+
+    // Changed by a reload: the lower maximum is applied under the same load.
+    write_atomic(
+        &gw.config,
+        with.replace("max_replicas = 10", "max_replicas = 2")
+            .replace("scale_down_window_ms = 3000", "scale_down_window_ms = 500")
+            .as_bytes(),
+    );
+    wait_replicas(&deployments, "iris-green", 2, Duration::from_secs(20)).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        t.await.expect("load");
+    }
+}

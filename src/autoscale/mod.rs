@@ -67,24 +67,26 @@ impl Recommender {
     }
 }
 
-/// Everything the loop needs for one autoscaled version.
-#[derive(Debug, Clone)]
-pub struct Target {
-    pub service: String,
-    pub version: String,
-    pub config: AutoscaleConfig,
+/// What applying recommendations needs: a client, and the Lease that makes one gateway the one
+/// that scales. The election starts the first time a version has autoscaling (at start or after
+/// a reload) and then runs until shutdown.
+#[derive(Clone)]
+pub struct Scaler {
+    pub client: Client,
+    pub lease: lease::LeaseSettings,
 }
 
-/// Compute recommendations every `refresh` and, when leader, apply them to the Deployments.
+/// Compute recommendations every `refresh` and, when leader, apply them to the Deployments of
+/// the versions that have `[services.versions.autoscale]` in the current route table.
 pub async fn run(
     routes: RouteHandle,
     metrics: Metrics,
-    targets: Vec<Target>,
-    client: Option<Client>,
-    leader: Arc<AtomicBool>,
+    scaler: Option<Scaler>,
     refresh: Duration,
     mut stop: watch::Receiver<bool>,
 ) {
+    let leader = Arc::new(AtomicBool::new(false));
+    let mut electing = false;
     let mut recommenders: HashMap<(String, String), Recommender> = HashMap::new();
     loop {
         tokio::select! {
@@ -93,48 +95,70 @@ pub async fn run(
         }
         let now = Instant::now();
         let table = routes.load_full();
+        let mut seen = Vec::new();
         for svc in table.services() {
             for v in &svc.versions {
                 let replicas = v.replicas.replicas();
                 let busy: u32 = replicas.iter().map(|r| r.in_flight()).sum();
                 let queued = v.replicas.queued();
                 let maxc = svc.settings.replica_max_concurrent_requests;
-                let target = targets
-                    .iter()
-                    .find(|t| t.service == svc.name && t.version == v.name);
-                let (goal, min, max, window) = target
-                    .map(|t| {
+                let config = v.autoscale.as_ref();
+                let (goal, min, max, window) = config
+                    .map(|c| {
                         (
-                            t.config.target_utilization,
-                            t.config.min_replicas,
-                            t.config.max_replicas,
-                            t.config.scale_down_window,
+                            c.target_utilization,
+                            c.min_replicas,
+                            c.max_replicas,
+                            c.scale_down_window,
                         )
                     })
                     .unwrap_or((0.7, 1, 10, Duration::from_secs(60)));
                 let capacity = (replicas.len() as u32 * maxc).max(1);
                 let utilization = f64::from(busy + queued) / f64::from(capacity);
                 let raw = desired_replicas(busy, queued, maxc, goal, min, max);
-                let rec = recommenders
-                    .entry((svc.name.clone(), v.name.clone()))
-                    .or_insert_with(|| Recommender::new(window))
-                    .recommend(now, raw);
+                let key = (svc.name.clone(), v.name.clone());
+                let recommender = recommenders
+                    .entry(key.clone())
+                    .or_insert_with(|| Recommender::new(window));
+                recommender.window = window;
+                let rec = recommender.recommend(now, raw);
+                seen.push(key);
                 metrics
                     .autoscale
                     .observe(&svc.name, &v.name, utilization, rec);
-                if let (Some(t), Some(client)) = (target, &client)
-                    && leader.load(Ordering::Acquire)
-                {
-                    apply(client, t, rec, &metrics).await;
+                let (Some(config), Some(scaler)) = (config, &scaler) else {
+                    continue;
+                };
+                if !electing {
+                    electing = true;
+                    tracing::info!(lease = %scaler.lease.name, "autoscaling configured; taking part in the Lease election");
+                    tokio::spawn(lease::elect(
+                        scaler.client.clone(),
+                        scaler.lease.clone(),
+                        leader.clone(),
+                        stop.clone(),
+                    ));
+                }
+                if leader.load(Ordering::Acquire) {
+                    apply(&scaler.client, &svc.name, &v.name, config, rec, &metrics).await;
                 }
             }
         }
+        // Versions a reload removed start from scratch if they come back.
+        recommenders.retain(|k, _| seen.contains(k));
     }
 }
 
-async fn apply(client: &Client, t: &Target, replicas: u32, metrics: &Metrics) {
-    let ns = &t.config.namespace;
-    let name = &t.config.deployment;
+async fn apply(
+    client: &Client,
+    service: &str,
+    version: &str,
+    config: &AutoscaleConfig,
+    replicas: u32,
+    metrics: &Metrics,
+) {
+    let ns = &config.namespace;
+    let name = &config.deployment;
     // Never fight a HorizontalPodAutoscaler on the same Deployment.
     let hpas: Api<HorizontalPodAutoscaler> = Api::namespaced(client.clone(), ns);
     match hpas.list(&ListParams::default()).await {
@@ -144,15 +168,13 @@ async fn apply(client: &Client, t: &Target, replicas: u32, metrics: &Metrics) {
                     s.scale_target_ref.kind == "Deployment" && &s.scale_target_ref.name == name
                 })
             }) {
-                metrics.autoscale.blocked(&t.service, &t.version, "hpa");
+                metrics.autoscale.blocked(service, version, "hpa");
                 tracing::warn!(deployment = %name, namespace = %ns, "a HorizontalPodAutoscaler targets this Deployment; not scaling it");
                 return;
             }
         }
         Err(e) => {
-            metrics
-                .autoscale
-                .blocked(&t.service, &t.version, "api_error");
+            metrics.autoscale.blocked(service, version, "api_error");
             tracing::warn!(error = %e, "autoscaler: cannot list HorizontalPodAutoscalers; not scaling");
             return;
         }
@@ -161,9 +183,7 @@ async fn apply(client: &Client, t: &Target, replicas: u32, metrics: &Metrics) {
     let current = match deployments.get_scale(name).await {
         Ok(s) => s.spec.and_then(|s| s.replicas).unwrap_or(0),
         Err(e) => {
-            metrics
-                .autoscale
-                .blocked(&t.service, &t.version, "api_error");
+            metrics.autoscale.blocked(service, version, "api_error");
             tracing::warn!(error = %e, deployment = %name, "autoscaler: cannot read the Deployment's scale");
             return;
         }
@@ -178,13 +198,11 @@ async fn apply(client: &Client, t: &Target, replicas: u32, metrics: &Metrics) {
         .await
     {
         Ok(_) => {
-            metrics.autoscale.scaled(&t.service, &t.version);
+            metrics.autoscale.scaled(service, version);
             tracing::info!(deployment = %name, namespace = %ns, from = current, to = want, "scaled");
         }
         Err(e) => {
-            metrics
-                .autoscale
-                .blocked(&t.service, &t.version, "api_error");
+            metrics.autoscale.blocked(service, version, "api_error");
             tracing::warn!(error = %e, deployment = %name, "autoscaler: scale patch failed");
         }
     }

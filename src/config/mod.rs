@@ -24,6 +24,9 @@ pub struct Config {
     pub tls: TlsSettings,
     pub limits: Limits,
     pub runtime: RuntimeSettings,
+    /// `[access_log] enabled`: one log event per request (target `scoregate::access`); read at
+    /// start.
+    pub access_log: bool,
     pub services: Vec<ServiceConfig>,
     /// Set when something needs the Kubernetes API.
     pub kubernetes: Option<crate::discovery::KubeSettings>,

@@ -14,6 +14,8 @@ pub struct RawConfig {
     #[serde(default)]
     pub runtime: RawRuntime,
     #[serde(default)]
+    pub access_log: RawAccessLog,
+    #[serde(default)]
     pub services: Vec<RawService>,
     pub kubernetes: Option<RawKubernetes>,
 }
@@ -133,6 +135,12 @@ pub struct RawLimits {
 #[serde(deny_unknown_fields)]
 pub struct RawRuntime {
     pub busy_poll_us: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAccessLog {
+    pub enabled: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

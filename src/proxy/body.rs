@@ -69,6 +69,8 @@ pub(crate) struct Completion {
     pub version: usize,
     pub code: u16,
     pub start: Instant,
+    /// The access log's record, when it is on.
+    pub access: Option<Box<super::access::Record>>,
 }
 
 /// How a response body ended.
@@ -87,6 +89,10 @@ impl Completion {
         let m = &self.service.versions[self.version].metrics;
         m.observe(self.code, self.start.elapsed().as_secs_f64());
         m.in_flight.dec();
+        if let Some(a) = &self.access {
+            let v = &self.service.versions[self.version];
+            a.log(&self.service.name, &v.name, self.code);
+        }
         match end {
             End::Complete => {
                 super::report(&self.lease, Outcome::Answered, &self.service, self.version);
@@ -129,6 +135,11 @@ impl Body for TrackedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled
+            && let Some(a) = this.done.as_mut().and_then(|d| d.access.as_mut())
+        {
+            a.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+        }
         match &polled {
             Poll::Ready(None) => this.finish(End::Complete),
             Poll::Ready(Some(Err(_))) => this.finish(End::Broken),

@@ -10,6 +10,7 @@
 //!
 //! Errors are mapped to HTTP in one place: [`error::GatewayError`].
 
+mod access;
 mod body;
 pub mod error;
 pub mod head;
@@ -48,6 +49,7 @@ pub struct Gateway {
     metrics: Metrics,
     max_body_bytes: u64,
     challenges: Option<Arc<Challenges>>,
+    access_log: bool,
 }
 
 impl Gateway {
@@ -56,12 +58,14 @@ impl Gateway {
         metrics: Metrics,
         max_body_bytes: u64,
         challenges: Option<Arc<Challenges>>,
+        access_log: bool,
     ) -> Self {
         Gateway {
             routes,
             metrics,
             max_body_bytes,
             challenges,
+            access_log,
         }
     }
 
@@ -112,14 +116,14 @@ impl Gateway {
             Ok(s) => s,
             Err(e) => {
                 drain(body, &head).await;
-                return self.fail(e, &rid, None);
+                return self.fail(e, &rid, None, None, conn, start);
             }
         };
         let version = match self.admit(&head, &service, endpoint) {
             Ok(v) => v,
             Err(e) => {
                 drain(body, &head).await;
-                return self.fail(e, &rid, Some(&service));
+                return self.fail(e, &rid, Some(&service), None, conn, start);
             }
         };
         let m = &service.versions[version].metrics;
@@ -135,7 +139,7 @@ impl Gateway {
                 drain(body, &head).await;
                 let e = overloaded(&service, saturated);
                 m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
-                return self.fail(e, &rid, Some(&service));
+                return self.fail(e, &rid, Some(&service), Some(version), conn, start);
             }
         };
         // Sent here, not from a helper async fn: each such level held its future twice over in
@@ -156,24 +160,58 @@ impl Gateway {
         let result =
             tokio::time::timeout_at(deadline, lease.replica.send(outgoing, &v.metrics.retries))
                 .await;
-        match self.answer(result, sent, &service, version, lease, &rid, start) {
+        let access = self.access_log.then(|| {
+            Box::new(access::Record {
+                request_id: rid.clone(),
+                client: conn.remote,
+                start,
+                upstream: None,
+                bytes: 0,
+            })
+        });
+        match self.answer(result, sent, &service, version, lease, &rid, start, access) {
             Ok(answer) => answer,
             Err(e) => {
                 m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
-                self.fail(e, &rid, Some(&service))
+                self.fail(e, &rid, Some(&service), Some(version), conn, start)
             }
         }
     }
 
-    fn fail(&self, e: GatewayError, rid: &HeaderValue, service: Option<&Service>) -> Answer {
+    /// The gateway's own answer for `e`: counted, logged (and in the access log when it is on).
+    fn fail(
+        &self,
+        e: GatewayError,
+        rid: &HeaderValue,
+        service: Option<&Service>,
+        version: Option<usize>,
+        conn: ConnInfo,
+        start: Instant,
+    ) -> Answer {
         let name = service.map(|s| s.name.as_str()).unwrap_or("");
+        let response = e.to_response(rid);
+        if self.access_log {
+            let version = service
+                .zip(version)
+                .map_or("", |(s, v)| s.versions[v].name.as_str());
+            let record = access::Record {
+                request_id: rid.clone(),
+                client: conn.remote,
+                start,
+                upstream: None,
+                bytes: hyper::body::Body::size_hint(response.body())
+                    .exact()
+                    .unwrap_or(0),
+            };
+            record.log(name, version, e.status().as_u16());
+        }
         self.metrics.reject(name, e.reason());
         if e.status().is_server_error() {
             tracing::warn!(request_id = rid.to_str().unwrap_or_default(), service = name, reason = e.reason(), error = %crate::report::ErrorChain(&e), "request failed");
         } else {
             tracing::debug!(request_id = rid.to_str().unwrap_or_default(), service = name, reason = e.reason(), error = %e, "request refused");
         }
-        Answer::from_response(e.to_response(rid).map(Either::Right))
+        Answer::from_response(response.map(Either::Right))
     }
 
     /// Checks on the request head only: method, auth, declared size, version. Returns the index
@@ -230,9 +268,13 @@ impl Gateway {
         lease: Lease,
         rid: &HeaderValue,
         start: Instant,
+        mut access: Option<Box<access::Record>>,
     ) -> Result<Answer, GatewayError> {
         let v = &service.versions[version];
         let model_time = sent.elapsed();
+        if let Some(a) = &mut access {
+            a.upstream = Some(model_time);
+        }
         lease.replica.observe_latency(model_time);
         let resp = match result {
             Ok(Ok(ok)) => ok,
@@ -283,6 +325,7 @@ impl Gateway {
             version,
             code: status.as_u16(),
             start,
+            access,
         };
         Ok(Answer {
             status,

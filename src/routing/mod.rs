@@ -58,6 +58,9 @@ pub struct Version {
     pub protocol: Protocol,
     pub replicas: Arc<ReplicaSet>,
     pub metrics: VersionMetrics,
+    /// `[services.versions.autoscale]`, read by the autoscaler on every tick (so a reload that
+    /// adds, changes or removes it takes effect).
+    pub autoscale: Option<crate::config::AutoscaleConfig>,
 }
 
 #[derive(Debug)]
@@ -112,6 +115,7 @@ impl Service {
                     protocol: v.protocol,
                     replicas,
                     metrics: metrics.version(&c.name, &v.name),
+                    autoscale: v.autoscale.clone(),
                 }
             })
             .collect();

@@ -65,7 +65,7 @@ pub struct App {
     acceptor: Option<TlsAcceptor>,
     handshakes: HandshakeMetrics,
     kubernetes: Option<crate::discovery::KubeSettings>,
-    services: Vec<crate::config::ServiceConfig>,
+
     /// The ACME loop, taken by [`run`].
     acme: std::sync::Mutex<Option<AcmeManager>>,
     /// Certificate file poll interval and debounce.
@@ -122,6 +122,7 @@ impl App {
             metrics.clone(),
             config.limits.max_body_bytes,
             challenges,
+            config.access_log,
         ));
         let admin = Arc::new(AdminState::new(
             metrics.clone(),
@@ -138,7 +139,6 @@ impl App {
             sources,
             config_path: None,
             kubernetes: config.kubernetes.clone(),
-            services: config.services.clone(),
             acme: std::sync::Mutex::new(acme),
             handshakes: metrics.handshakes(),
             reload: (config.tls.reload_poll, config.tls.reload_debounce),
@@ -195,18 +195,14 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
         };
         tokio::spawn(reloader.run(stop_rx.clone()));
     }
-    let targets = autoscale_targets(&app.services);
     match &app.kubernetes {
-        Some(kube) => spawn_kube_watchers(&app, kube.clone(), targets, stop_rx.clone()),
+        Some(kube) => spawn_kube_watchers(&app, kube.clone(), stop_rx.clone()),
         // Recommendations are exported as metrics even with nothing to scale.
         None => {
-            let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
             let run = crate::autoscale::run(
                 app.routes.clone(),
                 app.metrics.clone(),
-                targets,
                 None,
-                leader,
                 Duration::from_secs(1),
                 stop_rx.clone(),
             );
@@ -516,27 +512,11 @@ async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }
 
-fn autoscale_targets(services: &[crate::config::ServiceConfig]) -> Vec<crate::autoscale::Target> {
-    services
-        .iter()
-        .flat_map(|s| {
-            s.versions.iter().filter_map(|v| {
-                v.autoscale.clone().map(|config| crate::autoscale::Target {
-                    service: s.name.clone(),
-                    version: v.name.clone(),
-                    config,
-                })
-            })
-        })
-        .collect()
-}
-
 /// The Kubernetes watchers (TLS Secrets, EndpointSlice discovery) and the autoscaler with its
 /// Lease election, once a client can be built.
 fn spawn_kube_watchers(
     app: &App,
     kube: crate::discovery::KubeSettings,
-    targets: Vec<crate::autoscale::Target>,
     stop: watch::Receiver<bool>,
 ) {
     let (routes, metrics) = (app.routes.clone(), app.metrics.clone());
@@ -566,23 +546,14 @@ fn spawn_kube_watchers(
                 tokio::spawn(watch);
             }
         }
-        let leader = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let scaler = (!targets.is_empty()).then(|| client.clone());
-        if scaler.is_some() {
-            let elect = crate::autoscale::lease::elect(
-                client.clone(),
-                kube.lease.clone(),
-                leader.clone(),
-                stop.clone(),
-            );
-            tokio::spawn(elect);
-        }
+        let scaler = crate::autoscale::Scaler {
+            client: client.clone(),
+            lease: kube.lease.clone(),
+        };
         let run = crate::autoscale::run(
             routes,
             metrics,
-            targets,
-            scaler,
-            leader,
+            Some(scaler),
             kube.autoscale_refresh,
             stop.clone(),
         );

@@ -16,7 +16,14 @@ use tokio::sync::watch;
 use crate::discovery::RouteSources;
 
 /// Sections read once at start.
-const RESTART_SECTIONS: [&str; 5] = ["listen", "tls", "limits", "runtime", "kubernetes"];
+const RESTART_SECTIONS: [&str; 6] = [
+    "listen",
+    "tls",
+    "limits",
+    "runtime",
+    "access_log",
+    "kubernetes",
+];
 
 pub(super) struct Reloader {
     pub path: PathBuf,

@@ -26,26 +26,12 @@ impl Drop for ServeProcess {
     }
 }
 
-/// Drop terminal colour codes so log lines can be matched as text.
-pub fn strip_ansi(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars();
-    while let Some(c) = chars.next() {
-        if c == '\u{1b}' {
-            for c in chars.by_ref() {
-                if c.is_ascii_alphabetic() {
-                    break;
-                }
-            }
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
+/// A `field=Some(addr)` of a text log line, or `"field":"Some(addr)"` of a JSON one.
 fn addr_field(line: &str, field: &str) -> Option<SocketAddr> {
-    let rest = line.split(&format!("{field}=Some(")).nth(1)?;
+    let rest = line
+        .split(&format!("{field}=Some("))
+        .nth(1)
+        .or_else(|| line.split(&format!("\"{field}\":\"Some(")).nth(1))?;
     rest.split(')').next()?.parse().ok()
 }
 
@@ -53,10 +39,16 @@ impl ServeProcess {
     /// Write `toml` to a file and run `scoregate serve` on it with `RUST_LOG=<log>`; returns once
     /// it logs its listening addresses.
     pub fn start(toml: &str, log: &str, env: &[(&str, &str)]) -> ServeProcess {
+        ServeProcess::start_with(toml, log, env, &[])
+    }
+
+    /// `start` with global options before the subcommand (`--log-format json`).
+    pub fn start_with(toml: &str, log: &str, env: &[(&str, &str)], args: &[&str]) -> ServeProcess {
         let dir = tempfile::tempdir().expect("tempdir");
         let config = dir.path().join("scoregate.toml");
         std::fs::write(&config, toml).expect("write config");
         let mut child = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+            .args(args)
             .args(["serve", "--config"])
             .arg(&config)
             .env("RUST_LOG", log)
@@ -72,8 +64,7 @@ impl ServeProcess {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
-                let line = strip_ansi(&line);
-                if line.contains(" listening") {
+                if line.contains(" listening") || line.contains(r#""message":"listening""#) {
                     let _ = tx.send(line.clone());
                 }
                 if let Ok(mut t) = sink.lock() {
@@ -105,7 +96,7 @@ impl ServeProcess {
         self.child.id()
     }
 
-    /// Everything logged so far (colour codes removed).
+    /// Everything logged so far, as written (stderr is a pipe: no colour codes).
     pub fn log(&self) -> String {
         self.log.lock().map(|t| t.clone()).unwrap_or_default()
     }

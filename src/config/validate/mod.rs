@@ -105,6 +105,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
             tls,
             limits,
             runtime,
+            access_log: raw.access_log.enabled.unwrap_or(false),
             services,
             kubernetes,
         })
