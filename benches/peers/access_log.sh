@@ -21,14 +21,8 @@ cleanup() {
   rm -rf "$W"
 }
 trap cleanup EXIT
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
-BACKEND=$(free_port)
-mkdir -p "$W/backend"
-backend_conf "$BACKEND" "$W/backend" >"$W/backend/nginx.conf"
-taskset -c 1 nginx -c "$W/backend/nginx.conf" -p "$W/backend" &
-PIDS+=($!)
-wait_port "$BACKEND"
+ec_cert "$W"
+start_backend "$W"
 cat >"$W/post.lua" <<LUA
 wrk.method = "POST"
 wrk.body = '{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}'

@@ -46,3 +46,20 @@ name = "blue"
 replicas = ["127.0.0.1:$4"]
 CONF
 }
+
+# The ECDSA P-256 certificate every target serves: ec_cert DIR (writes DIR/cert.pem, DIR/key.pem).
+ec_cert() {
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
+    -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$1/key.pem" -out "$1/cert.pem" 2>/dev/null
+}
+
+# The backend, nginx on core 1 answering every request with $BODY: start_backend DIR. Sets BACKEND
+# (its port) and adds its pid to PIDS.
+start_backend() {
+  BACKEND=$(free_port)
+  mkdir -p "$1/backend"
+  backend_conf "$BACKEND" "$1/backend" >"$1/backend/nginx.conf"
+  taskset -c 1 nginx -c "$1/backend/nginx.conf" -p "$1/backend" &
+  PIDS+=($!)
+  wait_port "$BACKEND"
+}

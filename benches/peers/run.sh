@@ -42,18 +42,11 @@ cleanup() {
 }
 trap cleanup EXIT
 
-openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
-  -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null
+ec_cert "$W"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
   -addext subjectAltName=DNS:localhost,IP:127.0.0.1 -keyout "$W/rsa-key.pem" -out "$W/rsa-cert.pem" 2>/dev/null
-BACKEND=$(free_port)
-
 # The backend: nginx on core 1, answering every request with the same ~200-byte JSON.
-mkdir -p "$W/backend"
-backend_conf "$BACKEND" "$W/backend" >"$W/backend/nginx.conf"
-taskset -c 1 nginx -c "$W/backend/nginx.conf" -p "$W/backend" &
-PIDS+=($!)
-wait_port "$BACKEND"
+start_backend "$W"
 
 start_target() { # name port [cert prefix] -> pid in TARGET_PID, serving pid in SERVING_PID
   local name=$1 port=$2 c=${3:-} d="$W/$1"
