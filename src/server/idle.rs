@@ -31,7 +31,12 @@ impl InFlight {
     }
 
     fn busy(&self) -> bool {
-        self.0.load(Ordering::Acquire) > 0
+        self.count() > 0
+    }
+
+    /// Requests counted right now.
+    pub fn count(&self) -> usize {
+        self.0.load(Ordering::Acquire)
     }
 }
 

@@ -61,3 +61,22 @@ pub async fn serve<I>(
     })
     .await;
 }
+
+/// Serve one HTTP/2 connection on its own, with no shutdown signal: for the frame-level fuzz
+/// target (`fuzz/fuzz_targets/h2_conn.rs`), which drives it over an in-memory pipe. Returns the
+/// requests still counted as in flight once the connection is over (every stream ended: 0).
+#[doc(hidden)]
+pub async fn serve_alone<I>(
+    io: &mut I,
+    gateway: &Gateway,
+    info: ConnInfo,
+    max_header: usize,
+) -> usize
+where
+    I: AsyncRead + AsyncWrite + Unpin,
+{
+    let in_flight = InFlight::default();
+    let (_keep, stop) = watch::channel(false);
+    serve(io, gateway, info, max_header, &in_flight, stop).await;
+    in_flight.count()
+}

@@ -80,11 +80,20 @@ impl Conn<'_> {
                 if h.stream == 0 {
                     return Err(ConnError(Reason::Protocol));
                 }
-                if payload.len() != 5 {
-                    self.reset(h.stream, Reason::FrameSize);
+                let reason = if payload.len() != 5 {
+                    Reason::FrameSize
                 } else if dependency(&payload) == h.stream {
-                    self.reset(h.stream, Reason::Protocol);
+                    Reason::Protocol
+                } else {
+                    return Ok(());
+                };
+                // A stream error (§6.3, §5.3.1), but RST_STREAM may not name an idle or closed
+                // stream (§5.1, §6.4): on a stream that is not open it is a connection error, as
+                // nghttp2 makes it.
+                if !self.streams.contains_key(&h.stream) {
+                    return Err(ConnError(reason));
                 }
+                self.reset(h.stream, reason);
                 Ok(())
             }
             frame::RST_STREAM => self.on_rst(h, &payload),
