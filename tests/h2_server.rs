@@ -509,6 +509,51 @@ async fn continuation_floods_are_cut_off_with_enhance_your_calm() {
     still_serves_then_stop(gw, &pki).await;
 }
 
+/// A malformed PRIORITY on a stream the client has not opened is a connection error: a
+/// RST_STREAM may not name an idle stream (RFC 9113 §6.4), and before this the stream could then
+/// still be opened and answered (found by the h2_conn fuzz target).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_priority_on_an_idle_stream_is_a_connection_error() {
+    let pki = Pki::new(&["localhost"]);
+    let replica = checksum_backend(Duration::ZERO).await;
+    let gw = TestGateway::start(&open_service(&pki, replica.addr)).await;
+    let mut s = tls_connect(gw.tls.expect("tls"), &pki.ca_pem, &[b"h2"]).await;
+    let mut out = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    out.extend(frame(0x4, 0, 0, &[]));
+    out.extend(frame(0x2, 0, 21, &[])); // PRIORITY of length 0 on idle stream 21
+    out.extend(frame(0x1, 0x4 | 0x1, 21, &request_block()));
+    s.write_all(&out).await.expect("write");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        got.extend_from_slice(&buf[..n]);
+    }
+    let mut frames = Vec::new();
+    let mut at = 0;
+    while got.len() >= at + 9 {
+        let len = (usize::from(got[at]) << 16)
+            | (usize::from(got[at + 1]) << 8)
+            | usize::from(got[at + 2]);
+        let stream = u32::from_be_bytes([got[at + 5], got[at + 6], got[at + 7], got[at + 8]]);
+        let end = (at + 9 + len).min(got.len());
+        frames.push((got[at + 3], stream, got[at + 9..end].to_vec()));
+        at += 9 + len;
+    }
+    assert!(
+        frames.iter().all(|(_, stream, _)| *stream == 0),
+        "nothing on stream 21 (no RST_STREAM on an idle stream, no answer): {frames:?}"
+    );
+    let goaway = frames
+        .iter()
+        .find(|f| f.0 == 0x7)
+        .map(|f| u32::from_be_bytes([f.2[4], f.2[5], f.2[6], f.2[7]]));
+    assert_eq!(goaway, Some(0x6), "GOAWAY with FRAME_SIZE_ERROR");
+    still_serves_then_stop(gw, &pki).await;
+}
+
 /// h2c with prior knowledge on the plain listener reaches the same HTTP/2 server through the
 /// HTTP/1.1 fast path's handoff (preface included): h2load's 1,000 POSTs and reqwest's answer.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
