@@ -80,8 +80,13 @@ GO
   echo "testbed: built kube-apiserver $K8S_VERSION and etcd $ETCD_VERSION in $((SECONDS - start)) s"
 }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+# free_ports N: N distinct free loopback ports, one per line (all held open until each is
+# known, so two calls can never hand out the same port, as separate ones could).
+free_ports() {
+  python3 -c 'import socket, sys
+socks = [socket.socket() for _ in range(int(sys.argv[1]))]
+for s in socks: s.bind(("127.0.0.1", 0))
+print("\n".join(str(s.getsockname()[1]) for s in socks))' "$1"
 }
 
 start_apiserver() {
@@ -137,10 +142,12 @@ start() {
   token="$(openssl rand -hex 24)"
   printf '%s,testbed-admin,testbed-admin,system:masters\n' "$token" >"$pki/tokens.csv"
   chmod 600 "$pki"/*key* "$pki/tokens.csv"
+  local ports
+  mapfile -t ports < <(free_ports 3)
   cat >"$dir/env" <<ENV
-ETCD_PORT=$(free_port)
-ETCD_PEER_PORT=$(free_port)
-API_PORT=$(free_port)
+ETCD_PORT=${ports[0]}
+ETCD_PEER_PORT=${ports[1]}
+API_PORT=${ports[2]}
 ADMIN_TOKEN=$token
 ENV
   # shellcheck disable=SC1091

@@ -104,8 +104,9 @@ pub struct ControlArgs {
     /// Workspace registry file (default: $SCOREGATE_WORKSPACE, else ~/.config/scoregate/workspace.json).
     #[arg(long)]
     pub workspace: Option<PathBuf>,
-    #[arg(long, short, value_enum, default_value = "table")]
-    pub output: crate::control::output::Format,
+    /// table (the default), json or yaml (the default of `attach --dry-run`).
+    #[arg(long, short, value_enum)]
+    pub output: Option<crate::control::output::Format>,
     /// No progress lines on stderr.
     #[arg(long, short)]
     pub quiet: bool,
@@ -173,6 +174,9 @@ pub struct AttachArgs {
     /// Namespace for the gateway (default scoregate).
     #[arg(long)]
     pub namespace: Option<String>,
+    /// Allow --no-ssl behind a PublicIp load balancer (scoring keys cross the network in clear).
+    #[arg(long)]
+    pub allow_public_plaintext: bool,
     /// Check the options and print the objects (`-o yaml`) without touching the cluster; the
     /// TLS Secret is left out (create it with `scoregate cert set` or kubectl).
     #[arg(long)]
@@ -191,6 +195,9 @@ pub struct UpdateArgs {
     /// Allow --no-ssl behind a PublicIp load balancer.
     #[arg(long)]
     pub allow_public_plaintext: bool,
+    /// Delete the TLS Secret (certificate and key) without asking when the change drops it.
+    #[arg(long, short)]
+    pub yes: bool,
     #[command(flatten)]
     pub wait: WaitArgs,
     #[command(flatten)]
@@ -214,6 +221,9 @@ pub enum CertCommand {
         compute: String,
         #[arg(long, default_value = ".")]
         dir: PathBuf,
+        /// Overwrite cert.pem and key.pem when they exist.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         common: ControlArgs,
     },
@@ -234,6 +244,9 @@ pub enum CertCommand {
         compute: String,
         #[arg(long)]
         allow_public_plaintext: bool,
+        /// Delete the TLS Secret (certificate and key) without asking.
+        #[arg(long, short)]
+        yes: bool,
         #[command(flatten)]
         wait: WaitArgs,
         #[command(flatten)]

@@ -1,5 +1,7 @@
 //! The `scoregate` binary: parse the command line, load and validate, dispatch. Exit codes:
-//! 0 success, 64 bad configuration or arguments (nothing bound), 1 runtime failure.
+//! 0 success (and `--help`, `--version`); 64 bad command line, options or configuration (nothing
+//! bound, nothing touched); 1 refused or failed at run time; 130 interrupted (Ctrl-C) while a
+//! control command waited.
 
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -14,7 +16,10 @@ use tokio::runtime::Runtime;
 const EX_CONFIG: u8 = 64;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return usage(&e),
+    };
     init_logging(cli.log_format);
     tls::install_default_provider();
 
@@ -24,10 +29,17 @@ fn main() -> ExitCode {
                 compute: a.compute,
                 settings: a.settings.settings(),
                 namespace: a.namespace,
+                allow_public_plaintext: a.allow_public_plaintext,
                 wait: a.wait.wait(),
                 dry_run: a.dry_run,
             };
-            return run_control(&a.common, async |env| {
+            // A dry run prints manifests: YAML unless asked otherwise.
+            let default = if a.dry_run {
+                control::output::Format::Yaml
+            } else {
+                control::output::Format::Table
+            };
+            return run_control(&a.common, default, async |env| {
                 control::commands::attach(opts, &env).await
             });
         }
@@ -36,19 +48,20 @@ fn main() -> ExitCode {
                 compute: u.compute,
                 settings: u.settings.settings(),
                 allow_public_plaintext: u.allow_public_plaintext,
+                yes: u.yes,
                 wait: u.wait.wait(),
             };
-            return run_control(&u.common, async |env| {
+            return run_control(&u.common, control::output::Format::Table, async |env| {
                 control::commands::update(opts, &env).await
             });
         }
         Command::Detach { compute, common } => {
-            return run_control(&common, async |env| {
+            return run_control(&common, control::output::Format::Table, async |env| {
                 control::commands::detach(&compute, &env).await
             });
         }
         Command::Status { compute, common } => {
-            return run_control(&common, async |env| {
+            return run_control(&common, control::output::Format::Table, async |env| {
                 control::commands::status(&compute, &env).await
             });
         }
@@ -100,6 +113,10 @@ fn main() -> ExitCode {
             };
             match runtime().map(|rt| rt.block_on(demo::run(opts, shutdown::signal()))) {
                 Ok(Err(demo::DemoError::Config(e))) => return bad_config(&e),
+                Ok(Err(e @ demo::DemoError::DirInUse(_))) => {
+                    eprintln!("error: {e}");
+                    return ExitCode::from(EX_CONFIG);
+                }
                 Ok(other) => other.context("demo failed"),
                 Err(e) => Err(e),
             }
@@ -122,29 +139,35 @@ fn cert(c: CertCommand) -> ExitCode {
             cert_pem_file,
             key_pem_file,
             common,
-        } => run_control(&common, async |env| {
+        } => run_control(&common, control::output::Format::Table, async |env| {
             cert::set(&compute, &cert_pem_file, &key_pem_file, &env).await
         }),
         CertCommand::Export {
             compute,
             dir,
+            force,
             common,
-        } => run_control(&common, async |env| {
-            cert::export(&compute, &dir, &env).await
+        } => run_control(&common, control::output::Format::Table, async |env| {
+            cert::export(&compute, &dir, force, &env).await
         }),
         CertCommand::Status { compute, common } => {
-            run_control(&common, async |env| cert::status(&compute, &env).await)
+            run_control(&common, control::output::Format::Table, async |env| {
+                cert::status(&compute, &env).await
+            })
         }
         CertCommand::Renew { compute, common } => {
-            run_control(&common, async |env| cert::renew(&compute, &env).await)
+            run_control(&common, control::output::Format::Table, async |env| {
+                cert::renew(&compute, &env).await
+            })
         }
         CertCommand::Disable {
             compute,
             allow_public_plaintext,
+            yes,
             wait,
             common,
-        } => run_control(&common, async |env| {
-            cert::disable(&compute, allow_public_plaintext, wait.wait(), &env).await
+        } => run_control(&common, control::output::Format::Table, async |env| {
+            cert::disable(&compute, allow_public_plaintext, yes, wait.wait(), &env).await
         }),
     }
 }
@@ -154,6 +177,7 @@ fn cert(c: CertCommand) -> ExitCode {
 /// refusals and failures.
 fn run_control(
     common: &ControlArgs,
+    default: control::output::Format,
     command: impl AsyncFnOnce(control::Env) -> Result<serde_json::Value, control::ControlError>,
 ) -> ExitCode {
     let rt = match runtime() {
@@ -165,7 +189,10 @@ fn run_control(
     };
     match rt.block_on(command(common.env())) {
         Ok(v) => {
-            print!("{}", control::output::render(&v, common.output));
+            print!(
+                "{}",
+                control::output::render(&v, common.output.unwrap_or(default))
+            );
             ExitCode::SUCCESS
         }
         Err(e) => {
@@ -194,6 +221,17 @@ fn init_logging(format: LogFormat) {
             .flatten_event(true)
             .with_current_span(false)
             .init(),
+    }
+}
+
+/// `--help` and `--version` exit 0; any other command-line error, like a bad option value in
+/// the configuration, exits 64 (EX_USAGE) with clap's message: nothing was done.
+fn usage(e: &clap::Error) -> ExitCode {
+    use clap::error::ErrorKind;
+    let _ = e.print();
+    match e.kind() {
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion => ExitCode::SUCCESS,
+        _ => ExitCode::from(EX_CONFIG),
     }
 }
 

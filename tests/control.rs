@@ -136,6 +136,7 @@ async fn attach_update_rotate_detach_on_a_real_api_server() {
                 ..Default::default()
             },
             namespace: None,
+            allow_public_plaintext: false,
             wait: scoregate::control::Wait {
                 enabled: false,
                 timeout: Duration::from_secs(1),
@@ -363,6 +364,8 @@ async fn attach_update_rotate_detach_on_a_real_api_server() {
         "--acme-directory",
         "https://acme.internal.example/directory",
         "--no-wait",
+        // Leaving the custom certificate deletes its Secret: confirmed.
+        "--yes",
         "-o",
         "json",
     ]);
@@ -500,7 +503,15 @@ async fn attach_update_rotate_detach_on_a_real_api_server() {
     }
 
     // Disabling TLS behind the internal load balancer is allowed.
-    let o = run(&["cert", "disable", "aks-dev", "--no-wait", "-o", "json"]);
+    let o = run(&[
+        "cert",
+        "disable",
+        "aks-dev",
+        "--no-wait",
+        "--yes",
+        "-o",
+        "json",
+    ]);
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert_eq!(
         serde_json::from_str::<Value>(&o.stdout).expect("json")["endpoint"],
@@ -572,7 +583,8 @@ async fn attach_update_rotate_detach_on_a_real_api_server() {
     .concat());
     assert_eq!(o.code, 0, "{}", o.stderr);
     assert!(
-        o.stderr.contains("12 vCPUs: enough for FastProd"),
+        o.stderr
+            .contains("12 vCPUs on 3 schedulable node(s): enough for FastProd"),
         "{}",
         o.stderr
     );

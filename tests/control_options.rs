@@ -175,10 +175,200 @@ fn options_are_checked_before_any_cluster_is_touched() {
     .concat());
     assert_eq!(o.code, 64, "{}", o.stderr);
     assert!(
+        o.stderr.contains("--ssl-key-pem-file: ")
+            && o.stderr
+                .contains("passphrase-protected keys are not supported"),
+        "the key's own flag is named: {}",
         o.stderr
-            .contains("passphrase-protected keys are not supported"),
+    );
+    assert!(!o.stderr.contains("--ssl-cert-pem-file:"), "{}", o.stderr);
+    assert!(!ws.exists(), "nothing recorded");
+}
+
+/// Every hint names a command that works. Each `scoregate …` command quoted in the control
+/// module's messages parses (placeholders filled in); and the flags the plaintext refusal
+/// suggests get `attach` past its option checks (it then fails on the missing cluster: exit 1).
+#[test]
+fn every_suggested_command_parses() {
+    let src = concat!(env!("CARGO_MANIFEST_DIR"), "/src/control");
+    let mut hints = Vec::new();
+    for entry in std::fs::read_dir(src).expect("src/control") {
+        let text = std::fs::read_to_string(entry.expect("entry").path()).expect("read");
+        // Messages, not doc comments.
+        let text: String = text
+            .lines()
+            .filter(|l| !l.trim_start().starts_with("//"))
+            .collect::<Vec<_>>()
+            .join("\n");
+        // Messages wrap with `\` continuations: join them first.
+        let text = text.replace("\\\n", " ");
+        let text: String = text.split_whitespace().collect::<Vec<_>>().join(" ");
+        for quoted in text.split('`').skip(1).step_by(2) {
+            if quoted.starts_with("scoregate ") {
+                hints.push(quoted.to_string());
+            }
+        }
+    }
+    assert!(hints.len() >= 10, "found {} hints: {hints:?}", hints.len());
+    let broken: Vec<String> = hints
+        .iter()
+        .filter_map(|hint| {
+            let filled = hint
+                .replace("{compute}", "aks1")
+                .replace("{}", "aks1")
+                .replace("{c}", "aks1")
+                .replace("COMPUTE", "aks1")
+                .replace('…', "x");
+            let args: Vec<&str> = filled.split_whitespace().collect();
+            <scoregate::cli::Cli as clap::Parser>::try_parse_from(&args)
+                .err()
+                .map(|e| format!("{hint:?}: {}", e.kind()))
+        })
+        .collect();
+    assert!(
+        broken.is_empty(),
+        "hints that are not commands: {broken:#?}"
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = dir.path().join("ws.json");
+    let base = [
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+        "--workspace",
+        s(&ws),
+    ];
+    let refused = cli(&[&["attach", "aks1", "--no-ssl"][..], &base[..]].concat());
+    assert_eq!(refused.code, 64, "{}", refused.stderr);
+    for (flag, args) in [
+        (
+            "--allow-public-plaintext",
+            &["--allow-public-plaintext"][..],
+        ),
+        (
+            "--load-balancer InternalLoadBalancer",
+            &["--load-balancer", "InternalLoadBalancer"][..],
+        ),
+    ] {
+        assert!(
+            refused.stderr.contains(flag),
+            "{flag} suggested: {}",
+            refused.stderr
+        );
+        let o = cli(&[&["attach", "aks1", "--no-ssl"][..], args, &base[..]].concat());
+        assert_eq!(
+            o.code, 1,
+            "{flag} accepted, then the missing cluster: {}",
+            o.stderr
+        );
+        assert!(o.stderr.contains("/nonexistent/kubeconfig"), "{}", o.stderr);
+    }
+}
+
+/// One exit-code scheme: 0 success and --help/--version, 64 any command-line or option error
+/// (clap's own included), 1 refused or failed at run time.
+#[test]
+fn exit_codes_follow_one_scheme() {
+    for (args, code) in [
+        (&["--help"][..], 0),
+        (&["--version"][..], 0),
+        (&["attach", "--help"][..], 0),
+        (&[][..], 64),
+        (&["attach"][..], 64),
+        (&["attach", "aks1", "--no-such-flag"][..], 64),
+        (&["status"][..], 64),
+        (&["serve"][..], 64),
+        (&["--log-format", "xml", "status", "aks1"][..], 64),
+        (&["demo", "--listen", "not-an-address"][..], 64),
+        (
+            &[
+                "status",
+                "aks1",
+                "--workspace",
+                "/nonexistent/ws.json",
+                "--kubeconfig",
+                "/nonexistent/kc",
+            ][..],
+            1,
+        ),
+    ] {
+        let o = cli(args);
+        assert_eq!(o.code, code, "{args:?}: {}{}", o.stdout, o.stderr);
+    }
+}
+
+/// `attach --dry-run` prints manifests as YAML unless told otherwise.
+#[test]
+fn a_dry_run_prints_yaml_by_default() {
+    let base = [
+        "attach",
+        "aks1",
+        "--no-ssl",
+        "--load-balancer",
+        "InternalLoadBalancer",
+        "--dry-run",
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ];
+    let o = cli(&base);
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert!(
+        o.stdout
+            .starts_with("---\napiVersion: v1\nkind: Namespace\n"),
+        "{}",
+        &o.stdout[..200.min(o.stdout.len())]
+    );
+    assert!(
+        o.stdout.lines().all(|l| l.len() < 300),
+        "no line is a table row thousands wide"
+    );
+    let json = cli(&[&base[..], &["-o", "json"]].concat());
+    let v: serde_json::Value = serde_json::from_str(&json.stdout).expect("JSON when asked");
+    assert_eq!(v["kind"], "List");
+}
+
+/// `cert export` never overwrites key files unless told to, and checks before touching anything.
+#[test]
+fn cert_export_refuses_to_overwrite_without_force() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&key, "my own key").expect("w");
+    let o = cli(&[
+        "cert",
+        "export",
+        "aks1",
+        "--dir",
+        s(dir.path()),
+        "--kubeconfig",
+        "/nonexistent/kubeconfig",
+    ]);
+    assert_eq!(o.code, 64, "{}", o.stderr);
+    assert!(o.stderr.contains("--force"), "{}", o.stderr);
+    assert!(
+        o.stderr.contains(&key.display().to_string()),
         "{}",
         o.stderr
     );
-    assert!(!ws.exists(), "nothing recorded");
+    assert_eq!(std::fs::read_to_string(&key).expect("r"), "my own key");
+}
+
+/// A compute recorded without a kubeconfig, and none given: the message says which flag to pass.
+#[test]
+fn status_without_a_kubeconfig_names_the_flag() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let ws = dir.path().join("ws.json");
+    std::fs::write(
+        &ws,
+        r#"{"workspace": "default", "computes": {"aks1": {"server": "https://10.0.0.1", "namespace": "scoregate", "attached_at": 1}}}"#,
+    )
+    .expect("w");
+    let o = std::process::Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .args(["status", "aks1", "--workspace", s(&ws)])
+        .env_remove("KUBECONFIG")
+        .env("HOME", dir.path())
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .output()
+        .expect("run");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("pass --kubeconfig FILE"), "{err}");
 }

@@ -65,6 +65,10 @@ fn a_failed_attach_says_what_was_applied_and_a_rerun_converges() {
     ] {
         assert!(err.contains(want), "{want:?} missing in:\n{err}");
     }
+    assert!(
+        !err.contains("Status {") && !err.contains("ErrorResponse"),
+        "the API server's answer in words, not a debug dump:\n{err}"
+    );
     assert!(!ws.exists(), "nothing recorded in the workspace");
     assert!(
         tb.kubectl(&["get", "configmap", "-n", "kube-system", "-o", "name"])

@@ -23,7 +23,10 @@ impl Drop for Demo {
 }
 
 fn start_demo() -> Demo {
-    let dir = tempfile::tempdir().expect("tempdir");
+    start_demo_in(tempfile::tempdir().expect("tempdir"))
+}
+
+fn start_demo_in(dir: tempfile::TempDir) -> Demo {
     let mut child = Command::new(env!("CARGO_BIN_EXE_scoregate"))
         .args([
             "demo",
@@ -232,4 +235,66 @@ fn demo_refuses_a_short_key_with_exit_64() {
     assert_eq!(out.status.code(), Some(64));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--key: must be at least 16"), "{err}");
+}
+
+/// A second demo on the folder of a running one stops before writing anything (exit 64, naming
+/// the folder and `--dir`): the first one's certificate files, which it watches and serves,
+/// stay as they were and it keeps serving the same certificate.
+#[test]
+fn a_second_demo_never_rewrites_a_running_demos_files() {
+    let first = start_demo_in(tempfile::tempdir().expect("tempdir"));
+    let dir = std::path::Path::new(&first.ca)
+        .parent()
+        .expect("the CA's folder")
+        .to_path_buf();
+    let before: Vec<Vec<u8>> = ["ca.pem", "cert.pem", "key.pem"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).expect("read"))
+        .collect();
+    let second = Command::new(env!("CARGO_BIN_EXE_scoregate"))
+        .args([
+            "demo",
+            "--listen",
+            "127.0.0.1:0",
+            "--admin-listen",
+            "127.0.0.1:0",
+            "--dir",
+        ])
+        .arg(&dir)
+        .output()
+        .expect("run a second demo");
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(64), "{err}");
+    assert!(
+        err.contains("in use by another running demo") && err.contains("--dir"),
+        "{err}"
+    );
+    let after: Vec<Vec<u8>> = ["ca.pem", "cert.pem", "key.pem"]
+        .iter()
+        .map(|f| std::fs::read(dir.join(f)).expect("read"))
+        .collect();
+    assert!(before == after, "the running demo's files are untouched");
+    // And it still serves: curl trusts the same CA file as before.
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "--cacert",
+            &first.ca,
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
+        .arg(format!(
+            "https://localhost:{}/api/v1/service/iris/swagger.json",
+            first.port
+        ))
+        .output()
+        .expect("curl");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }

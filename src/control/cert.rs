@@ -59,6 +59,27 @@ fn summary(l: &crate::tls::LoadedCert) -> Value {
     })
 }
 
+/// Only a custom certificate is kept in a Secret: say what to do in the other modes.
+fn refuse_without_secret(a: &super::Attachment) -> Result<(), ControlError> {
+    let compute = &a.compute;
+    match &a.tls {
+        TlsMode::Custom { .. } => Ok(()),
+        TlsMode::Auto { .. } => Err(ControlError::Refused(format!(
+            "compute {compute} gets its certificate by ACME ({}): each gateway replica orders and \
+             keeps its own, so there is no Secret to export. See what they serve with `scoregate \
+             cert status {compute}`, renew with `scoregate cert renew {compute}`, or switch to \
+             your own certificate with `scoregate update {compute} --ssl-cert-pem-file CERT \
+             --ssl-key-pem-file KEY --ssl-cname NAME`",
+            a.tls.host().unwrap_or_default()
+        ))),
+        TlsMode::Disabled => Err(ControlError::Refused(format!(
+            "compute {compute} serves plain HTTP: there is no certificate. Turn TLS on with \
+             `scoregate update {compute} --ssl-cert-pem-file CERT --ssl-key-pem-file KEY \
+             --ssl-cname NAME` or `--leaf-domain-label LABEL --region REGION`"
+        ))),
+    }
+}
+
 /// The PEM pair in the Secret (`cert.pem`/`key.pem`, or cert-manager's `tls.crt`/`tls.key`).
 async fn read_secret(c: &Cluster, ns: &str) -> Result<(Vec<u8>, Vec<u8>), ControlError> {
     let s: Secret = Api::<Secret>::namespaced(c.client.clone(), ns)
@@ -69,7 +90,8 @@ async fn read_secret(c: &Cluster, ns: &str) -> Result<(Vec<u8>, Vec<u8>), Contro
         )))?
         .ok_or_else(|| {
             ControlError::Refused(format!(
-                "Secret {ns}/{TLS_SECRET} does not exist; set it with `scoregate cert set`"
+                "Secret {ns}/{TLS_SECRET} does not exist; set it with `scoregate cert set \
+                 COMPUTE --cert-pem-file CERT --key-pem-file KEY`"
             ))
         })?;
     let data = s.data.unwrap_or_default();
@@ -83,10 +105,33 @@ async fn read_secret(c: &Cluster, ns: &str) -> Result<(Vec<u8>, Vec<u8>), Contro
     )))
 }
 
-/// Write the Secret's `cert.pem` and `key.pem`, decoded, mode 0600, into `dir`.
-pub async fn export(compute: &str, dir: &Path, env: &Env) -> Result<Value, ControlError> {
+/// Write the Secret's `cert.pem` and `key.pem`, decoded, mode 0600, into `dir`; files already
+/// there are overwritten only with `force`.
+pub async fn export(
+    compute: &str,
+    dir: &Path,
+    force: bool,
+    env: &Env,
+) -> Result<Value, ControlError> {
+    let existing: Vec<String> = ["cert.pem", "key.pem"]
+        .iter()
+        .map(|n| dir.join(n))
+        .filter(|p| p.exists())
+        .map(|p| p.display().to_string())
+        .collect();
+    if !force && !existing.is_empty() {
+        return Err(ControlError::Options(vec![OptionError {
+            field: "--dir".into(),
+            message: format!(
+                "{} already exist{}; pass --force to overwrite, or choose another --dir",
+                existing.join(" and "),
+                if existing.len() == 1 { "s" } else { "" }
+            ),
+        }]));
+    }
     let (_, _, c) = locate(compute, env).await?;
     let a = attachment(compute, &c).await?;
+    refuse_without_secret(&a)?;
     let (cert, key) = read_secret(&c, &a.namespace).await?;
     std::fs::create_dir_all(dir).map_err(|source| ControlError::Write {
         path: dir.to_path_buf(),
@@ -125,14 +170,19 @@ pub async fn status(compute: &str, env: &Env) -> Result<Value, ControlError> {
         .and_then(|s| s["fingerprint_sha256"].as_str())
         .map(str::to_string);
     let replicas = replica_fingerprints(&c, &a.namespace, compute).await?;
-    let complete = !replicas.is_empty()
-        && replicas
-            .iter()
-            .all(|r| match (&want, r["fingerprint_sha256"].as_str()) {
-                (Some(w), Some(f)) => w == f,
-                (None, Some(_)) => true,
-                _ => false,
-            });
+    let behind = lagging(&replicas, want.as_deref());
+    let complete = !replicas.is_empty() && behind.is_empty();
+    let reason = if replicas.is_empty() {
+        Some(format!(
+            "no gateway Pod found in namespace {} (is the gateway deployed and scheduled? \
+             `scoregate status {compute}` shows its replicas)",
+            a.namespace
+        ))
+    } else if behind.is_empty() {
+        None
+    } else {
+        Some(behind.join("; "))
+    };
     Ok(json!({
         "compute": compute,
         "tls": a.tls.label(),
@@ -140,7 +190,32 @@ pub async fn status(compute: &str, env: &Env) -> Result<Value, ControlError> {
         "secret": stored,
         "replicas": replicas,
         "rotation_complete": complete,
+        "reason": reason,
     }))
+}
+
+/// The replicas not serving `want` (any certificate when `None`), each with why.
+fn lagging(replicas: &[Value], want: Option<&str>) -> Vec<String> {
+    let short = |f: &str| f.chars().take(16).collect::<String>();
+    replicas
+        .iter()
+        .filter_map(|r| {
+            let pod = r["pod"].as_str().unwrap_or("?");
+            if let Some(e) = r["error"].as_str() {
+                return Some(format!("Pod {pod}: not answering ({e})"));
+            }
+            match (want, r["fingerprint_sha256"].as_str()) {
+                (Some(w), Some(f)) if w != f => Some(format!(
+                    "Pod {pod} serves {}…, the Secret holds {}… (it reloads the Secret within \
+                     seconds of a change: run this again)",
+                    short(f),
+                    short(w)
+                )),
+                (_, None) => Some(format!("Pod {pod}: serves no certificate")),
+                _ => None,
+            }
+        })
+        .collect()
 }
 
 /// Ask every gateway Pod's admin port (`/certificates`) through the API server's pod proxy.
@@ -235,6 +310,7 @@ pub async fn renew(compute: &str, env: &Env) -> Result<Value, ControlError> {
 pub async fn disable(
     compute: &str,
     allow_public_plaintext: bool,
+    yes: bool,
     wait: Wait,
     env: &Env,
 ) -> Result<Value, ControlError> {
@@ -249,6 +325,7 @@ pub async fn disable(
                 ..Default::default()
             },
             allow_public_plaintext,
+            yes,
             wait,
         },
         env,

@@ -4,10 +4,9 @@
 
 use std::collections::BTreeSet;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node, Service};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Node};
 use kube::api::{
     ApiResource, DeleteParams, DynamicObject, GroupVersionKind, ListParams, Patch, PatchParams,
     PostParams,
@@ -28,6 +27,34 @@ pub struct Cluster {
 }
 
 /// Connect with a kubeconfig (else `$KUBECONFIG` / `~/.kube/config`, else in-cluster) and context.
+/// Where a connection's configuration comes from, recorded with an attachment so later commands
+/// reach the same cluster without flags (never credentials: a path and a context name): the
+/// kubeconfig file (the flag, else the first of `$KUBECONFIG`, else `~/.kube/config` when it
+/// exists; none in a pod) and the context (the flag, else that file's current-context now).
+pub fn config_source(
+    kubeconfig: Option<&Path>,
+    context: Option<&str>,
+) -> (Option<std::path::PathBuf>, Option<String>) {
+    let path = kubeconfig
+        .map(Path::to_path_buf)
+        .or_else(|| {
+            std::env::var_os("KUBECONFIG")
+                .and_then(|v| std::env::split_paths(&v).find(|p| !p.as_os_str().is_empty()))
+        })
+        .or_else(|| {
+            std::env::var_os("HOME")
+                .map(|h| std::path::PathBuf::from(h).join(".kube").join("config"))
+                .filter(|p| p.exists())
+        })
+        .map(|p| std::fs::canonicalize(&p).unwrap_or(p));
+    let context = context.map(str::to_string).or_else(|| {
+        path.as_deref()
+            .and_then(|p| Kubeconfig::read_from(p).ok())
+            .and_then(|kc| kc.current_context)
+    });
+    (path, context)
+}
+
 pub async fn connect(
     kubeconfig: Option<&Path>,
     context: Option<&str>,
@@ -238,11 +265,11 @@ pub async fn apply_all(
                 env.step(format_args!("  applied {}", describe(obj)));
                 applied.push(describe(obj));
             }
-            Err(ControlError::Kube { source, .. }) => {
+            Err(ControlError::Kube { error, .. }) => {
                 return Err(ControlError::Partial {
                     applied,
                     failed: describe(obj),
-                    source,
+                    error,
                 });
             }
             Err(e) => return Err(e),
@@ -251,12 +278,46 @@ pub async fn apply_all(
     Ok(applied)
 }
 
-/// Create the namespace when missing; whether it was created.
-pub async fn ensure_namespace(c: &Cluster, a: &Attachment) -> Result<bool, ControlError> {
+/// Create the namespace when missing; whether it was created. A namespace still being deleted
+/// (a detach a moment ago) takes no new objects: wait for it to go, saying so, within the
+/// wait's timeout, then create it afresh.
+pub async fn ensure_namespace(
+    c: &Cluster,
+    a: &Attachment,
+    wait: Wait,
+    env: &Env,
+) -> Result<bool, ControlError> {
     let api = Api::<Namespace>::all(c.client.clone());
     let action = || ControlError::kube(format!("creating Namespace/{}", a.namespace));
-    if api.get_opt(&a.namespace).await.map_err(action())?.is_some() {
-        return Ok(false);
+    let start = Instant::now();
+    let mut said = None::<Instant>;
+    while let Some(ns) = api.get_opt(&a.namespace).await.map_err(action())? {
+        let terminating = ns.metadata.deletion_timestamp.is_some()
+            || ns.status.and_then(|s| s.phase).as_deref() == Some("Terminating");
+        if !terminating {
+            return Ok(false);
+        }
+        let waited = start.elapsed();
+        if waited >= wait.timeout {
+            return Err(ControlError::Timeout(format!(
+                "Namespace {ns} is still being deleted after {}s (a detach or a delete left it \
+                 terminating); wait until `kubectl get namespace {ns}` says NotFound and run the \
+                 same attach again, or attach into another namespace with --namespace NAME",
+                waited.as_secs(),
+                ns = a.namespace
+            )));
+        }
+        if said.is_none_or(|t| t.elapsed() >= Duration::from_secs(5)) {
+            env.step(format_args!(
+                "  Namespace {} is being deleted (a detach a moment ago?); waiting for it to go \
+                 before creating it again ({}s of at most {}s)",
+                a.namespace,
+                waited.as_secs(),
+                wait.timeout.as_secs()
+            ));
+            said = Some(Instant::now());
+        }
+        tokio::time::sleep(wait.poll).await;
     }
     let ns: Namespace = serde_json::from_value(json!({
         "metadata": {"name": a.namespace, "labels": render::labels(a)}
@@ -372,90 +433,6 @@ pub async fn delete_namespace_if_empty(c: &Cluster, ns: &str) -> Result<bool, Co
         Ok(_) => Ok(true),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
         Err(e) => Err(ControlError::kube(format!("deleting Namespace/{ns}"))(e)),
-    }
-}
-
-/// What the rollout looks like now.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Rollout {
-    pub desired: i32,
-    pub ready: i32,
-    pub updated: i32,
-    /// The load balancer's IP or host name.
-    pub address: Option<String>,
-}
-
-pub async fn rollout(c: &Cluster, ns: &str) -> Result<Rollout, ControlError> {
-    let d = Api::<Deployment>::namespaced(c.client.clone(), ns)
-        .get_opt(render::GATEWAY)
-        .await
-        .map_err(ControlError::kube("reading the gateway Deployment"))?;
-    let s = Api::<Service>::namespaced(c.client.clone(), ns)
-        .get_opt(render::GATEWAY)
-        .await
-        .map_err(ControlError::kube("reading the gateway Service"))?;
-    let (desired, ready, updated) = d
-        .map(|d| {
-            let desired = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-            let st = d.status.unwrap_or_default();
-            (
-                desired,
-                st.ready_replicas.unwrap_or(0),
-                st.updated_replicas.unwrap_or(0),
-            )
-        })
-        .unwrap_or_default();
-    let address = s
-        .and_then(|s| s.status)
-        .and_then(|s| s.load_balancer)
-        .and_then(|lb| lb.ingress)
-        .and_then(|i| i.into_iter().next())
-        .and_then(|i| i.ip.or(i.hostname));
-    Ok(Rollout {
-        desired,
-        ready,
-        updated,
-        address,
-    })
-}
-
-/// Wait until every replica is ready and the load balancer has an address, printing each
-/// change; the last state on timeout.
-pub async fn wait_ready(
-    c: &Cluster,
-    ns: &str,
-    wait: Wait,
-    env: &Env,
-) -> Result<Rollout, ControlError> {
-    let start = Instant::now();
-    let mut last: Option<Rollout> = None;
-    loop {
-        let r = rollout(c, ns).await?;
-        if last.as_ref() != Some(&r) {
-            env.step(format_args!(
-                "  replicas ready {}/{}, load balancer address: {}  ({} s)",
-                r.ready,
-                r.desired,
-                r.address.as_deref().unwrap_or("pending"),
-                start.elapsed().as_secs()
-            ));
-        }
-        if r.ready >= r.desired && r.updated >= r.desired && r.address.is_some() {
-            return Ok(r);
-        }
-        if start.elapsed() >= wait.timeout {
-            return Err(ControlError::Timeout(format!(
-                "timed out after {} s waiting for the gateway: {}/{} replicas ready, load balancer \
-                 address {}. The objects are applied; follow with `kubectl -n {ns} get deploy,svc,pods` \
-                 or `scoregate status`, and check Events for image pulls, quota or load balancer errors.",
-                wait.timeout.as_secs(),
-                r.ready,
-                r.desired,
-                r.address.as_deref().unwrap_or("pending"),
-            )));
-        }
-        last = Some(r);
-        tokio::time::sleep(wait.poll).await;
     }
 }
 

@@ -1,13 +1,13 @@
 //! `attach`, `detach`, `update` and `status`: check everything, then touch the cluster.
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 
 use serde_json::{Value, json};
 
 use super::cluster::{self, Cluster};
 use super::registry::{Entry, Workspace};
 use super::render;
+use super::rollout;
 use super::spec::{self, ChosenTls, OptionError};
 use super::{Attachment, ControlError, Env, Purpose, TlsMode, TlsOptions, Wait};
 
@@ -28,6 +28,8 @@ pub struct AttachOptions {
     pub compute: String,
     pub settings: Settings,
     pub namespace: Option<String>,
+    /// Allow plain HTTP behind a public load balancer.
+    pub allow_public_plaintext: bool,
     pub wait: Wait,
     /// Print the objects instead of touching the cluster (no Secret: it would hold the key).
     pub dry_run: bool,
@@ -40,6 +42,8 @@ pub struct UpdateOptions {
     pub settings: Settings,
     /// Allow plain HTTP behind a public load balancer.
     pub allow_public_plaintext: bool,
+    /// Confirmed: drop the TLS Secret when the change removes it.
+    pub yes: bool,
     pub wait: Wait,
 }
 
@@ -77,7 +81,9 @@ fn check_plaintext(a: &Attachment, allowed: bool, errs: &mut Vec<OptionError>) {
     }
 }
 
-async fn check_capacity(c: &Cluster, purpose: Purpose, env: &Env) -> Result<u64, ControlError> {
+/// The cluster's capacity against the purpose: refused below FastProd's minimum, else one
+/// verdict line (a warning below DevTest's recommendation).
+async fn check_capacity(c: &Cluster, purpose: Purpose) -> Result<String, ControlError> {
     let (vcpus, nodes) = cluster::vcpus(c).await?;
     match purpose {
         Purpose::FastProd if vcpus < spec::FASTPROD_MIN_VCPUS => {
@@ -87,14 +93,15 @@ async fn check_capacity(c: &Cluster, purpose: Purpose, env: &Env) -> Result<u64,
                 spec::FASTPROD_MIN_VCPUS
             )))
         }
-        Purpose::DevTest if vcpus < spec::DEVTEST_MIN_VCPUS => {
-            env.step(format_args!(
-                "warning: DevTest is recommended with at least {} vCPUs; the cluster has {vcpus}",
-                spec::DEVTEST_MIN_VCPUS
-            ));
-            Ok(vcpus)
-        }
-        _ => Ok(vcpus),
+        Purpose::DevTest if vcpus < spec::DEVTEST_MIN_VCPUS => Ok(format!(
+            "  warning: {vcpus} vCPUs on {nodes} schedulable node(s), below the {} recommended \
+             for DevTest; attaching anyway (the gateway pod may stay Pending until a node fits it)",
+            spec::DEVTEST_MIN_VCPUS
+        )),
+        _ => Ok(format!(
+            "  {vcpus} vCPUs on {nodes} schedulable node(s): enough for {}",
+            purpose.as_str()
+        )),
     }
 }
 
@@ -122,7 +129,7 @@ pub fn endpoint(a: &Attachment, address: Option<&str>) -> String {
     format!("{scheme}://{host}/api/v1/service/<service-name>/score")
 }
 
-fn report(a: &Attachment, workspace: &str, r: Option<&cluster::Rollout>) -> Value {
+fn report(a: &Attachment, workspace: &str, r: Option<&rollout::Rollout>) -> Value {
     json!({
         "compute": a.compute,
         "workspace": workspace,
@@ -162,15 +169,25 @@ async fn wait_phase(
     a: &Attachment,
     wait: Wait,
     env: &Env,
-) -> Result<Option<cluster::Rollout>, ControlError> {
+) -> Result<Option<rollout::Rollout>, ControlError> {
     if !wait.enabled {
         // Not waiting, but say what is there now (an update keeps its address).
-        return cluster::rollout(c, &a.namespace).await.map(Some);
+        return rollout::rollout(c, &a.namespace).await.map(Some);
     }
     env.step("[2/3] waiting for the gateway replicas and [3/3] the load balancer address");
-    cluster::wait_ready(c, &a.namespace, wait, env)
-        .await
-        .map(Some)
+    let compute = &a.compute;
+    super::interruptible(
+        rollout::wait_ready(c, &a.namespace, compute, wait, env),
+        || {
+            format!(
+                "the objects are applied and compute {compute} is recorded in the workspace; \
+                 the gateway keeps rolling out without this command. Follow it with `scoregate \
+                 status {compute}`, or remove it with `scoregate detach {compute}`"
+            )
+        },
+    )
+    .await
+    .map(Some)
 }
 
 /// Attach a cluster: check options, the workspace, the cluster (version, capacity, marker),
@@ -223,7 +240,7 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
         attached_at: super::now_unix(),
         created_namespace: false,
     };
-    check_plaintext(&a, false, &mut errs);
+    check_plaintext(&a, o.allow_public_plaintext, &mut errs);
     refuse_options(errs)?;
     if o.dry_run {
         let mut items = vec![render::namespace(&a)];
@@ -245,11 +262,7 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
     env.step(format_args!(
         "  Kubernetes {major}.{minor} ({git}): supported"
     ));
-    let vcpus = check_capacity(&c, purpose, env).await?;
-    env.step(format_args!(
-        "  {vcpus} vCPUs: enough for {}",
-        purpose.as_str()
-    ));
+    env.step(check_capacity(&c, purpose).await?);
     if let Some(m) = cluster::read_marker(&c).await? {
         return Err(ControlError::Refused(format!(
             "This cluster is already attached as compute {:?} of workspace {:?} (namespace {}, \
@@ -262,14 +275,23 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
             m.compute
         )));
     }
-    a.created_namespace = cluster::ensure_namespace(&c, &a).await?;
+    a.created_namespace =
+        super::interruptible(cluster::ensure_namespace(&c, &a, o.wait, env), || {
+            format!(
+                "nothing was applied and compute {} is not recorded; run the same attach again",
+                a.compute
+            )
+        })
+        .await?;
     let (applied, _) = apply_phase(&c, &a, pem.as_ref(), env).await?;
     // Recorded before waiting: the attachment exists from here on (a timeout leaves it listed).
+    let (kubeconfig, context) =
+        cluster::config_source(env.kubeconfig.as_deref(), env.context.as_deref());
     ws.computes.insert(
         a.compute.clone(),
         Entry {
-            kubeconfig: env.kubeconfig.as_ref().map(|p| absolute(p.clone())),
-            context: env.context.clone(),
+            kubeconfig,
+            context,
             server: c.server.clone(),
             namespace: a.namespace.clone(),
             attached_at: a.attached_at,
@@ -284,10 +306,6 @@ pub async fn attach(o: AttachOptions, env: &Env) -> Result<Value, ControlError> 
         out["endpoint"].as_str().unwrap_or_default()
     ));
     Ok(out)
-}
-
-fn absolute(p: PathBuf) -> PathBuf {
-    std::fs::canonicalize(&p).unwrap_or(p)
 }
 
 /// The registry entry (if any) and a connection: flags first, then what the entry recorded.
@@ -313,7 +331,26 @@ pub async fn locate(
         .context
         .clone()
         .or_else(|| entry.as_ref().and_then(|e| e.context.clone()));
-    let c = cluster::connect(kubeconfig.as_deref(), context.as_deref()).await?;
+    let c = cluster::connect(kubeconfig.as_deref(), context.as_deref())
+        .await
+        .map_err(|e| match e {
+            ControlError::Connect(source) => ControlError::Unreachable {
+                hint: match (&kubeconfig, &entry) {
+                    (None, _) => format!(
+                        "no kubeconfig names the cluster of compute {compute:?} (none was \
+                         recorded when it was attached, none is given); pass --kubeconfig FILE \
+                         (and --context NAME)"
+                    ),
+                    (Some(p), _) => format!(
+                        "cannot use kubeconfig {} for compute {compute:?}; pass --kubeconfig \
+                         FILE (and --context NAME) naming its cluster",
+                        p.display()
+                    ),
+                },
+                source,
+            },
+            other => other,
+        })?;
     Ok((ws, entry, c))
 }
 
@@ -439,8 +476,21 @@ pub async fn update(o: UpdateOptions, env: &Env) -> Result<Value, ControlError> 
         env.step(format_args!("compute {}: nothing to change", a.compute));
         return Ok(report(&a, &ws.workspace, None));
     }
+    // Leaving a custom certificate deletes its Secret, the only copy the cluster has of the key.
+    if matches!(current.tls, TlsMode::Custom { .. }) && !matches!(a.tls, TlsMode::Custom { .. }) {
+        super::confirm(
+            &format!(
+                "This deletes Secret {}/{} (your certificate and its private key); keep a copy \
+                 first with `scoregate cert export {} --dir DIR`.",
+                a.namespace,
+                render::TLS_SECRET,
+                a.compute
+            ),
+            o.yes,
+        )?;
+    }
     if a.purpose != current.purpose {
-        check_capacity(&c, a.purpose, env).await?;
+        env.step(check_capacity(&c, a.purpose).await?);
     }
     let mut changes = Vec::new();
     for (what, old, new) in [
@@ -477,7 +527,7 @@ pub async fn update(o: UpdateOptions, env: &Env) -> Result<Value, ControlError> 
 pub async fn status(compute: &str, env: &Env) -> Result<Value, ControlError> {
     let (ws, _, c) = locate(compute, env).await?;
     let a = attachment(compute, &c).await?;
-    let r = cluster::rollout(&c, &a.namespace).await?;
+    let r = rollout::rollout(&c, &a.namespace).await?;
     let mut out = report(&a, &ws.workspace, Some(&r));
     out["cluster"] = json!(c.server);
     out["attached_at"] = json!(super::utc(a.attached_at));

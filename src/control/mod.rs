@@ -5,7 +5,8 @@
 //! - [`spec`] — the attachment (purpose, load balancer, TLS mode) and the pure option checks with
 //!   Azure's messages;
 //! - [`render`] — the objects an attachment consists of, rendered from it alone;
-//! - [`cluster`] — the kube side: version, capacity, marker, server-side apply, prune, waiting;
+//! - [`cluster`] — the kube side: version, capacity, marker, server-side apply, prune;
+//! - [`rollout`] — waiting for the gateway to serve, saying what is missing;
 //! - [`registry`] — the workspace: a file of attached computes;
 //! - [`commands`] — attach/detach/update/status; [`cert`] — the certificate commands;
 //! - [`output`] — `--output table|json|yaml`.
@@ -19,6 +20,7 @@ pub mod commands;
 pub mod output;
 pub mod registry;
 pub mod render;
+pub mod rollout;
 pub mod spec;
 
 use std::path::PathBuf;
@@ -80,31 +82,54 @@ pub enum ControlError {
     },
     #[error("{0}")]
     Connect(#[source] crate::discovery::DiscoveryError),
-    #[error("{action}: {source}")]
-    Kube {
-        action: String,
+    /// No usable kubeconfig for a recorded compute: which flag to pass.
+    #[error("{hint}")]
+    Unreachable {
+        hint: String,
         #[source]
-        source: kube::Error,
+        source: crate::discovery::DiscoveryError,
     },
+    /// The API server's answer in words (its message, reason and code), not a debug dump; the
+    /// `kube::Error` is kept for callers (not a `source`: its text would repeat the message).
+    #[error("{action}: {}", kube_message(.error))]
+    Kube { action: String, error: kube::Error },
     /// Some objects were applied before one failed; a re-run converges.
     #[error(
-        "applying {failed} failed: {source}\napplied before the failure: {}\nnothing was rolled back; fix the cause and run the same command again (it converges)",
+        "applying {failed} failed: {}\napplied before the failure: {}\nnothing was rolled back; fix the cause and run the same command again (it converges)",
+        kube_message(.error),
         if .applied.is_empty() { "nothing".to_string() } else { .applied.join(", ") }
     )]
     Partial {
         applied: Vec<String>,
         failed: String,
-        #[source]
-        source: kube::Error,
+        error: kube::Error,
     },
     #[error("{0}")]
     Timeout(String),
+    /// Ctrl-C while waiting: what state was left and how to go on (exit 130).
+    #[error("{0}")]
+    Interrupted(String),
     #[error("writing {path}: {source}")]
     Write {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
+}
+
+/// A kube error as a sentence: for an API answer its message, reason and HTTP code.
+pub(crate) fn kube_message(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(s) if !s.message.is_empty() => {
+            let reason = if s.reason.is_empty() {
+                String::new()
+            } else {
+                format!("{}, ", s.reason)
+            };
+            format!("{} ({reason}HTTP {})", s.message, s.code)
+        }
+        other => crate::report::ErrorChain(other).to_string(),
+    }
 }
 
 fn list(errs: &[OptionError]) -> String {
@@ -114,16 +139,55 @@ fn list(errs: &[OptionError]) -> String {
         .join("\n")
 }
 
+/// A destructive step: confirmed by `yes`, else asked on the terminal; refused (exit 64, nothing
+/// touched) when there is no terminal to ask.
+pub(crate) fn confirm(what: &str, yes: bool) -> Result<(), ControlError> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if yes {
+        return Ok(());
+    }
+    let stdin = std::io::stdin();
+    if !stdin.is_terminal() {
+        return Err(ControlError::Options(vec![OptionError {
+            field: "--yes".into(),
+            message: format!("{what} Pass --yes to confirm."),
+        }]));
+    }
+    eprint!("{what} Continue? [y/N] ");
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    let _ = stdin.lock().read_line(&mut answer);
+    if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
+        Ok(())
+    } else {
+        Err(ControlError::Refused(
+            "not confirmed; nothing was changed".into(),
+        ))
+    }
+}
+
+/// Run `wait` until it ends or Ctrl-C (SIGINT) arrives; then `state` says what was left.
+pub(crate) async fn interruptible<T>(
+    wait: impl std::future::Future<Output = Result<T, ControlError>>,
+    state: impl FnOnce() -> String,
+) -> Result<T, ControlError> {
+    tokio::select! {
+        r = wait => r,
+        _ = tokio::signal::ctrl_c() => Err(ControlError::Interrupted(format!("interrupted: {}", state()))),
+    }
+}
+
 impl ControlError {
     pub(crate) fn kube(action: impl Into<String>) -> impl FnOnce(kube::Error) -> ControlError {
         let action = action.into();
-        move |source| ControlError::Kube { action, source }
+        move |error| ControlError::Kube { action, error }
     }
 
-    /// Exit code: 64 for bad options (nothing touched), 1 otherwise.
+    /// Exit code: 64 for bad options (nothing touched), 130 when interrupted, 1 otherwise.
     pub fn exit_code(&self) -> u8 {
         match self {
             ControlError::Options(_) => 64,
+            ControlError::Interrupted(_) => 130,
             _ => 1,
         }
     }

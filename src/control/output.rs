@@ -34,6 +34,7 @@ fn scalar(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(s) => s.clone(),
+        Value::Array(a) if a.is_empty() => "none".into(),
         Value::Array(a) if a.iter().all(|x| !x.is_object() && !x.is_array()) => {
             a.iter().map(scalar).collect::<Vec<_>>().join(", ")
         }

@@ -55,8 +55,8 @@ fn meta(a: &Attachment, name: &str, namespaced: bool) -> Value {
 /// The gateway's configuration file for this attachment.
 pub fn gateway_config(a: &Attachment) -> String {
     let mut s = format!(
-        "# Written by `scoregate attach {}`; change it with `scoregate update`.\n[listen]\n",
-        a.compute
+        "# Written by `scoregate attach {c}`; change it with `scoregate update {c}`.\n[listen]\n",
+        c = a.compute
     );
     if a.tls != TlsMode::Disabled {
         s += &format!("tls = \"0.0.0.0:{TLS_PORT}\"\n");

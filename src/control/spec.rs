@@ -363,16 +363,18 @@ pub fn checked_pair(
     let c = read(cert, flags.0, errs);
     let k = read(key, flags.1, errs);
     let (c, k) = (c?, k?);
-    let loaded = match crate::tls::load_pem_pair(
-        &c,
-        &k,
-        &cert.display().to_string(),
-        &key.display().to_string(),
-    ) {
+    let key_name = key.display().to_string();
+    let loaded = match crate::tls::load_pem_pair(&c, &k, &cert.display().to_string(), &key_name) {
         Ok(l) => l,
         Err(e) => {
+            // Named against the option that holds the file at fault.
+            let field = if e.is_about(&key_name) {
+                flags.1
+            } else {
+                flags.0
+            };
             errs.push(OptionError {
-                field: flags.0.into(),
+                field: field.into(),
                 message: format!("{e}"),
             });
             return None;

@@ -45,6 +45,12 @@ pub enum DemoError {
     Server(#[from] ServerError),
     #[error("binding a demo replica on 127.0.0.1: {0}")]
     Replica(#[source] std::io::Error),
+    /// Another demo serves the certificates in this folder: they are never rewritten under it.
+    #[error(
+        "{} is in use by another running demo (it serves the certificate there); stop that one, or pass --dir with another folder",
+        .0.display()
+    )]
+    DirInUse(PathBuf),
 }
 
 /// A random 32-character key (Azure ML's key length).
@@ -66,6 +72,26 @@ fn write_file(path: &Path, contents: &str, private: bool) -> Result<(), DemoErro
     })
 }
 
+/// An exclusive lock on `dir/.lock`, released when the returned file is dropped (or the process
+/// ends, however it ends).
+fn lock_dir(dir: &Path) -> Result<std::fs::File, DemoError> {
+    let path = dir.join(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|source| DemoError::Write {
+            path: path.clone(),
+            source,
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(DemoError::DirInUse(dir.to_path_buf())),
+        Err(std::fs::TryLockError::Error(source)) => Err(DemoError::Write { path, source }),
+    }
+}
+
 fn toml_str(s: &str) -> String {
     serde_json::Value::from(s).to_string()
 }
@@ -82,6 +108,9 @@ pub async fn run(opts: DemoOptions, shutdown: impl Future<Output = ()>) -> Resul
         path: dir.clone(),
         source,
     })?;
+    // Held for as long as this demo runs: a second demo on the same folder stops here, before
+    // it writes anything, instead of replacing the files the first one watches and serves.
+    let _lock = lock_dir(&dir)?;
     let material = SelfSigned::generate(&["localhost".into(), "127.0.0.1".into(), "::1".into()])?;
     let (ca, cert, keyfile) = (
         dir.join("ca.pem"),

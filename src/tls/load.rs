@@ -70,6 +70,21 @@ pub enum TlsError {
     Rustls(#[source] rustls::Error),
 }
 
+impl TlsError {
+    /// Whether the error is about the file named `key_name` (the private key) rather than the
+    /// certificate: which option or field to name in the message.
+    pub fn is_about(&self, key_name: &str) -> bool {
+        match self {
+            TlsError::NoPem { what, .. }
+            | TlsError::Pem { what, .. }
+            | TlsError::EncryptedKey { what }
+            | TlsError::UnsupportedKey { what, .. } => what == key_name,
+            TlsError::Read { path, .. } => path.display().to_string() == key_name,
+            _ => false,
+        }
+    }
+}
+
 /// A served certificate: the rustls key plus what we tell operators about it.
 #[derive(Debug, Clone)]
 pub struct LoadedCert {

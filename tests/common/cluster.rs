@@ -22,12 +22,21 @@ impl Testbed {
         .arg(dir.path())
         .output()
         .expect("run scripts/kube-testbed.sh");
-        assert!(
-            out.status.success(),
-            "test bed did not start: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if !out.status.success() {
+            // The state folder goes with the panic: keep the logs' ends in the message.
+            let tail = |f: &str| {
+                let text = std::fs::read_to_string(dir.path().join(f)).unwrap_or_default();
+                let lines: Vec<&str> = text.lines().collect();
+                lines[lines.len().saturating_sub(25)..].join("\n")
+            };
+            panic!(
+                "test bed did not start: {}{}\n--- apiserver.log (end) ---\n{}\n--- etcd.log (end) ---\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr),
+                tail("apiserver.log"),
+                tail("etcd.log")
+            );
+        }
         let kubeconfig = dir.path().join("kubeconfig");
         Testbed { dir, kubeconfig }
     }
