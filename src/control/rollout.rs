@@ -238,15 +238,18 @@ pub async fn wait_ready(
         let changed = last.as_ref() != Some(&(r.clone(), why.clone()));
         if changed || said.elapsed() >= PROGRESS_EVERY {
             env.step(format_args!(
-                "  waiting ({} s of at most {} s): replicas ready {}/{}, load balancer address: {}",
+                "  waiting ({} s of at most {} s): replicas ready {}/{}, load balancer address: {}{}",
                 start.elapsed().as_secs(),
                 wait.timeout.as_secs(),
                 r.ready,
                 r.desired,
                 r.address.as_deref().unwrap_or("pending"),
+                if changed { "" } else { " (no change)" }
             ));
-            for w in &why {
-                env.step(format_args!("    - {w}"));
+            if changed {
+                for w in &why {
+                    env.step(format_args!("    - {w}"));
+                }
             }
             said = Instant::now();
         }
