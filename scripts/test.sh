@@ -83,7 +83,7 @@ cargo clippy --locked --all-targets -- -D warnings
 stage "build the tests"
 cargo test --locked --all-targets --no-run
 stage "run the tests"
-cargo test --locked --all-targets
+cargo test --locked --all-targets --no-fail-fast
 
 # Every fuzz target, briefly, from its committed corpus (scripts/fuzz.sh 600 for the full run).
 stage "fuzz targets, ${SCOREGATE_FUZZ_SECS:-15} s each"
