@@ -8,6 +8,9 @@
 #   scripts/kube-testbed.sh stop DIR         stop both (by PID)
 #   scripts/kube-testbed.sh h2spec           build h2spec (the HTTP/2 conformance suite) once and
 #                                            print its path (tests/h2_server.rs runs it)
+#   scripts/kube-testbed.sh cluster-build | cluster-start DIR | cluster-status DIR | cluster-stop DIR
+#                                            a real one-node cluster: kubelet, containerd, real pods
+#                                            (scripts/testbed-cluster.sh; root)
 #
 # DIR/kubeconfig authenticates as a cluster admin with a static token; DIR/env has the ports.
 set -euo pipefail
@@ -193,12 +196,21 @@ stop_pid() {
   rm -f "$f"
 }
 
+# The real one-node cluster (kubelet, containerd, real pods) for the end-to-end tests.
+# shellcheck source=scripts/testbed-cluster.sh
+. "$ROOT/scripts/testbed-cluster.sh"
+
 case "${1:-}" in
   build) build ;;
+  cluster-build) cluster_build ;;
+  cluster-start) cluster_start "${2:?DIR}" ;;
+  cluster-status) cluster_status "${2:?DIR}" ;;
+  cluster-stop) cluster_stop "${2:?DIR}" ;;
+  cluster-image) cluster_image "${2:?DIR}" ;;
   h2spec) h2spec ;;
   start) start "${2:?DIR}" ;;
   start-apiserver) start_apiserver "${2:?DIR}" ;;
   stop-apiserver) stop_pid "${2:?DIR}/apiserver.pid" ;;
   stop) stop_pid "${2:?DIR}/apiserver.pid"; stop_pid "${2:?DIR}/etcd.pid" ;;
-  *) sed -n '2,12p' "$0"; exit 64 ;;
+  *) sed -n '2,15p' "$0"; exit 64 ;;
 esac
