@@ -76,11 +76,22 @@ stage "Kubernetes test bed (kube-apiserver, etcd, h2spec from Go modules; cached
 command -v go >/dev/null || { echo "Go is needed to build the Kubernetes test bed (kube-apiserver, etcd)" >&2; exit 1; }
 scripts/kube-testbed.sh build
 
+# The real one-node cluster of tests/cluster_e2e.rs: kubelet, kube-proxy, scheduler and
+# controller manager from the same module build, containerd/runc/buildah/CNI plugins from Debian,
+# the local base images' parts. Root only (as CI runs).
+stage "Kubernetes node (kubelet, kube-proxy, scheduler, controller manager; containerd; cached)"
+if [ "$(id -u)" != 0 ]; then
+  echo "not root: tests/cluster_e2e.rs needs root for containerd, the kubelet and iptables" >&2
+  exit 1
+fi
+scripts/kube-testbed.sh cluster-build
+
 stage "rustfmt --check"
 cargo fmt --all -- --check
 stage "clippy -D warnings"
 cargo clippy --locked --all-targets -- -D warnings
-stage "build the tests"
+stage "build the tests and the release binary (the gateway image's)"
+cargo build --locked --release --bin scoregate
 cargo test --locked --all-targets --no-run
 stage "run the tests"
 cargo test --locked --all-targets --no-fail-fast

@@ -9,9 +9,10 @@
 #   cluster-stop DIR     stop everything, remove pods, mounts, iptables rules and links
 #   cluster-image DIR    build the gateway image from the Dockerfile (buildah) and import it
 #
-# Addresses: the node is 10.220.255.1 on a dummy link (sgnode0), pods 10.220.0.0/24 on the bridge
-# sgcni0, Services 10.221.0.0/16. No cloud: a LoadBalancer Service never gets an address; the host
-# reaches Services through NodePorts on the node address and pods by their IPs.
+# Addresses: the node is 10.220.255.1 on a bridge of its own (sgnode0: this kernel has no dummy
+# links), pods 10.220.0.0/24 on the bridge sgcni0, Services 10.221.0.0/16. No cloud: a
+# LoadBalancer Service never gets an address; the host reaches Services through NodePorts on the
+# node address and pods by their IPs.
 
 NODE_IP=10.220.255.1
 POD_CIDR=10.220.0.0/24
@@ -144,7 +145,7 @@ cluster_image() {
     ctr --address "$dir/containerd/containerd.sock" -n k8s.io images import --all-platforms "$dir/image.tar" >/dev/null
   done
   rm -f "$dir/image.tar"
-  buildah inspect --type image --format '{{.Size}}' docker.io/library/scoregate:0.1.0 2>/dev/null || true
+  buildah images --format '{{.Size}}' docker.io/library/scoregate:0.1.0
 }
 
 # Wait until `$2` (a command) succeeds, at most $3 tenths of a second; $1 names what for errors.
@@ -158,6 +159,13 @@ wait_for() {
   return 1
 }
 
+# Reads a Node as JSON: succeeds when its Ready condition is True.
+node_ready() {
+  python3 -c 'import json, sys
+conds = json.load(sys.stdin).get("status", {}).get("conditions", [])
+sys.exit(0 if any(c["type"] == "Ready" and c["status"] == "True" for c in conds) else 1)'
+}
+
 cluster_start() {
   local dir="$1"
   cluster_build
@@ -165,12 +173,12 @@ cluster_start() {
   mkdir -p "$dir/pki" "$dir/cni/net.d" "$dir/containerd" "$dir/kubelet" "$dir/logs"
   local pki="$dir/pki"
   # The node's address, on a link of its own, and the kernel settings pods and Services need.
-  ip link show sgnode0 >/dev/null 2>&1 || ip link add sgnode0 type dummy
+  # (a bridge with no ports: the kernel may have no dummy links)
+  ip link show sgnode0 >/dev/null 2>&1 || ip link add sgnode0 type bridge
   ip addr replace "$NODE_IP/32" dev sgnode0
   ip link set sgnode0 up
   sysctl -qw net.ipv4.ip_forward=1
   sysctl -qw net.bridge.bridge-nf-call-iptables=1 2>/dev/null || true
-  sysctl -qw net.ipv4.conf.all.route_localnet=1
   # Certificates: a CA, the API server's (loopback, the node, the kubernetes Service's IP).
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 \
     -subj /CN=testbed-ca -keyout "$pki/ca-key.pem" -out "$pki/ca.pem" 2>/dev/null
@@ -186,12 +194,14 @@ cluster_start() {
   token="$(openssl rand -hex 24)"
   printf '%s,testbed-admin,testbed-admin,system:masters\n' "$token" >"$pki/tokens.csv"
   chmod 600 "$pki"/*key* "$pki/tokens.csv"
-  mapfile -t ports < <(free_ports 4)
+  mapfile -t ports < <(free_ports 6)
   cat >"$dir/env" <<ENV
 ETCD_PORT=${ports[0]}
 ETCD_PEER_PORT=${ports[1]}
 API_PORT=${ports[2]}
 KUBELET_PORT=${ports[3]}
+PROXY_HEALTHZ_PORT=${ports[4]}
+PROXY_METRICS_PORT=${ports[5]}
 ADMIN_TOKEN=$token
 NODE_IP=$NODE_IP
 ENV
@@ -238,6 +248,7 @@ KC
     --service-account-signing-key-file="$pki/sa.key" \
     --service-cluster-ip-range="$SERVICE_CIDR" \
     --service-node-port-range=30000-32767 \
+    --kubelet-preferred-address-types=InternalIP \
     --enable-priority-and-fairness=false \
     >"$dir/logs/apiserver.log" 2>&1 &
   echo $! >"$dir/apiserver.pid"
@@ -262,6 +273,9 @@ state = "$dir/containerd/state"
   address = "$dir/containerd/containerd.sock"
 [plugins."io.containerd.grpc.v1.cri"]
   sandbox_image = "$PAUSE_IMAGE"
+  # Root here lacks CAP_SYS_RESOURCE, so no process may lower its OOM score (the kubelet asks
+  # -998 for sandboxes): keep every container's at least containerd's own.
+  restrict_oom_score_adj = true
   [plugins."io.containerd.grpc.v1.cri".cni]
     bin_dir = "/usr/lib/cni"
     conf_dir = "$dir/cni/net.d"
@@ -296,6 +310,7 @@ authorization: {mode: AlwaysAllow}
 cgroupDriver: cgroupfs
 failCgroupV1: false
 failSwapOn: false
+oomScoreAdj: 0
 containerRuntimeEndpoint: unix://$dir/containerd/containerd.sock
 podCIDR: $POD_CIDR
 maxPods: 60
@@ -311,10 +326,11 @@ YAML
   echo $! >"$dir/kubelet.pid"
   "$BIN/kube-proxy" --kubeconfig="$kc" --proxy-mode=iptables --cluster-cidr="$POD_CIDR" \
     --hostname-override="$NODE_NAME" --nodeport-addresses="$NODE_IP/32" \
-    --conntrack-max-per-core=0 --metrics-bind-address=127.0.0.1:0 --healthz-bind-address=127.0.0.1:0 \
+    --conntrack-max-per-core=0 --metrics-bind-address="127.0.0.1:$PROXY_METRICS_PORT" \
+    --healthz-bind-address="127.0.0.1:$PROXY_HEALTHZ_PORT" \
     >"$dir/logs/kube-proxy.log" 2>&1 &
   echo $! >"$dir/kube-proxy.pid"
-  wait_for "node $NODE_NAME" "curl -sfk --max-time 2 -H 'Authorization: Bearer $token' https://127.0.0.1:$API_PORT/api/v1/nodes/$NODE_NAME | grep -q '\"type\": \"Ready\",[[:space:]]*\"status\": \"True\"'" 900 || {
+  wait_for "node $NODE_NAME" "curl -sfk --max-time 2 -H 'Authorization: Bearer $token' https://127.0.0.1:$API_PORT/api/v1/nodes/$NODE_NAME | node_ready" 900 || {
     tail -20 "$dir/logs/kubelet.log" >&2
     return 1
   }
@@ -352,6 +368,14 @@ cluster_stop() {
   "$BIN/kube-proxy" --cleanup >/dev/null 2>&1 || true
   ip link del sgcni0 2>/dev/null || true
   ip link del sgnode0 2>/dev/null || true
-  iptables -t nat -S 2>/dev/null | grep -q CNI- && iptables -t nat -S | grep -E '^-A POSTROUTING .*CNI-' | sed 's/^-A/-D/' |
-    while read -r rule; do eval "iptables -t nat $rule" 2>/dev/null || true; done
+  # What the kubelet and the CNI plugins left in iptables: their jumps, then their chains.
+  local table
+  for table in filter nat mangle; do
+    iptables -t "$table" -S 2>/dev/null | grep -E '^-A .*-j (KUBE-|CNI-)' | sed 's/^-A/-D/' |
+      while read -r rule; do eval "iptables -t $table $rule" 2>/dev/null || true; done
+    iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(\(KUBE\|CNI\)-[^ ]*\)$/\1/p' |
+      while read -r chain; do iptables -t "$table" -F "$chain" 2>/dev/null || true; done
+    iptables -t "$table" -S 2>/dev/null | sed -n 's/^-N \(\(KUBE\|CNI\)-[^ ]*\)$/\1/p' |
+      while read -r chain; do iptables -t "$table" -X "$chain" 2>/dev/null || true; done
+  done
 }

@@ -282,6 +282,8 @@ pub struct Retries {
     pub unsent: IntCounter,
     /// An idempotent request, or one with an idempotency key, that may have reached the replica.
     pub replayable: IntCounter,
+    /// Sent to another replica: its own could not be reached (connection refused or timed out).
+    pub rerouted: IntCounter,
 }
 
 impl Retries {
@@ -291,6 +293,7 @@ impl Retries {
         Retries {
             unsent: c(),
             replayable: c(),
+            rerouted: c(),
         }
     }
 }
@@ -376,7 +379,7 @@ impl Metrics {
             retries: IntCounterVec::new(
                 Opts::new(
                     "scoregate_upstream_retries_total",
-                    "Requests sent again on a new connection after a pooled one failed, by reason: unsent (no byte had left) or replayable (idempotent, or with an idempotency key).",
+                    "Requests sent again, by reason: unsent (a pooled connection was closed before any byte left), replayable (idempotent, or with an idempotency key), rerouted (to another replica: the first could not be reached).",
                 ),
                 &["service", "version", "reason"],
             )?,
@@ -446,6 +449,9 @@ impl Metrics {
                 replayable: self
                     .retries
                     .with_label_values(&[service, version, "replayable"]),
+                rerouted: self
+                    .retries
+                    .with_label_values(&[service, version, "rerouted"]),
             },
         }
     }

@@ -370,3 +370,44 @@ async fn a_failing_replica_is_ejected_and_the_others_keep_serving() {
         gw.stop().await;
     }
 }
+
+/// A replica that cannot be reached (a pod that just exited, still listed): no byte of the
+/// request was used, so it goes to another replica and the client never sees the failure; the
+/// unreachable one is ejected meanwhile.
+#[tokio::test]
+async fn a_request_for_an_unreachable_replica_goes_to_another() {
+    let model = Backend::model().await;
+    let gone = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let gone_addr = gone.local_addr().expect("addr");
+    drop(gone);
+    let pki = Pki::new(&["localhost"]);
+    let gw = TestGateway::start(&service_toml(
+        &pki,
+        "outlier_consecutive_failures = 3",
+        &[gone_addr, model.addr],
+    ))
+    .await;
+    let c = client(&pki.ca_pem).build().expect("client");
+    let url = gw.https(SCORE);
+    for i in 0..40 {
+        let r = post(&c, &url, Some(KEY), ROWS).await;
+        assert_eq!(r.status(), 200, "request {i}");
+    }
+    let m = gw.metrics().await;
+    let rerouted = counter(
+        &m,
+        r#"scoregate_upstream_retries_total{reason="rerouted",service="iris",version="blue"}"#,
+    );
+    assert!(
+        (1..=3).contains(&rerouted),
+        "rerouted until ejected: {rerouted}\n{m}"
+    );
+    assert_eq!(
+        counter(
+            &m,
+            r#"scoregate_replica_ejections_total{service="iris",version="blue"}"#
+        ),
+        1
+    );
+    gw.stop().await;
+}

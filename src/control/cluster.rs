@@ -400,7 +400,11 @@ pub async fn delete_marker(c: &Cluster) -> Result<bool, ControlError> {
 }
 
 /// Delete the namespace when attach created it and nothing else lives in it; whether deleted.
-pub async fn delete_namespace_if_empty(c: &Cluster, ns: &str) -> Result<bool, ControlError> {
+pub async fn delete_namespace_if_empty(
+    c: &Cluster,
+    ns: &str,
+    compute: &str,
+) -> Result<bool, ControlError> {
     let lp = ListParams::default();
     let action = || ControlError::kube(format!("looking into Namespace/{ns}"));
     let others = [
@@ -418,11 +422,20 @@ pub async fn delete_namespace_if_empty(c: &Cluster, ns: &str) -> Result<bool, Co
             .await
             .map_err(action())?
             .items;
-        // Every namespace gets the cluster's CA bundle ConfigMap.
-        if items
-            .iter()
-            .any(|i| i.metadata.name.as_deref() != Some("kube-root-ca.crt"))
-        {
+        // Not someone else's: the cluster's CA bundle ConfigMap (every namespace gets one),
+        // what is already being deleted, and what carries this attachment's label (its gateway
+        // Pods, which the garbage collector removes with their Deployment after we return).
+        let foreign = items.iter().any(|i| {
+            let m = &i.metadata;
+            m.name.as_deref() != Some("kube-root-ca.crt")
+                && m.deletion_timestamp.is_none()
+                && m.labels
+                    .as_ref()
+                    .and_then(|l| l.get(render::LABEL_COMPUTE))
+                    .map(String::as_str)
+                    != Some(compute)
+        });
+        if foreign {
             return Ok(false);
         }
     }

@@ -114,19 +114,32 @@ fn keep_set(a: &Attachment, objects: &[Value]) -> BTreeSet<String> {
     keep
 }
 
-/// The scoring endpoint users call.
-pub fn endpoint(a: &Attachment, address: Option<&str>) -> String {
-    let host = a
-        .tls
-        .host()
-        .or_else(|| address.map(str::to_string))
-        .unwrap_or_else(|| "<load balancer address>".into());
+/// The scoring endpoint users call: through the load balancer, or the NodePort when the
+/// cluster has no load balancer.
+pub fn endpoint(a: &Attachment, r: Option<&rollout::Rollout>) -> String {
     let scheme = if a.tls == TlsMode::Disabled {
         "http"
     } else {
         "https"
     };
-    format!("{scheme}://{host}/api/v1/service/<service-name>/score")
+    let path = "/api/v1/service/<service-name>/score";
+    if let Some(np) = r.and_then(|r| {
+        r.address
+            .is_none()
+            .then_some(r.node_port.as_ref())
+            .flatten()
+    }) {
+        // With TLS the certificate names the host: the name, resolved to a node's address.
+        let node = np.nodes.first().map_or("<node address>", String::as_str);
+        let host = a.tls.host().unwrap_or_else(|| node.to_string());
+        return format!("{scheme}://{host}:{}{path}", np.port);
+    }
+    let host = a
+        .tls
+        .host()
+        .or_else(|| r.and_then(|r| r.address.clone()))
+        .unwrap_or_else(|| "<load balancer address>".into());
+    format!("{scheme}://{host}{path}")
 }
 
 fn report(a: &Attachment, workspace: &str, r: Option<&rollout::Rollout>) -> Value {
@@ -141,7 +154,9 @@ fn report(a: &Attachment, workspace: &str, r: Option<&rollout::Rollout>) -> Valu
         "host": a.tls.host(),
         "replicas_ready": r.map(|r| format!("{}/{}", r.ready, r.desired)),
         "address": r.and_then(|r| r.address.clone()),
-        "endpoint": endpoint(a, r.and_then(|r| r.address.as_deref())),
+        "node_port": r.and_then(|r| r.node_port.as_ref()).map(|n| n.port),
+        "node_addresses": r.and_then(|r| r.node_port.as_ref()).map(|n| n.nodes.clone()),
+        "endpoint": endpoint(a, r),
     })
 }
 
@@ -410,7 +425,7 @@ pub async fn detach(compute: &str, env: &Env) -> Result<Value, ControlError> {
     }
     let mut namespace_deleted = false;
     if marker.as_ref().is_some_and(|m| m.created_namespace) {
-        namespace_deleted = cluster::delete_namespace_if_empty(&c, &namespace).await?;
+        namespace_deleted = cluster::delete_namespace_if_empty(&c, &namespace, compute).await?;
         if namespace_deleted {
             removed.push(format!("Namespace/{namespace}"));
         } else {

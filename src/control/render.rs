@@ -20,6 +20,8 @@ pub const AUTOSCALER_ROLE: &str = "scoregate-autoscaler";
 pub const MARKER_NAMESPACE: &str = "kube-system";
 pub const MARKER: &str = "scoregate-attachment";
 pub const ADMIN_PORT: u16 = 9100;
+/// A terminating gateway pod's pause before SIGTERM (the `preStop` sleep).
+pub const PRESTOP_SECONDS: u32 = 5;
 pub const TLS_PORT: u16 = 8443;
 pub const HTTP_PORT: u16 = 8080;
 pub const ANNOTATION_INTERNAL: &str = "service.beta.kubernetes.io/azure-load-balancer-internal";
@@ -240,6 +242,10 @@ fn deployment(a: &Attachment) -> Value {
                             {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
                         ],
                         "ports": ports,
+                        // Terminating, the pod leaves the Service's endpoints while it still
+                        // serves: kube-proxy and the load balancer stop sending new connections
+                        // before SIGTERM closes the listeners (then in-flight requests drain).
+                        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
                         "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 2},
                         "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 10},
                         "resources": {

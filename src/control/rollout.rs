@@ -17,6 +17,10 @@ use super::{ControlError, Env, Wait};
 
 /// A progress line at least this often while waiting.
 const PROGRESS_EVERY: Duration = Duration::from_secs(10);
+/// Once the replicas are ready, how long a LoadBalancer Service may go without any sign of a
+/// load-balancer controller (a cloud's emits `EnsuringLoadBalancer` within seconds) before the
+/// wait concludes there is none and points at the NodePort instead.
+const NO_LB_CONTROLLER_AFTER: Duration = Duration::from_secs(20);
 
 /// What the rollout looks like now.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -26,6 +30,16 @@ pub struct Rollout {
     pub updated: i32,
     /// The load balancer's IP or host name.
     pub address: Option<String>,
+    /// Set when no load-balancer controller acted on the Service: where to reach it instead.
+    pub node_port: Option<NodePort>,
+}
+
+/// The gateway Service's NodePort and the nodes' addresses: the way in when no load balancer
+/// exists (a cluster without a cloud provider).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NodePort {
+    pub port: i32,
+    pub nodes: Vec<String>,
 }
 
 impl Rollout {
@@ -65,7 +79,43 @@ pub async fn rollout(c: &Cluster, ns: &str) -> Result<Rollout, ControlError> {
         ready,
         updated,
         address,
+        node_port: None,
     })
+}
+
+/// The replicas are ready but no address came: is any load-balancer controller at work on the
+/// Service (an Event about a load balancer)? If none, the NodePort and the nodes' addresses.
+async fn without_load_balancer(c: &Cluster, ns: &str) -> Option<NodePort> {
+    let events = Api::<Event>::namespaced(c.client.clone(), ns)
+        .list(&ListParams::default().fields(&format!(
+            "involvedObject.kind=Service,involvedObject.name={}",
+            render::GATEWAY
+        )))
+        .await
+        .ok()?;
+    if events.items.iter().any(|e| {
+        e.reason
+            .as_deref()
+            .is_some_and(|r| r.contains("LoadBalancer"))
+    }) {
+        return None;
+    }
+    let svc = Api::<Service>::namespaced(c.client.clone(), ns)
+        .get_opt(render::GATEWAY)
+        .await
+        .ok()??;
+    let port = svc.spec?.ports?.into_iter().find_map(|p| p.node_port)?;
+    let nodes = Api::<k8s_openapi::api::core::v1::Node>::all(c.client.clone())
+        .list(&ListParams::default())
+        .await
+        .ok()?
+        .items
+        .into_iter()
+        .flat_map(|n| n.status.and_then(|s| s.addresses).unwrap_or_default())
+        .filter(|a| a.type_ == "ExternalIP" || a.type_ == "InternalIP")
+        .map(|a| a.address)
+        .collect();
+    Some(NodePort { port, nodes })
 }
 
 /// Why the rollout is not done: one phrase per gateway Pod that is not ready, and for the
@@ -193,6 +243,7 @@ fn latest_warning(p: &Pod, events: &[Event]) -> Option<String> {
             e.type_.as_deref() == Some("Warning")
                 && e.involved_object.kind.as_deref() == Some("Pod")
                 && e.involved_object.name.as_deref() == Some(name)
+                && e.reason.as_deref().is_some_and(blocks)
         })
         .max_by_key(|e| {
             e.last_timestamp
@@ -209,6 +260,16 @@ fn latest_warning(p: &Pod, events: &[Event]) -> Option<String> {
         })
 }
 
+/// Whether a Warning Event's reason keeps a Pod from starting or being ready (others, such as
+/// `MissingClusterDNS`, are noise while waiting).
+fn blocks(reason: &str) -> bool {
+    reason.starts_with("Failed")
+        || matches!(
+            reason,
+            "BackOff" | "Unhealthy" | "NetworkNotReady" | "ErrImageNeverPull" | "InspectFailed"
+        )
+}
+
 /// Wait until every replica is ready and the load balancer has an address: a progress line when
 /// the state changes and at least every 10 s (elapsed time, what is awaited, what is missing);
 /// on timeout, the last state and what to look at.
@@ -222,8 +283,32 @@ pub async fn wait_ready(
     let start = Instant::now();
     let mut last: Option<(Rollout, Vec<String>)> = None;
     let mut said = Instant::now();
+    let mut ready_since: Option<Instant> = None;
     loop {
-        let r = rollout(c, ns).await?;
+        let mut r = rollout(c, ns).await?;
+        let replicas_ready = r.ready >= r.desired && r.updated >= r.desired;
+        if !replicas_ready {
+            ready_since = None;
+        } else if r.address.is_none()
+            && ready_since.get_or_insert_with(Instant::now).elapsed() >= NO_LB_CONTROLLER_AFTER
+            && let Some(np) = without_load_balancer(c, ns).await
+        {
+            env.step(format_args!(
+                "  replicas ready {}/{}; no load balancer controller acted on Service {ns}/{} in \
+                 {} s (no load balancer Event): this cluster has no cloud load balancer. The \
+                 gateway is reachable on NodePort {} of every node ({}); with TLS, resolve the \
+                 certificate's name to a node address ({} s)",
+                r.ready,
+                r.desired,
+                render::GATEWAY,
+                NO_LB_CONTROLLER_AFTER.as_secs(),
+                np.port,
+                np.nodes.join(", "),
+                start.elapsed().as_secs()
+            ));
+            r.node_port = Some(np);
+            return Ok(r);
+        }
         if r.done() {
             env.step(format_args!(
                 "  replicas ready {}/{}, load balancer address: {} ({} s)",

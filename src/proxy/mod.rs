@@ -33,7 +33,9 @@ use crate::acme::Challenges;
 use crate::config::Protocol;
 use crate::metrics::Metrics;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
-use crate::upstream::{Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated, UpstreamError};
+use crate::upstream::{
+    Failure, Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated, UpstreamError,
+};
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -157,9 +159,41 @@ impl Gateway {
         let sent = Instant::now();
         v.metrics.in_flight.inc();
         let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
-        let result =
-            tokio::time::timeout_at(deadline, lease.replica.send(outgoing, &v.metrics.retries))
-                .await;
+        let (mut lease, mut outgoing, mut rerouted) = (lease, outgoing, 0);
+        let result = loop {
+            let r =
+                tokio::time::timeout_at(deadline, lease.replica.send(outgoing, &v.metrics.retries))
+                    .await;
+            match r {
+                // The replica could not be reached: nothing of the request was used, so it goes
+                // to another replica (a pod that just exited, before discovery dropped it).
+                Ok(Err(Failure::Unsent { error, request })) if rerouted < MAX_REROUTES => {
+                    rerouted += 1;
+                    report(&lease, Outcome::Failed, &service, version);
+                    let failed = lease.replica.addr;
+                    let other = tokio::time::timeout_at(
+                        deadline,
+                        v.replicas.acquire_avoiding(Some(failed)),
+                    )
+                    .await;
+                    match other {
+                        Ok(Ok((next, _))) if next.replica.addr != failed => {
+                            tracing::debug!(request_id = rid.to_str().unwrap_or_default(), replica = %failed, to = %next.replica.addr, error = %error, "replica unreachable; sending to another");
+                            v.metrics.retries.rerouted.inc();
+                            lease = next;
+                            outgoing = *request;
+                        }
+                        _ => {
+                            v.metrics.in_flight.dec();
+                            let e = GatewayError::Upstream(error);
+                            m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
+                            return self.fail(e, &rid, Some(&service), Some(version), conn, start);
+                        }
+                    }
+                }
+                other => break other.map(|r| r.map_err(Failure::into_error)),
+            }
+        };
         let access = self.access_log.then(|| {
             Box::new(access::Record {
                 request_id: rid.clone(),
@@ -432,6 +466,9 @@ pub(crate) fn report(lease: &Lease, outcome: Outcome, service: &Service, version
         );
     }
 }
+
+/// Other replicas tried, at most, for a request whose replica could not be reached.
+const MAX_REROUTES: u32 = 2;
 
 /// Bodies up to this size (declared, or of unknown length until this much was read) are read
 /// and discarded before an error answer, so that clients still uploading (curl over HTTP/2) see

@@ -64,6 +64,9 @@ enum Read {
 
 type StopFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
 
+/// On shutdown, how long an idle keep-alive connection still waits for one last request.
+const STOP_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 struct Session {
     buf: BytesMut,
     out: BytesMut,
@@ -98,7 +101,7 @@ where
     };
     async move {
         loop {
-            let deadline = Instant::now() + settings.header_read_timeout;
+            let mut deadline = Instant::now() + settings.header_read_timeout;
             let (head, body, close) = loop {
                 if !s.buf.is_empty() {
                     // The parse result is not held across the read below (224 bytes that
@@ -127,9 +130,16 @@ where
                     Read::Data | Read::NotReady => {}
                     // Shutting down mid-head: finish this request, then close.
                     Read::Stop if !s.buf.is_empty() => {}
-                    Read::Stop | Read::Eof => return finish(io).await,
+                    // Shutting down while the connection waits for its next request: the client
+                    // may be sending it right now, and closing would race it. A moment more for
+                    // one last request, answered with `Connection: close` (haproxy's
+                    // idle-close-on-response).
+                    Read::Stop => deadline = deadline.min(Instant::now() + STOP_LINGER),
+                    Read::Eof => return finish(io).await,
                     Read::Timeout => {
-                        tracing::debug!(remote = %info.remote, "request head not received within header_read_timeout_ms; closing");
+                        if !*s.stop_rx.borrow() {
+                            tracing::debug!(remote = %info.remote, "request head not received within header_read_timeout_ms; closing");
+                        }
                         return finish(io).await;
                     }
                     Read::Failed(e) => {

@@ -45,6 +45,7 @@ const READ_RESERVE: usize = 8 * 1024;
 pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
+    reused: bool,
 }
 
 /// A response the replica sent that breaks HTTP/1.1.
@@ -127,7 +128,19 @@ impl Conn {
         Conn {
             io,
             buf: BytesMut::new(),
+            reused: false,
         }
+    }
+
+    /// Whether it served an exchange before (came from the pool).
+    pub fn reused(&self) -> bool {
+        self.reused
+    }
+
+    /// Into the pool: from now on it is a reused connection.
+    pub fn pooled(mut self) -> Self {
+        self.reused = true;
+        self
     }
 
     /// False when the replica closed (or wrote to) the connection while it sat idle. Costs no

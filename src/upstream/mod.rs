@@ -20,7 +20,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::config::{Protocol, ServiceSettings};
 pub use outlier::{Ejection, Outcome};
-pub use replica::{Replica, UpstreamBody, UpstreamError};
+pub use replica::{Failure, Replica, UpstreamBody, UpstreamError};
 
 /// A request on its way to a replica.
 // One per request, moved once into the send: boxing the larger variant would cost an allocation.
@@ -285,6 +285,15 @@ impl ReplicaSet {
     /// A waiter whose deadline passes is removed from the queue and never sent.
     /// Returns the lease and how long the request queued.
     pub async fn acquire(self: &Arc<Self>) -> Result<(Lease, Duration), Saturated> {
+        self.acquire_avoiding(None).await
+    }
+
+    /// [`ReplicaSet::acquire`], on another replica than `avoid` when there is another (a request
+    /// that could not reach `avoid` goes elsewhere).
+    pub async fn acquire_avoiding(
+        self: &Arc<Self>,
+        avoid: Option<SocketAddr>,
+    ) -> Result<(Lease, Duration), Saturated> {
         if self.replicas.load().is_empty() {
             return Err(Saturated::NoReplicas);
         }
@@ -312,7 +321,7 @@ impl ReplicaSet {
                     }
                 }
             };
-            if let Some(replica) = self.claim() {
+            if let Some(replica) = self.claim(avoid) {
                 let lease = Lease {
                     replica,
                     set: self.clone(),
@@ -332,8 +341,22 @@ impl ReplicaSet {
 
     /// Claim a slot on a replica under its limit: the cheaper of two random picks by
     /// peak-EWMA cost, else the first free one from a random start.
-    fn claim(&self) -> Option<Arc<Replica>> {
+    fn claim(&self, avoid: Option<SocketAddr>) -> Option<Arc<Replica>> {
         let replicas = self.replicas.load();
+        if let Some(avoid) = avoid
+            && replicas.len() > 1
+        {
+            let others: Vec<Arc<Replica>> = replicas
+                .iter()
+                .filter(|r| r.addr != avoid)
+                .cloned()
+                .collect();
+            return Self::pick(&others);
+        }
+        Self::pick(&replicas)
+    }
+
+    fn pick(replicas: &[Arc<Replica>]) -> Option<Arc<Replica>> {
         let n = replicas.len();
         if n >= 2 {
             let a = fastrand::usize(..n);

@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use http::Request;
 use hyper::body::Incoming;
 use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -57,6 +56,31 @@ pub enum UpstreamError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
+}
+
+/// Why a send failed: before any of the request was used (no connection could be made: the
+/// request comes back whole, to go to another replica), or after.
+#[derive(Debug)]
+pub enum Failure {
+    Unsent {
+        error: UpstreamError,
+        request: Box<Outgoing>,
+    },
+    Failed(UpstreamError),
+}
+
+impl Failure {
+    pub fn into_error(self) -> UpstreamError {
+        match self {
+            Failure::Unsent { error, .. } | Failure::Failed(error) => error,
+        }
+    }
+}
+
+impl From<UpstreamError> for Failure {
+    fn from(e: UpstreamError) -> Self {
+        Failure::Failed(e)
+    }
 }
 
 #[derive(Debug)]
@@ -115,7 +139,7 @@ impl Replica {
         if let Ok(mut idle) = self.idle.lock()
             && idle.len() < MAX_IDLE
         {
-            idle.push(conn);
+            idle.push(conn.pooled());
         }
     }
 
@@ -186,20 +210,22 @@ impl Replica {
         self: &Arc<Self>,
         out: Outgoing,
         retries: &Retries,
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<Reply, Failure> {
         match (self.protocol, out) {
-            (Protocol::H2c, Outgoing::Request { req, .. }) => {
-                let (parts, body) = self.send_h2(req).await?.into_parts();
+            (Protocol::H2c, out @ Outgoing::Request { .. }) => {
+                let (parts, body) = self.send_h2(out).await?.into_parts();
                 Ok(Reply {
                     status: parts.status,
                     headers: ReplyHeaders::Map(parts.headers),
                     body: ResponseBody::H2(body),
                 })
             }
-            (Protocol::H2c, Outgoing::Encoded { .. }) => Err(UpstreamError::Protocol {
-                addr: self.addr,
-                source: "an HTTP/1.1-encoded request cannot go to an h2c replica".into(),
-            }),
+            (Protocol::H2c, Outgoing::Encoded { .. }) => {
+                Err(Failure::Failed(UpstreamError::Protocol {
+                    addr: self.addr,
+                    source: "an HTTP/1.1-encoded request cannot go to an h2c replica".into(),
+                }))
+            }
             (Protocol::Http1, out) => self.send_http1(out, retries).await,
         }
     }
@@ -223,7 +249,21 @@ impl Replica {
         self: &Arc<Self>,
         out: Outgoing,
         retries: &Retries,
-    ) -> Result<Reply, UpstreamError> {
+    ) -> Result<Reply, Failure> {
+        // A connection first: if none can be made, nothing of the request was used.
+        let mut pooled = match self.take_idle() {
+            Some(conn) => Some(conn),
+            None => match Box::pin(self.connect()).await {
+                Ok(io) => Some(h1::Conn::new(io)),
+                Err(error) => {
+                    return Err(Failure::Unsent {
+                        error,
+                        request: Box::new(out),
+                    });
+                }
+            },
+        };
+        let mut reused = pooled.as_ref().is_some_and(h1::Conn::reused);
         let (mut encoded, method, replayable) = match out {
             Outgoing::Encoded {
                 bytes,
@@ -231,17 +271,20 @@ impl Replica {
                 replayable,
             } => (h1::Encoded::whole(bytes), method, replayable),
             Outgoing::Request { req, replayable } => {
-                let (encoded, method) = h1::encode(req).await.map_err(|e| self.classify_h1(e))?;
+                let (encoded, method) = h1::encode(req)
+                    .await
+                    .map_err(|e| Failure::Failed(self.classify_h1(e)))?;
                 (encoded, method, replayable)
             }
         };
-        let mut pooled = self.take_idle();
         // One call site for the exchange: each one would add its future to every request's.
         loop {
-            let reused = pooled.is_some();
             let conn = match pooled.take() {
                 Some(conn) => conn,
-                None => h1::Conn::new(Box::pin(self.connect()).await?),
+                None => {
+                    reused = false;
+                    h1::Conn::new(Box::pin(self.connect()).await?)
+                }
             };
             match h1::exchange(conn, &mut encoded, &method, self).await {
                 // The replica had closed the pooled connection: nothing of the request left.
@@ -253,15 +296,12 @@ impl Replica {
                     retries.replayable.inc();
                     tracing::debug!(replica = %self.addr, error = %e, "pooled connection closed before an answer; sending the replayable request again");
                 }
-                other => return other.map_err(|e| self.classify_h1(e)),
+                other => return other.map_err(|e| Failure::Failed(self.classify_h1(e))),
             }
         }
     }
 
-    async fn send_h2(
-        &self,
-        req: Request<UpstreamBody>,
-    ) -> Result<http::Response<Incoming>, UpstreamError> {
+    async fn send_h2(&self, out: Outgoing) -> Result<http::Response<Incoming>, Failure> {
         let existing = self
             .shared_h2
             .lock()
@@ -270,9 +310,30 @@ impl Replica {
         let mut sender = match existing {
             Some(s) => s,
             // Boxed: connecting is rare, and its future would otherwise size every request's.
-            None => Box::pin(self.new_h2_connection()).await?,
+            None => match Box::pin(self.new_h2_connection()).await {
+                Ok(s) => s,
+                // No connection: the request was not used.
+                Err(
+                    error @ (UpstreamError::Connect { .. } | UpstreamError::ConnectTimeout { .. }),
+                ) => {
+                    return Err(Failure::Unsent {
+                        error,
+                        request: Box::new(out),
+                    });
+                }
+                Err(e) => return Err(Failure::Failed(e)),
+            },
         };
-        sender.send_request(req).await.map_err(|e| self.classify(e))
+        let Outgoing::Request { req, .. } = out else {
+            return Err(Failure::Failed(UpstreamError::Protocol {
+                addr: self.addr,
+                source: "an HTTP/1.1-encoded request cannot go to an h2c replica".into(),
+            }));
+        };
+        sender
+            .send_request(req)
+            .await
+            .map_err(|e| Failure::Failed(self.classify(e)))
     }
 
     async fn new_h2_connection(&self) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {

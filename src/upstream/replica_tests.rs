@@ -157,7 +157,7 @@ fn request(method: Method, id: &str, key: bool) -> Outgoing {
 /// The tests run on a current-thread runtime: while the test thread blocks, nothing polls its
 /// event loop, so a pooled connection's close goes unseen until it is used.
 async fn send(r: &Arc<Replica>, out: Outgoing, retries: &Retries) -> Result<Reply, UpstreamError> {
-    r.send(out, retries).await
+    r.send(out, retries).await.map_err(Failure::into_error)
 }
 
 fn replica_client(s: &Script) -> Arc<Replica> {
@@ -248,5 +248,27 @@ async fn a_post_the_replica_read_before_resetting_is_not_sent_again() {
             );
             assert_eq!((retries.unsent.get(), retries.replayable.get()), (0, 0));
         }
+    }
+}
+
+/// A replica that cannot be reached gives the request back untouched, to go elsewhere.
+#[tokio::test]
+async fn an_unreachable_replica_gives_the_request_back() {
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = closed.local_addr().expect("addr");
+    drop(closed);
+    let r = Arc::new(Replica::new(addr, Protocol::Http1, 10));
+    match r
+        .send(request(Method::POST, "x", false), &Retries::detached())
+        .await
+    {
+        Err(Failure::Unsent { error, request }) => {
+            assert!(matches!(error, UpstreamError::Connect { .. }), "{error}");
+            assert!(
+                matches!(*request, Outgoing::Encoded { ref bytes, .. } if bytes.starts_with(b"POST /score")),
+                "the whole request comes back"
+            );
+        }
+        other => panic!("expected the request back: {other:?}"),
     }
 }

@@ -9,16 +9,37 @@ use std::path::PathBuf;
 pub struct Testbed {
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
+    /// The script's command that stops what `start` started.
+    stop: &'static str,
 }
 
 impl Testbed {
     pub fn start() -> Testbed {
+        Testbed::start_with("start", "stop")
+    }
+
+    /// A real one-node cluster (kubelet, containerd, kube-proxy, scheduler, controller
+    /// manager; the gateway image imported): `scripts/kube-testbed.sh cluster-start`. Root only.
+    pub fn cluster() -> Testbed {
+        Testbed::start_with("cluster-start", "cluster-stop")
+    }
+
+    /// A value of DIR/env (ports, the node's address).
+    pub fn env(&self, key: &str) -> String {
+        std::fs::read_to_string(self.dir.path().join("env"))
+            .expect("DIR/env")
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}=")).map(str::to_string))
+            .unwrap_or_else(|| panic!("{key} in DIR/env"))
+    }
+
+    fn start_with(start: &str, stop: &'static str) -> Testbed {
         let dir = tempfile::tempdir().expect("tempdir");
         let out = std::process::Command::new(concat!(
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/kube-testbed.sh"
         ))
-        .arg("start")
+        .arg(start)
         .arg(dir.path())
         .output()
         .expect("run scripts/kube-testbed.sh");
@@ -33,12 +54,16 @@ impl Testbed {
                 "test bed did not start: {}{}\n--- apiserver.log (end) ---\n{}\n--- etcd.log (end) ---\n{}",
                 String::from_utf8_lossy(&out.stdout),
                 String::from_utf8_lossy(&out.stderr),
-                tail("apiserver.log"),
-                tail("etcd.log")
+                tail("apiserver.log") + &tail("logs/apiserver.log") + &tail("logs/kubelet.log"),
+                tail("etcd.log") + &tail("logs/etcd.log")
             );
         }
         let kubeconfig = dir.path().join("kubeconfig");
-        Testbed { dir, kubeconfig }
+        Testbed {
+            dir,
+            kubeconfig,
+            stop,
+        }
     }
 
     fn script(&self, cmd: &str) {
@@ -77,7 +102,7 @@ impl Drop for Testbed {
             env!("CARGO_MANIFEST_DIR"),
             "/scripts/kube-testbed.sh"
         ))
-        .arg("stop")
+        .arg(self.stop)
         .arg(self.dir.path())
         .status();
     }

@@ -93,6 +93,11 @@ pub fn put_ping_ack(out: &mut BytesMut, payload: &[u8]) {
     out.put_slice(payload);
 }
 
+pub fn put_ping(out: &mut BytesMut, payload: &[u8; 8]) {
+    put_head(out, 8, PING, 0, 0);
+    out.put_slice(payload);
+}
+
 pub fn put_window_update(out: &mut BytesMut, stream: u32, increment: u32) {
     put_head(out, 4, WINDOW_UPDATE, 0, stream);
     out.put_u32(increment);

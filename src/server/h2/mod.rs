@@ -28,6 +28,10 @@ use tokio::sync::watch;
 
 pub use recv::RecvBody;
 
+/// How long after announcing a shutdown the final GOAWAY follows when the client does not
+/// answer the PING sooner.
+const DRAIN_ANNOUNCED: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// How an h2c prior-knowledge connection starts (the first line of the preface).
 pub const PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
 
@@ -50,14 +54,29 @@ pub async fn serve<I>(
         Some(Box::pin(async move {
             let _ = stop.wait_for(|s| *s).await;
         }));
+    // On shutdown: announce it, then the final GOAWAY once the client answered the PING (or
+    // after a second): no stream the client sent meanwhile is refused.
+    let mut final_goaway: Option<Pin<Box<tokio::time::Sleep>>> = None;
     poll_fn(|cx| {
         if let Some(s) = &mut stopping
             && s.as_mut().poll(cx).is_ready()
         {
             stopping = None;
-            conn.go_away();
+            conn.announce_shutdown();
+            final_goaway = Some(Box::pin(tokio::time::sleep(DRAIN_ANNOUNCED)));
         }
-        conn.poll(cx, io)
+        loop {
+            let r = conn.poll(cx, io);
+            if r.is_pending()
+                && let Some(t) = &mut final_goaway
+                && (conn.drain_acked() || t.as_mut().poll(cx).is_ready())
+            {
+                final_goaway = None;
+                conn.go_away();
+                continue;
+            }
+            return r;
+        }
     })
     .await;
 }

@@ -107,6 +107,8 @@ impl Conn<'_> {
                 }
                 if h.flags & frame::ACK == 0 {
                     frame::put_ping_ack(&mut self.wbuf, &payload);
+                } else if payload[..] == super::DRAIN_PING {
+                    self.drain_acked = true;
                 }
                 Ok(())
             }

@@ -47,6 +47,10 @@ const RECENT: usize = 128;
 
 type Task<'a> = Pin<Box<dyn Future<Output = (u32, Option<Answer>)> + Send + 'a>>;
 
+/// The PING sent with a shutdown's first GOAWAY: its answer means every stream the client
+/// opened before seeing that GOAWAY has arrived.
+const DRAIN_PING: [u8; 8] = *b"sg-drain";
+
 /// A connection error: GOAWAY with this code, then close.
 #[derive(Debug, Clone, Copy)]
 pub struct ConnError(pub Reason);
@@ -144,6 +148,10 @@ pub struct Conn<'a> {
     sending: Vec<u32>,
     /// GOAWAY sent: no new streams; close when the last one is done.
     going_away: bool,
+    /// A shutdown was announced (GOAWAY with the largest stream id, and a PING).
+    announced: bool,
+    /// That PING was answered.
+    drain_acked: bool,
     /// A connection error was sent: close once it is written.
     failed: bool,
     read_closed: bool,
@@ -200,6 +208,8 @@ impl<'a> Conn<'a> {
             dispatch: Vec::new(),
             sending: Vec::new(),
             going_away: false,
+            announced: false,
+            drain_acked: false,
             failed: false,
             read_closed: false,
             need_flush: false,
@@ -207,6 +217,22 @@ impl<'a> Conn<'a> {
             owed: 0,
             empty_data: 0,
         }
+    }
+
+    /// The first step of a graceful shutdown (RFC 9113 §6.8): GOAWAY with the largest stream
+    /// id, so the client opens no new stream while those already on their way are still taken,
+    /// and a PING whose answer says they have arrived. [`Conn::go_away`] follows.
+    pub fn announce_shutdown(&mut self) {
+        if !self.announced && !self.going_away && !self.failed {
+            self.announced = true;
+            frame::put_goaway(&mut self.wbuf, 0x7fff_ffff, Reason::NoError);
+            frame::put_ping(&mut self.wbuf, &DRAIN_PING);
+        }
+    }
+
+    /// The client answered the shutdown's PING.
+    pub fn drain_acked(&self) -> bool {
+        self.drain_acked
     }
 
     /// Stop taking new streams (shutdown): GOAWAY now, close after the last answer.
