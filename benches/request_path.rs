@@ -9,10 +9,10 @@ use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, header};
+use scoregate::http1::{raw, request, response};
 use scoregate::metrics::Metrics;
-use scoregate::proxy::{AnswerHeaders, headers, raw};
+use scoregate::proxy::{AnswerHeaders, headers};
 use scoregate::routing::{RouteTable, parse_path};
-use scoregate::server::wire;
 
 const CONFIG: &str = r#"
 [listen]
@@ -117,19 +117,19 @@ fn bench(c: &mut Criterion) {
     });
     // What wrk sends in the peer comparison, as the fast path takes it from the TLS plaintext.
     let raw = b"POST /api/v1/service/iris/score HTTP/1.1\r\nHost: 127.0.0.1:8443\r\nContent-Type: application/json\r\nAuthorization: Bearer bench-key-0123456789abcdef\r\nContent-Length: 58\r\n\r\n{\"data\": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}    ";
-    let taken = wire::take_request(&mut bytes::BytesMut::from(&raw[..]), 65_536, 65_536);
+    let taken = request::take_request(&mut bytes::BytesMut::from(&raw[..]), 65_536, 65_536);
     assert!(
-        matches!(&taken, wire::Take::Request { body: Some(b), .. } if b.len() == 58),
+        matches!(&taken, request::Take::Request { body: Some(b), .. } if b.len() == 58),
         "{taken:?}"
     );
     c.bench_function("http1_take_request", |b| {
         b.iter(|| {
             let mut buf = bytes::BytesMut::from(&raw[..]);
-            black_box(wire::take_request(&mut buf, 64 * 1024, 64 * 1024))
+            black_box(request::take_request(&mut buf, 64 * 1024, 64 * 1024))
         })
     });
     // The same request encoded for an HTTP/1.1 replica, straight from its raw head.
-    if let wire::Take::Request { head, body, .. } = &taken {
+    if let request::Take::Request { head, body, .. } = &taken {
         let rid = headers::new_request_id();
         let forward = scoregate::proxy::head::Forward {
             path: "/score",
@@ -169,8 +169,8 @@ fn bench(c: &mut Criterion) {
     c.bench_function("http1_response_head", |b| {
         b.iter(|| {
             out.clear();
-            let framing = wire::framing(http::StatusCode::OK, Some(206));
-            wire::put_head(
+            let framing = response::framing(http::StatusCode::OK, Some(206));
+            response::put_head(
                 &mut out,
                 http::StatusCode::OK,
                 black_box(&resp),

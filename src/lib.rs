@@ -39,6 +39,7 @@ pub mod control;
 pub mod demo;
 pub mod discovery;
 pub mod fsutil;
+pub mod http1;
 pub mod metrics;
 pub mod proxy;
 pub mod report;

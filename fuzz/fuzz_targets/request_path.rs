@@ -11,7 +11,7 @@ use scoregate::config::AuthConfig;
 use scoregate::proxy::head::{Forward, encode_h1};
 use scoregate::proxy::headers;
 use scoregate::routing::parse_path;
-use scoregate::server::wire::{Take, take_request};
+use scoregate::http1::request::{Take, take_request};
 
 const KEY: &[u8] = b"primary-key-0123456789abcdef";
 

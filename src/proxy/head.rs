@@ -9,7 +9,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode, Uri
 
 use super::ProxyBody;
 use super::headers::{self, MODEL_DEPLOYMENT, REQUEST_ID};
-use super::raw::{self, RawHeaders, RawRequest, Role};
+use crate::http1::raw::{self, RawHeaders, RawRequest, Role};
+use crate::http1::{content_length, put_addr, put_content_length, put_ip};
 
 /// A client's request head.
 #[derive(Debug)]
@@ -56,7 +57,7 @@ impl ClientHead {
             ClientHead::Parsed(p) => p
                 .headers
                 .get(header::CONTENT_LENGTH)
-                .and_then(|v| headers::content_length(v.as_bytes())),
+                .and_then(|v| content_length(v.as_bytes())),
             // Parsed once already, as the fast path took the request.
             ClientHead::Raw(r) => r.content_length,
         }
@@ -92,7 +93,7 @@ pub fn encode_h1(req: &RawRequest, body: Option<&Bytes>, f: &Forward<'_>) -> Byt
     let body_len = body.map_or(0, Bytes::len);
     let query = req.uri.query();
     let mut ip = [0u8; 64];
-    let ip = headers::put_ip(f.client, &mut ip);
+    let ip = put_ip(f.client, &mut ip);
     let mut out = BytesMut::with_capacity(
         160 + f.path.len()
             + query.map_or(0, str::len)
@@ -150,11 +151,11 @@ pub fn encode_h1(req: &RawRequest, body: Option<&Bytes>, f: &Forward<'_>) -> Byt
     if !host {
         out.put_slice(b"host: ");
         let mut a = [0u8; 64];
-        out.put_slice(headers::put_addr(f.replica, &mut a));
+        out.put_slice(put_addr(f.replica, &mut a));
         out.put_slice(b"\r\n");
     }
     if body_len > 0 || length || !matches!(req.method, Method::GET | Method::HEAD) {
-        headers::put_content_length(&mut out, body_len as u64);
+        put_content_length(&mut out, body_len as u64);
     }
     out.put_slice(b"\r\n");
     if let Some(b) = body {
@@ -186,6 +187,12 @@ pub enum AnswerHeaders {
         request_id: HeaderValue,
         deployment: Option<HeaderValue>,
     },
+}
+
+impl crate::http1::response::HeaderSource for AnswerHeaders {
+    fn for_each(&self, f: impl FnMut(&[u8], &[u8])) {
+        AnswerHeaders::for_each(self, f);
+    }
 }
 
 impl AnswerHeaders {
@@ -262,8 +269,8 @@ impl Answer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::proxy::raw::tests::parsed;
-    use crate::server::wire::{Take, take_request};
+    use crate::http1::raw::tests::parsed;
+    use crate::http1::request::{Take, take_request};
 
     /// The head as the fast path takes it.
     fn raw_request(head: &[u8]) -> RawRequest {

@@ -4,6 +4,8 @@ use std::net::IpAddr;
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
+use crate::http1::put_ip;
+
 pub const REQUEST_ID: HeaderName = HeaderName::from_static("x-ms-request-id");
 pub const MODEL_DEPLOYMENT: HeaderName = HeaderName::from_static("azureml-model-deployment");
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
@@ -119,74 +121,6 @@ pub fn set_forwarded(headers: &mut HeaderMap, client: IpAddr, tls: bool) {
     );
 }
 
-/// A `Content-Length` value as RFC 9110 allows it: digits only (no sign, no spaces), fitting in
-/// a u64. Shared by the HTTP/1.1 fast path and the upstream client.
-pub fn content_length(v: &[u8]) -> Option<u64> {
-    if v.is_empty() || !v.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(v).ok()?.parse().ok()
-}
-
-/// Write a `content-length` header line.
-pub fn put_content_length(out: &mut bytes::BytesMut, n: u64) {
-    use bytes::BufMut;
-    out.put_slice(b"content-length: ");
-    out.put_slice(decimal(n, &mut [0; 20]));
-    out.put_slice(b"\r\n");
-}
-
-/// `n` in decimal, written at the end of `digits` (no formatting machinery on the hot path).
-pub fn decimal(n: u64, digits: &mut [u8; 20]) -> &[u8] {
-    let mut at = digits.len();
-    let mut v = n;
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (v % 10) as u8;
-        v /= 10;
-        if v == 0 {
-            break;
-        }
-    }
-    &digits[at..]
-}
-
-/// The address as text, in `buf`: IPv4 by hand (every request formats its client's), IPv6
-/// through `Display`.
-pub fn put_ip(ip: IpAddr, buf: &mut [u8; 64]) -> &[u8] {
-    let mut len = 0;
-    match ip {
-        IpAddr::V4(v4) => {
-            for (i, octet) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    buf[len] = b'.';
-                    len += 1;
-                }
-                let mut digits = [0; 20];
-                let d = decimal(u64::from(octet), &mut digits);
-                buf[len..len + d.len()].copy_from_slice(d);
-                len += d.len();
-            }
-        }
-        IpAddr::V6(_) => {
-            use std::io::Write;
-            let mut w = &mut buf[..];
-            let _ = write!(w, "{ip}");
-            len = 64 - w.len();
-        }
-    }
-    &buf[..len]
-}
-
-/// A socket address as `Display` writes it (`[v6]:port`), in `buf`.
-pub fn put_addr(addr: std::net::SocketAddr, buf: &mut [u8; 64]) -> &[u8] {
-    use std::io::Write;
-    let mut w = &mut buf[..];
-    let _ = write!(w, "{addr}");
-    let len = 64 - w.len();
-    &buf[..len]
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -205,29 +139,6 @@ mod tests {
         strip_hop_by_hop(&mut h);
         assert_eq!(h.len(), 1);
         assert!(h.contains_key(header::CONTENT_TYPE));
-    }
-
-    #[test]
-    fn content_length_is_plain_digits_that_fit() {
-        assert_eq!(content_length(b"0"), Some(0));
-        assert_eq!(content_length(b"18446744073709551615"), Some(u64::MAX));
-        for bad in [
-            &b""[..],
-            b"+1",
-            b"-1",
-            b" 1",
-            b"1 ",
-            b"1,1",
-            b"0x10",
-            b"18446744073709551616",
-        ] {
-            assert_eq!(
-                content_length(bad),
-                None,
-                "{:?}",
-                String::from_utf8_lossy(bad)
-            );
-        }
     }
 
     #[test]
@@ -280,28 +191,6 @@ mod tests {
         set_forwarded(&mut h, "2001:db8::1".parse().expect("ip"), false);
         assert_eq!(h[X_FORWARDED_FOR], "2001:db8::1");
         assert_eq!(h[X_FORWARDED_PROTO], "http");
-    }
-
-    #[test]
-    fn addresses_and_lengths_are_written_as_display_writes_them() {
-        for ip in [
-            "0.0.0.0",
-            "255.255.255.255",
-            "10.200.3.45",
-            "::1",
-            "::ffff:1.2.3.4",
-        ] {
-            let ip: IpAddr = ip.parse().expect("ip");
-            assert_eq!(put_ip(ip, &mut [0; 64]), ip.to_string().as_bytes());
-            let addr = std::net::SocketAddr::new(ip, 65535);
-            assert_eq!(put_addr(addr, &mut [0; 64]), addr.to_string().as_bytes());
-        }
-        for n in [0, 9, 10, 1_234_567, u64::MAX] {
-            assert_eq!(decimal(n, &mut [0; 20]), n.to_string().as_bytes());
-            let mut out = bytes::BytesMut::new();
-            put_content_length(&mut out, n);
-            assert_eq!(&out[..], format!("content-length: {n}\r\n").as_bytes());
-        }
     }
 
     #[test]

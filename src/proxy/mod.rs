@@ -15,7 +15,6 @@ mod body;
 pub mod error;
 pub mod head;
 pub mod headers;
-pub mod raw;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

@@ -26,7 +26,9 @@ use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::idle::InFlight;
-use super::wire::{self, Framing, Take};
+use crate::http1::Framing;
+use crate::http1::request::{Take, take_request};
+use crate::http1::response::{framing, put_head};
 use crate::proxy::{Answer, ClientBody, ClientHead, ConnInfo, Gateway, ProxyBody};
 
 /// Read room reserved at a time.
@@ -106,11 +108,8 @@ where
                 if !s.buf.is_empty() {
                     // The parse result is not held across the read below (224 bytes that
                     // every idle connection's future would keep room for).
-                    let more = match wire::take_request(
-                        &mut s.buf,
-                        settings.max_head,
-                        settings.max_body,
-                    ) {
+                    let more = match take_request(&mut s.buf, settings.max_head, settings.max_body)
+                    {
                         Take::Request { head, body, close } => break (head, body, close),
                         Take::Partial => None,
                         Take::Body(total) => Some(total),
@@ -236,9 +235,9 @@ impl Session {
             headers,
             mut body,
         } = resp;
-        let framing = wire::framing(status, body.size_hint().exact());
+        let framing = framing(status, body.size_hint().exact());
         self.out.clear();
-        wire::put_head(&mut self.out, status, &headers, framing, close);
+        put_head(&mut self.out, status, &headers, framing, close);
         drop(headers);
         async move {
             match framing {

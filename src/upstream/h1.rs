@@ -10,13 +10,12 @@
 //! one connection multiplexes many requests there).
 
 use std::io;
-use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, ready};
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http::{Method, Request, StatusCode, header};
+use http::{Method, Request, header};
 use http_body_util::BodyExt;
 use hyper::body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -24,20 +23,14 @@ use tokio::net::TcpStream;
 
 use super::replica::Replica;
 use super::{Reply, ReplyHeaders};
-use crate::proxy::headers::{content_length, put_content_length};
-use crate::proxy::raw::{self, RawHeaders, Role};
+pub use crate::http1::client::ProtoError;
+use crate::http1::client::{Decoder, Step, parse_response_head, put_request_head};
+use crate::http1::{Framing, LAST_CHUNK, put_chunk};
 
-/// The largest response head accepted.
-pub const MAX_HEAD: usize = 64 * 1024;
-const MAX_HEADERS: usize = 100;
-const _: () = assert!(MAX_HEADERS <= 128, "Scan::hop has a bit per header");
 /// Request bodies of a known length up to this size go out with the head in one write.
 const INLINE_BODY: u64 = 64 * 1024;
 /// Response bodies of a known length up to this size are read whole before the answer starts.
 const WHOLE_BODY: u64 = 64 * 1024;
-/// Longest chunk-size line and total trailer section accepted in a chunked response.
-const MAX_CHUNK_LINE: usize = 4 * 1024;
-const MAX_TRAILERS: usize = 16 * 1024;
 const READ_RESERVE: usize = 8 * 1024;
 
 /// An open connection to a replica with whatever it sent that is not consumed yet.
@@ -46,25 +39,6 @@ pub struct Conn {
     io: TcpStream,
     buf: BytesMut,
     reused: bool,
-}
-
-/// A response the replica sent that breaks HTTP/1.1.
-#[derive(Debug, thiserror::Error)]
-pub enum ProtoError {
-    #[error("response head larger than {MAX_HEAD} bytes")]
-    HeadTooLarge,
-    #[error("cannot parse the response head: {0}")]
-    Parse(#[source] httparse::Error),
-    #[error("invalid header field in the response")]
-    Header,
-    #[error("invalid Content-Length in the response")]
-    Length,
-    #[error("invalid chunked encoding in the response body")]
-    Chunk,
-    #[error("101 Switching Protocols, which the gateway never asks for")]
-    Upgrade,
-    #[error("bytes after the end of the response")]
-    Trailing,
 }
 
 /// Why an exchange failed before the response head was complete.
@@ -96,28 +70,11 @@ pub enum BodyError {
     Incomplete,
 }
 
-/// How the response body is delimited (RFC 9112 §6.3).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Framing {
-    Length(u64),
-    Chunked(Chunk),
-    /// Until the replica closes the connection (no length, no chunking).
-    Close,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Chunk {
-    Size,
-    Data(u64),
-    DataEnd,
-    Trailers(usize),
-}
-
 /// A response body that streams from its connection.
 #[derive(Debug)]
 pub struct Streaming {
     conn: Option<Conn>,
-    framing: Framing,
+    decoder: Decoder,
     keep_alive: bool,
     replica: Arc<Replica>,
     done: bool,
@@ -244,37 +201,26 @@ where
             .sum::<usize>();
     let inline = body.size_hint().exact().filter(|&n| n <= INLINE_BODY);
     let mut b = BytesMut::with_capacity(head_len + inline.unwrap_or(0) as usize);
-    b.put_slice(parts.method.as_str().as_bytes());
-    b.put_u8(b' ');
-    b.put_slice(
-        parts
-            .uri
-            .path_and_query()
-            .map_or("/", |p| p.as_str())
-            .as_bytes(),
-    );
-    b.put_slice(b" HTTP/1.1\r\n");
-    for (name, value) in &parts.headers {
-        if name == header::CONTENT_LENGTH || name == header::TRANSFER_ENCODING {
-            continue;
-        }
-        b.put_slice(name.as_str().as_bytes());
-        b.put_slice(b": ");
-        b.put_slice(value.as_bytes());
-        b.put_slice(b"\r\n");
-    }
+    let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
     let exact = body.size_hint().exact();
     let rest = if body.is_end_stream() {
-        if parts.headers.contains_key(header::CONTENT_LENGTH)
+        let framing = if parts.headers.contains_key(header::CONTENT_LENGTH)
             || !matches!(parts.method, Method::GET | Method::HEAD)
         {
-            b.put_slice(b"content-length: 0\r\n");
-        }
-        b.put_slice(b"\r\n");
+            Framing::Length(0)
+        } else {
+            Framing::None
+        };
+        put_request_head(&mut b, &parts.method, target, &parts.headers, framing);
         Rest::None
     } else if let Some(n) = exact {
-        put_content_length(&mut b, n);
-        b.put_slice(b"\r\n");
+        put_request_head(
+            &mut b,
+            &parts.method,
+            target,
+            &parts.headers,
+            Framing::Length(n),
+        );
         if n <= INLINE_BODY {
             b.reserve(n as usize);
             while let Some(frame) = body.frame().await {
@@ -287,7 +233,13 @@ where
             Rest::Body(body, false)
         }
     } else {
-        b.put_slice(b"transfer-encoding: chunked\r\n\r\n");
+        put_request_head(
+            &mut b,
+            &parts.method,
+            target,
+            &parts.headers,
+            Framing::Chunked,
+        );
         Rest::Body(body, true)
     };
     Ok((Encoded { bytes: b, rest }, parts.method))
@@ -309,6 +261,7 @@ where
     if matches!(req.rest, Rest::Body(..))
         && let Rest::Body(mut body, chunked) = std::mem::replace(&mut req.rest, Rest::Streamed)
     {
+        let mut chunk = BytesMut::new();
         while let Some(frame) = body.frame().await {
             let Ok(data) = frame.map_err(|e| SendError::Body(e.into()))?.into_data() else {
                 continue;
@@ -317,25 +270,22 @@ where
                 continue;
             }
             if chunked {
-                conn.write(format!("{:x}\r\n", data.len()).as_bytes(), &mut sent)
-                    .await?;
-                conn.write(&data, &mut sent).await?;
-                conn.write(b"\r\n", &mut sent).await?;
+                // One write per chunk: its size line, data and CRLF in one buffer.
+                chunk.clear();
+                put_chunk(&mut chunk, &data);
+                conn.write(&chunk, &mut sent).await?;
             } else {
                 conn.write(&data, &mut sent).await?;
             }
         }
         if chunked {
-            conn.write(b"0\r\n\r\n", &mut sent).await?;
+            conn.write(LAST_CHUNK, &mut sent).await?;
         }
     }
     let mut answered = false;
-    let (status, headers, framing, keep_alive) = loop {
-        if let Some(head) = parse_head(&mut conn.buf, method)? {
+    let head = loop {
+        if let Some(head) = parse_response_head(&mut conn.buf, method).map_err(SendError::Proto)? {
             break head;
-        }
-        if conn.buf.len() >= MAX_HEAD {
-            return Err(SendError::Proto(ProtoError::HeadTooLarge));
         }
         match conn.fill().await {
             Ok(()) => answered = true,
@@ -345,188 +295,37 @@ where
             Err(e) => return Err(e),
         }
     };
-    let body = match framing {
+    let body = match head.framing {
+        Framing::None => {
+            if head.keep_alive && conn.buf.is_empty() {
+                replica.put_idle(conn);
+            }
+            super::ResponseBody::Whole(None)
+        }
         Framing::Length(n) if n <= WHOLE_BODY => {
             let n = n as usize;
             while conn.buf.len() < n {
                 conn.fill().await?;
             }
             let data = (n > 0).then(|| conn.buf.split_to(n).freeze());
-            if keep_alive && conn.buf.is_empty() {
+            if head.keep_alive && conn.buf.is_empty() {
                 replica.put_idle(conn);
             }
             super::ResponseBody::Whole(data)
         }
         framing => super::ResponseBody::H1(Streaming {
             conn: Some(conn),
-            framing,
-            keep_alive: keep_alive && framing != Framing::Close,
+            decoder: Decoder::new(framing),
+            keep_alive: head.keep_alive && framing != Framing::Close,
             replica: replica.clone(),
             done: false,
         }),
     };
     Ok(Reply {
-        status,
-        headers: ReplyHeaders::Raw(headers),
+        status: head.status,
+        headers: ReplyHeaders::Raw(head.headers),
         body,
     })
-}
-
-/// Parse a complete response head at the front of `buf` (consuming it), skipping interim 1xx
-/// responses. `None` until the head is complete. The headers stay raw; hop-by-hop ones
-/// (including any `Connection` names) are left out.
-#[allow(clippy::type_complexity)]
-fn parse_head(
-    buf: &mut BytesMut,
-    method: &Method,
-) -> Result<Option<(StatusCode, RawHeaders, Framing, bool)>, SendError> {
-    loop {
-        let mut slots = [const { MaybeUninit::<httparse::Header>::uninit() }; MAX_HEADERS];
-        let mut resp = httparse::Response::new(&mut []);
-        let parsed = httparse::ParserConfig::default()
-            .parse_response_with_uninit_headers(&mut resp, buf, &mut slots);
-        let len = match parsed {
-            Ok(httparse::Status::Complete(len)) => len,
-            Ok(httparse::Status::Partial) => return Ok(None),
-            Err(e) => return Err(SendError::Proto(ProtoError::Parse(e))),
-        };
-        let (code, minor) = (resp.code.unwrap_or(0), resp.version.unwrap_or(1));
-        if (100..200).contains(&code) {
-            bytes::Buf::advance(buf, len);
-            if code == 101 {
-                return Err(SendError::Proto(ProtoError::Upgrade));
-            }
-            continue;
-        }
-        let status =
-            StatusCode::from_u16(code).map_err(|_| SendError::Proto(ProtoError::Header))?;
-        let scan = Scan::of(resp.headers);
-        let framing = scan.framing(status, method).map_err(SendError::Proto)?;
-        let keep_alive = if minor >= 1 {
-            !scan.close
-        } else {
-            scan.keep_alive && !scan.close
-        };
-        let base = buf.as_ptr() as usize;
-        let spans = resp
-            .headers
-            .iter()
-            .enumerate()
-            .filter(|&(i, h)| scan.hop & (1 << i) == 0 && !scan.names(h.name))
-            .map(|(_, h)| raw::span(base, h))
-            .collect();
-        let head = buf.split_to(len).freeze();
-        return Ok(Some((
-            status,
-            RawHeaders::new(head, spans),
-            framing,
-            keep_alive,
-        )));
-    }
-}
-
-/// What a response head says about framing and the connection, from one pass over it.
-struct Scan<'h> {
-    /// The last `Transfer-Encoding` value.
-    transfer_encoding: Option<&'h [u8]>,
-    /// The `Content-Length` (every value and comma-separated part the same), or why not.
-    length: Result<Option<u64>, ProtoError>,
-    close: bool,
-    keep_alive: bool,
-    /// The `Connection` values, when they name headers beyond `close` and `keep-alive`.
-    named: Vec<&'h [u8]>,
-    /// Bit i: header i is hop-by-hop (`MAX_HEADERS` fit).
-    hop: u128,
-}
-
-impl<'h> Scan<'h> {
-    fn of(headers: &[httparse::Header<'h>]) -> Self {
-        let mut s = Scan {
-            transfer_encoding: None,
-            length: Ok(None),
-            close: false,
-            keep_alive: false,
-            named: Vec::new(),
-            hop: 0,
-        };
-        for (i, h) in headers.iter().enumerate() {
-            let name = h.name.as_bytes();
-            let role = raw::role(name);
-            if role == Role::Hop {
-                s.hop |= 1 << i;
-            }
-            match role {
-                Role::Length => s.add_length(h.value),
-                Role::Hop if name.eq_ignore_ascii_case(b"transfer-encoding") => {
-                    s.transfer_encoding = Some(h.value);
-                }
-                Role::Hop if name.eq_ignore_ascii_case(b"connection") => {
-                    for token in h.value.split(|&c| c == b',').map(<[u8]>::trim_ascii) {
-                        if token.eq_ignore_ascii_case(b"close") {
-                            s.close = true;
-                        } else if token.eq_ignore_ascii_case(b"keep-alive") {
-                            s.keep_alive = true;
-                        } else if !token.is_empty() {
-                            s.named.push(token);
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        s
-    }
-
-    fn add_length(&mut self, value: &[u8]) {
-        let Ok(known) = self.length else { return };
-        let mut length = known;
-        for part in value.split(|&c| c == b',') {
-            match content_length(part.trim_ascii()) {
-                Some(n) if length.is_none_or(|l| l == n) => length = Some(n),
-                _ => {
-                    self.length = Err(ProtoError::Length);
-                    return;
-                }
-            }
-        }
-        self.length = Ok(length);
-    }
-
-    /// Whether the `Connection` header names `name` (so it is hop-by-hop too).
-    fn names(&self, name: &str) -> bool {
-        self.named
-            .iter()
-            .any(|n| n.eq_ignore_ascii_case(name.as_bytes()))
-    }
-
-    /// How the body is delimited (RFC 9112 §6.3).
-    fn framing(&self, status: StatusCode, method: &Method) -> Result<Framing, ProtoError> {
-        if method == Method::HEAD
-            || status == StatusCode::NO_CONTENT
-            || status == StatusCode::NOT_MODIFIED
-        {
-            return Ok(Framing::Length(0));
-        }
-        if let Some(te) = self.transfer_encoding {
-            let last = te.rsplit(|&c| c == b',').next().unwrap_or(&[]);
-            return Ok(if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                Framing::Chunked(Chunk::Size)
-            } else {
-                Framing::Close
-            });
-        }
-        match &self.length {
-            Ok(length) => Ok(length.map_or(Framing::Close, Framing::Length)),
-            Err(_) => Err(ProtoError::Length),
-        }
-    }
-}
-
-/// One step of decoding what is buffered.
-enum Step {
-    Data(Bytes),
-    End,
-    More,
 }
 
 impl Streaming {
@@ -535,90 +334,17 @@ impl Streaming {
     }
 
     pub fn size_hint(&self) -> SizeHint {
-        match self.framing {
-            Framing::Length(n) => SizeHint::with_exact(n),
-            _ if self.done => SizeHint::with_exact(0),
-            _ => SizeHint::default(),
+        match self.decoder.remaining() {
+            Some(n) => SizeHint::with_exact(n),
+            None if self.done => SizeHint::with_exact(0),
+            None => SizeHint::default(),
         }
     }
 
     fn step(&mut self) -> Result<Step, BodyError> {
-        let Some(conn) = self.conn.as_mut() else {
-            return Ok(Step::End);
-        };
-        let buf = &mut conn.buf;
-        loop {
-            match self.framing {
-                Framing::Length(0) => return Ok(Step::End),
-                Framing::Length(n) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    self.framing = Framing::Length(n - take as u64);
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
-                }
-                Framing::Close => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    return Ok(Step::Data(buf.split().freeze()));
-                }
-                Framing::Chunked(Chunk::Size) => {
-                    let Some(line) = take_line(buf, MAX_CHUNK_LINE)? else {
-                        return Ok(Step::More);
-                    };
-                    let digits = line[..].split(|&c| c == b';').next().unwrap_or(&[]);
-                    let digits = digits.trim_ascii();
-                    if digits.is_empty() || digits.len() > 15 {
-                        return Err(BodyError::Proto(ProtoError::Chunk));
-                    }
-                    let mut size = 0u64;
-                    for &c in digits {
-                        let d = (c as char)
-                            .to_digit(16)
-                            .ok_or(BodyError::Proto(ProtoError::Chunk))?;
-                        size = size * 16 + u64::from(d);
-                    }
-                    self.framing = Framing::Chunked(if size == 0 {
-                        Chunk::Trailers(0)
-                    } else {
-                        Chunk::Data(size)
-                    });
-                }
-                Framing::Chunked(Chunk::Data(n)) => {
-                    if buf.is_empty() {
-                        return Ok(Step::More);
-                    }
-                    let take = buf.len().min(usize::try_from(n).unwrap_or(usize::MAX));
-                    let left = n - take as u64;
-                    self.framing = Framing::Chunked(if left == 0 {
-                        Chunk::DataEnd
-                    } else {
-                        Chunk::Data(left)
-                    });
-                    return Ok(Step::Data(buf.split_to(take).freeze()));
-                }
-                Framing::Chunked(Chunk::DataEnd) => {
-                    let Some(line) = take_line(buf, 2)? else {
-                        return Ok(Step::More);
-                    };
-                    if !line.is_empty() {
-                        return Err(BodyError::Proto(ProtoError::Chunk));
-                    }
-                    self.framing = Framing::Chunked(Chunk::Size);
-                }
-                Framing::Chunked(Chunk::Trailers(seen)) => {
-                    let Some(line) = take_line(buf, MAX_TRAILERS - seen)? else {
-                        return Ok(Step::More);
-                    };
-                    if line.is_empty() {
-                        self.framing = Framing::Length(0);
-                        return Ok(Step::End);
-                    }
-                    self.framing = Framing::Chunked(Chunk::Trailers(seen + line.len() + 2));
-                }
-            }
+        match self.conn.as_mut() {
+            Some(conn) => self.decoder.step(&mut conn.buf).map_err(BodyError::Proto),
+            None => Ok(Step::End),
         }
     }
 
@@ -641,23 +367,6 @@ impl Streaming {
     }
 }
 
-/// Take one CRLF- (or LF-) terminated line off the front of `buf`, without its terminator.
-fn take_line(buf: &mut BytesMut, max: usize) -> Result<Option<BytesMut>, BodyError> {
-    match buf.iter().position(|&c| c == b'\n') {
-        Some(i) if i <= max => {
-            let mut line = buf.split_to(i + 1);
-            line.truncate(i);
-            if line.last() == Some(&b'\r') {
-                line.truncate(i - 1);
-            }
-            Ok(Some(line))
-        }
-        Some(_) => Err(BodyError::Proto(ProtoError::Chunk)),
-        None if buf.len() > max => Err(BodyError::Proto(ProtoError::Chunk)),
-        None => Ok(None),
-    }
-}
-
 impl Body for Streaming {
     type Data = Bytes;
     type Error = BodyError;
@@ -673,7 +382,7 @@ impl Body for Streaming {
             }
             match this.step() {
                 Ok(Step::Data(d)) => {
-                    if this.framing == Framing::Length(0) {
+                    if this.decoder.is_done() {
                         this.finish();
                     }
                     return Poll::Ready(Some(Ok(Frame::data(d))));
@@ -693,7 +402,7 @@ impl Body for Streaming {
             }
             conn.make_room();
             match conn.io.try_read_buf(&mut conn.buf) {
-                Ok(0) if this.framing == Framing::Close => {
+                Ok(0) if this.decoder.until_close() => {
                     this.keep_alive = false;
                     this.finish();
                     return Poll::Ready(None);
@@ -719,6 +428,7 @@ impl Body for Streaming {
 mod tests {
     use super::*;
     use crate::config::Protocol;
+    use http::StatusCode;
     use http_body_util::Full;
     use tokio::io::AsyncReadExt;
     use tokio::net::TcpListener;

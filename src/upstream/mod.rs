@@ -64,7 +64,7 @@ pub enum ReplyHeaders {
     /// From an h2c replica, as hyper decoded them.
     Map(http::HeaderMap),
     /// From an HTTP/1.1 replica as they arrived, hop-by-hop ones left out.
-    Raw(crate::proxy::raw::RawHeaders),
+    Raw(crate::http1::raw::RawHeaders),
 }
 
 /// A replica's response body: read whole (small, known length), streaming from an HTTP/1.1

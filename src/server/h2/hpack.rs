@@ -358,13 +358,13 @@ fn put_name(out: &mut BytesMut, name: &[u8]) {
 pub fn put_date(out: &mut BytesMut) {
     put_int(out, 0, 4, 33);
     put_int(out, 0, 7, 29);
-    crate::server::wire::put_date(out);
+    crate::http1::put_date(out);
 }
 
 /// `content-length: n`.
 pub fn put_content_length(out: &mut BytesMut, n: u64) {
     put_int(out, 0, 4, 28);
-    put_str(out, crate::proxy::headers::decimal(n, &mut [0; 20]));
+    put_str(out, crate::http1::decimal(n, &mut [0; 20]));
 }
 
 /// The static table's index of a (lowercase) header name, for the names answers carry.

@@ -85,7 +85,7 @@ impl Builder {
             return Err(Refused::Malformed);
         }
         if name == http::header::CONTENT_LENGTH {
-            let n = crate::proxy::headers::content_length(&f.value).ok_or(Refused::Malformed)?;
+            let n = crate::http1::content_length(&f.value).ok_or(Refused::Malformed)?;
             if self.content_length.is_some_and(|m| m != n) {
                 return Err(Refused::Malformed);
             }

@@ -9,9 +9,10 @@ use hyper::body::Body;
 use super::super::frame::{self, Reason};
 use super::super::{hpack, request};
 use super::{CONN_WINDOW, Conn, HIGH_WATER, Phase};
+use crate::http1::Framing;
+use crate::http1::raw::{self, Role};
+use crate::http1::response::framing;
 use crate::proxy::Answer;
-use crate::proxy::raw::{self, Role};
-use crate::server::wire::{self, Framing};
 
 impl Conn<'_> {
     /// 431 for a header list over SETTINGS_MAX_HEADER_LIST_SIZE (as the h2 crate answers).
@@ -67,7 +68,7 @@ impl Conn<'_> {
         if !dated {
             hpack::put_date(out);
         }
-        if let Framing::Length(n) = wire::framing(status, body.size_hint().exact())
+        if let Framing::Length(n) = framing(status, body.size_hint().exact())
             && !length
         {
             hpack::put_content_length(out, n);
