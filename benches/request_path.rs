@@ -11,7 +11,8 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use http::{HeaderMap, HeaderValue, header};
 use scoregate::http1::{raw, request, response};
 use scoregate::metrics::Metrics;
-use scoregate::proxy::{AnswerHeaders, headers};
+use scoregate::proxy::AnswerHeaders;
+use scoregate::request::{forward, headers};
 use scoregate::routing::{RouteTable, parse_path};
 
 const CONFIG: &str = r#"
@@ -131,20 +132,22 @@ fn bench(c: &mut Criterion) {
     // The same request encoded for an HTTP/1.1 replica, straight from its raw head.
     if let request::Take::Request { head, body, .. } = &taken {
         let rid = headers::new_request_id();
-        let forward = scoregate::proxy::head::Forward {
+        let f = forward::Forward {
             path: "/score",
             client: "10.1.2.3".parse().expect("ip"),
             tls: true,
             drop_authorization: true,
-            request_id: &rid,
-            replica: "127.0.0.1:8080".parse().expect("addr"),
+            request_id: rid,
+            max_body: 64 * 1024,
         };
+        let replica = "127.0.0.1:8080".parse().expect("addr");
         c.bench_function("http1_forward_raw", |b| {
             b.iter(|| {
-                black_box(scoregate::proxy::head::encode_h1(
+                black_box(forward::encode_http1(
                     black_box(head),
                     body.as_ref(),
-                    &forward,
+                    &f,
+                    replica,
                 ))
             })
         });

@@ -43,6 +43,7 @@ pub mod http1;
 pub mod metrics;
 pub mod proxy;
 pub mod report;
+pub mod request;
 pub mod routing;
 pub mod server;
 pub mod shutdown;

@@ -14,11 +14,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http::Method;
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use scoregate::config::Protocol;
+use scoregate::http1::request::{Take, take_request};
 use scoregate::metrics::Retries;
+use scoregate::request::forward::{Forward, encode_http1};
+use scoregate::request::{ClientBody, ClientHead};
 use scoregate::upstream::{Outgoing, Replica, ReplyHeaders};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -128,16 +130,40 @@ fn dechunk(mut b: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The request as the gateway sends it (forwarding headers added).
+fn sent_len() -> usize {
+    static LEN: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *LEN.get_or_init(|| {
+        let Outgoing {
+            head,
+            body,
+            forward,
+            ..
+        } = request();
+        let (ClientHead::Raw(head), ClientBody::Whole(body)) = (head, body) else {
+            unreachable!("a raw request with its whole body");
+        };
+        encode_http1(
+            &head,
+            body.as_ref(),
+            &forward,
+            "127.0.0.1:9".parse().expect("addr"),
+        )
+        .len()
+    })
+}
+
 /// Read one request (the gateway's fixed one) from `s`; false at EOF.
 async fn read_request(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
-    while buf.len() < REQUEST.len() {
+    let len = sent_len();
+    while buf.len() < len {
         let mut chunk = [0u8; 1024];
         match s.read(&mut chunk).await {
             Ok(0) | Err(_) => return false,
             Ok(n) => buf.extend_from_slice(&chunk[..n]),
         }
     }
-    buf.drain(..REQUEST.len());
+    buf.drain(..len);
     true
 }
 
@@ -178,9 +204,21 @@ async fn replica(first: Bytes, nonce: u64) -> (SocketAddr, tokio::task::JoinHand
 }
 
 fn request() -> Outgoing {
-    Outgoing::Encoded {
-        bytes: BytesMut::from(REQUEST),
-        method: Method::POST,
+    let Take::Request { head, body, .. } = take_request(&mut BytesMut::from(REQUEST), 4096, 4096)
+    else {
+        unreachable!("a simple request");
+    };
+    Outgoing {
+        head: ClientHead::Raw(head),
+        body: ClientBody::Whole(body),
+        forward: Forward {
+            path: "/score",
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
+            tls: false,
+            drop_authorization: false,
+            request_id: http::HeaderValue::from_static("fuzz"),
+            max_body: 4096,
+        },
         replayable: false,
     }
 }

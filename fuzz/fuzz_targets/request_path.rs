@@ -8,10 +8,10 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use libfuzzer_sys::fuzz_target;
 use scoregate::auth::Auth;
 use scoregate::config::AuthConfig;
-use scoregate::proxy::head::{Forward, encode_h1};
-use scoregate::proxy::headers;
-use scoregate::routing::parse_path;
 use scoregate::http1::request::{Take, take_request};
+use scoregate::request::forward::{Forward, encode_http1};
+use scoregate::request::headers;
+use scoregate::routing::parse_path;
 
 const KEY: &[u8] = b"primary-key-0123456789abcdef";
 
@@ -105,10 +105,15 @@ fn raw_forward(data: &[u8]) {
         client: std::net::Ipv4Addr::new(10, 1, 2, 3).into(),
         tls: true,
         drop_authorization: true,
-        request_id: &rid,
-        replica: "127.0.0.1:9".parse().expect("addr"),
+        request_id: rid.clone(),
+        max_body: 1 << 16,
     };
-    let out = encode_h1(&head, body.as_ref(), &forward);
+    let out = encode_http1(
+        &head,
+        body.as_ref(),
+        &forward,
+        "127.0.0.1:9".parse().expect("addr"),
+    );
     let Take::Request {
         head: sent,
         body: sent_body,

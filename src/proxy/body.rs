@@ -17,50 +17,6 @@ use crate::upstream::{Lease, Outcome, ResponseBody};
 /// What the gateway answers with: a replica's streamed body or its own small JSON.
 pub type ProxyBody = Either<TrackedBody, Full<Bytes>>;
 
-/// A client's request body: streamed by hyper, read whole by the HTTP/1.1 fast path
-/// (`server::fast`, which only takes requests whose declared body is already in its buffer) or
-/// by the HTTP/2 server when it arrived with the headers, or streamed by the HTTP/2 server.
-#[derive(Debug)]
-pub enum ClientBody {
-    Streaming(hyper::body::Incoming),
-    Whole(Option<Bytes>),
-    H2(crate::server::h2::RecvBody),
-}
-
-impl Body for ClientBody {
-    type Data = Bytes;
-    type Error = Box<dyn std::error::Error + Send + Sync>;
-
-    fn poll_frame(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
-        match self.get_mut() {
-            ClientBody::Streaming(b) => Pin::new(b).poll_frame(cx).map_err(Into::into),
-            ClientBody::Whole(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
-            ClientBody::H2(b) => b.poll_frame(cx).map_err(Into::into),
-        }
-    }
-
-    fn is_end_stream(&self) -> bool {
-        match self {
-            ClientBody::Streaming(b) => b.is_end_stream(),
-            ClientBody::Whole(data) => data.is_none(),
-            ClientBody::H2(b) => b.is_end_stream(),
-        }
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self {
-            ClientBody::Streaming(b) => b.size_hint(),
-            ClientBody::H2(b) => b.size_hint(),
-            ClientBody::Whole(data) => {
-                SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64))
-            }
-        }
-    }
-}
-
 /// Everything released when the response is done.
 #[derive(Debug)]
 pub(crate) struct Completion {

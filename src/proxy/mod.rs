@@ -14,23 +14,24 @@ mod access;
 mod body;
 pub mod error;
 pub mod head;
-pub mod headers;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Request, Response, Uri, header};
-use http_body_util::{Either, Limited};
+use http::{HeaderValue, Method, Response, header};
+use http_body_util::Either;
 
+pub use crate::request::{ClientBody, ClientHead};
 use body::Completion;
-pub use body::{ClientBody, ProxyBody, TrackedBody};
+pub use body::{ProxyBody, TrackedBody};
 use error::GatewayError;
-pub use head::{Answer, AnswerHeaders, ClientHead};
+pub use head::{Answer, AnswerHeaders};
 
 use crate::acme::Challenges;
-use crate::config::Protocol;
 use crate::metrics::Metrics;
+use crate::request::forward::Forward;
+use crate::request::headers;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
 use crate::upstream::{
     Failure, Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated, UpstreamError,
@@ -146,15 +147,7 @@ impl Gateway {
         // Sent here, not from a helper async fn: each such level held its future twice over in
         // every request's (boxed, and copied once per request).
         let v = &service.versions[version];
-        let outgoing = self.upstream_request(
-            head,
-            body,
-            conn,
-            &service,
-            v.protocol,
-            &rid,
-            &lease.replica.addr,
-        );
+        let outgoing = self.upstream_request(head, body, conn, &service, &rid);
         let sent = Instant::now();
         v.metrics.in_flight.inc();
         let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
@@ -367,84 +360,29 @@ impl Gateway {
         })
     }
 
-    /// The request as the replica sees it: its own path, hop-by-hop headers gone, forwarding
-    /// headers set, the gateway's key removed, the request id attached. A raw request (read
-    /// whole by the fast path) for an HTTP/1.1 replica is encoded straight from the bytes that
-    /// arrived.
-    #[allow(clippy::too_many_arguments)]
+    /// The request for the replica: the client's head and body and what forwarding adds
+    /// (`request::forward`); the replica client encodes it for its protocol.
     fn upstream_request(
         &self,
         head: ClientHead,
         body: ClientBody,
         conn: ConnInfo,
         service: &Service,
-        protocol: Protocol,
         rid: &HeaderValue,
-        addr: &SocketAddr,
     ) -> Outgoing {
         let path = parse_path(head.uri().path()).map_or("/", |(_, e)| e.upstream_path());
         let replayable = crate::upstream::replayable(head.method(), |h| head.header(h).is_some());
-        if let (ClientHead::Raw(raw), Protocol::Http1, ClientBody::Whole(data)) =
-            (&head, protocol, &body)
-        {
-            let forward = head::Forward {
+        Outgoing {
+            head,
+            body,
+            forward: Forward {
                 path,
                 client: conn.remote.ip(),
                 tls: conn.tls,
                 drop_authorization: service.auth.consumes_header(),
-                request_id: rid,
-                replica: *addr,
-            };
-            return Outgoing::Encoded {
-                bytes: head::encode_h1(raw, data.as_ref(), &forward),
-                method: raw.method.clone(),
-                replayable,
-            };
-        }
-        let mut parts = head.into_parts();
-        let query = parts.uri.query().map(|q| format!("?{q}"));
-        let pq = || format!("{path}{}", query.as_deref().unwrap_or(""));
-        let authority = parts.uri.authority().cloned();
-        headers::strip_hop_by_hop(&mut parts.headers);
-        if service.auth.consumes_header() {
-            parts.headers.remove(header::AUTHORIZATION);
-        }
-        headers::set_forwarded(&mut parts.headers, conn.remote.ip(), conn.tls);
-        parts
-            .headers
-            .insert(headers::REQUEST_ID, headers::unindexed(rid));
-        match protocol {
-            Protocol::Http1 => {
-                parts.version = http::Version::HTTP_11;
-                // The common case (no query) allocates nothing.
-                parts.uri = match &query {
-                    None => Uri::from_static(path),
-                    Some(_) => Uri::try_from(pq()).unwrap_or_else(|_| Uri::from_static(path)),
-                };
-                if !parts.headers.contains_key(header::HOST) {
-                    let host = authority
-                        .map(|a| a.to_string())
-                        .unwrap_or_else(|| addr.to_string());
-                    if let Ok(v) = HeaderValue::from_str(&host) {
-                        parts.headers.insert(header::HOST, v);
-                    }
-                }
-            }
-            Protocol::H2c => {
-                parts.version = http::Version::HTTP_2;
-                parts.uri = Uri::try_from(format!("http://{addr}{}", pq()))
-                    .unwrap_or_else(|_| Uri::from_static("/"));
-                parts.headers.remove(header::HOST);
-            }
-        }
-        Outgoing::Request {
-            req: Request::from_parts(
-                parts,
-                Limited::new(
-                    body,
-                    usize::try_from(self.max_body_bytes).unwrap_or(usize::MAX),
-                ),
-            ),
+                request_id: rid.clone(),
+                max_body: self.max_body_bytes,
+            },
             replayable,
         }
     }

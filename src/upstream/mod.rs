@@ -19,25 +19,22 @@ use tokio::time::Instant;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, TryAcquireError};
 
 use crate::config::{Protocol, ServiceSettings};
+use crate::request::forward::Forward;
+pub use crate::request::forward::UpstreamBody;
+use crate::request::{ClientBody, ClientHead};
 pub use outlier::{Ejection, Outcome};
-pub use replica::{Failure, Replica, UpstreamBody, UpstreamError};
+pub use replica::{Failure, Replica, UpstreamError};
 
-/// A request on its way to a replica.
-// One per request, moved once into the send: boxing the larger variant would cost an allocation.
-#[allow(clippy::large_enum_variant)]
+/// A request on its way to a replica: the client's head and body and what forwarding adds.
+/// The replica client encodes it for the replica's protocol once the replica is known (a raw
+/// head with its whole body straight from the bytes that arrived, for HTTP/1.1).
 #[derive(Debug)]
-pub enum Outgoing {
-    /// Built by the gateway: `h1::encode` or hyper's h2c client writes it.
-    Request {
-        req: http::Request<UpstreamBody>,
-        replayable: bool,
-    },
-    /// Already encoded for an HTTP/1.1 replica, body included (`proxy::head::encode_h1`).
-    Encoded {
-        bytes: bytes::BytesMut,
-        method: http::Method,
-        replayable: bool,
-    },
+pub struct Outgoing {
+    pub head: ClientHead,
+    pub body: ClientBody,
+    pub forward: Forward,
+    /// It may go to a replica again after it may have reached one ([`replayable`]).
+    pub replayable: bool,
 }
 
 /// Whether a request may go to a replica again after it may have reached it. RFC 9110 §9.2.2:

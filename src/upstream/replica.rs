@@ -16,12 +16,11 @@ use tokio::net::TcpStream;
 
 use super::ewma::PeakEwma;
 use super::h1;
-use super::{Outgoing, Reply, ReplyHeaders, ResponseBody};
+use super::{Outgoing, Reply, ReplyHeaders, ResponseBody, UpstreamBody};
 use crate::config::Protocol;
 use crate::metrics::Retries;
-
-/// What the gateway sends upstream: the client's body, capped at the body limit.
-pub type UpstreamBody = http_body_util::Limited<crate::proxy::ClientBody>;
+use crate::request::forward;
+use crate::request::{ClientBody, ClientHead};
 
 /// Idle HTTP/1.1 connections kept per replica.
 const MAX_IDLE: usize = 256;
@@ -203,16 +202,15 @@ impl Replica {
         }
     }
 
-    /// Send one request. The URI must be origin-form for HTTP/1.1 and absolute for h2c; an
-    /// encoded request is for HTTP/1.1 replicas only. A request sent again on a new connection
-    /// is counted in `retries`.
+    /// Send one request, encoded for this replica's protocol. A request sent again on a new
+    /// connection is counted in `retries`.
     pub async fn send(
         self: &Arc<Self>,
         out: Outgoing,
         retries: &Retries,
     ) -> Result<Reply, Failure> {
-        match (self.protocol, out) {
-            (Protocol::H2c, out @ Outgoing::Request { .. }) => {
+        match self.protocol {
+            Protocol::H2c => {
                 let (parts, body) = self.send_h2(out).await?.into_parts();
                 Ok(Reply {
                     status: parts.status,
@@ -220,13 +218,7 @@ impl Replica {
                     body: ResponseBody::H2(body),
                 })
             }
-            (Protocol::H2c, Outgoing::Encoded { .. }) => {
-                Err(Failure::Failed(UpstreamError::Protocol {
-                    addr: self.addr,
-                    source: "an HTTP/1.1-encoded request cannot go to an h2c replica".into(),
-                }))
-            }
-            (Protocol::Http1, out) => self.send_http1(out, retries).await,
+            Protocol::Http1 => self.send_http1(out, retries).await,
         }
     }
 
@@ -264,17 +256,28 @@ impl Replica {
             },
         };
         let mut reused = pooled.as_ref().is_some_and(h1::Conn::reused);
-        let (mut encoded, method, replayable) = match out {
-            Outgoing::Encoded {
-                bytes,
-                method,
-                replayable,
-            } => (h1::Encoded::whole(bytes), method, replayable),
-            Outgoing::Request { req, replayable } => {
-                let (encoded, method) = h1::encode(req)
+        let replayable = out.replayable;
+        let (mut encoded, method) = match (&out.head, &out.body) {
+            (ClientHead::Raw(raw), ClientBody::Whole(data)) => (
+                h1::Encoded::whole(forward::encode_http1(
+                    raw,
+                    data.as_ref(),
+                    &out.forward,
+                    self.addr,
+                )),
+                raw.method.clone(),
+            ),
+            _ => {
+                let req = forward::into_request(
+                    out.head,
+                    out.body,
+                    &out.forward,
+                    Protocol::Http1,
+                    self.addr,
+                );
+                h1::encode(req)
                     .await
-                    .map_err(|e| Failure::Failed(self.classify_h1(e)))?;
-                (encoded, method, replayable)
+                    .map_err(|e| Failure::Failed(self.classify_h1(e)))?
             }
         };
         // One call site for the exchange: each one would add its future to every request's.
@@ -324,12 +327,7 @@ impl Replica {
                 Err(e) => return Err(Failure::Failed(e)),
             },
         };
-        let Outgoing::Request { req, .. } = out else {
-            return Err(Failure::Failed(UpstreamError::Protocol {
-                addr: self.addr,
-                source: "an HTTP/1.1-encoded request cannot go to an h2c replica".into(),
-            }));
-        };
+        let req = forward::into_request(out.head, out.body, &out.forward, Protocol::H2c, self.addr);
         sender
             .send_request(req)
             .await

@@ -12,7 +12,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
+use crate::http1::request::{Take, take_request};
 use crate::metrics::Retries;
+use crate::request::forward::Forward;
 
 /// What the replica does with the connection after answering its first request.
 #[derive(Clone, Copy, Debug)]
@@ -141,15 +143,28 @@ fn request(method: Method, id: &str, key: bool) -> Outgoing {
     let key = if key { "idempotency-key: k-1\r\n" } else { "" };
     let body = if method == Method::POST { "{}" } else { "" };
     let raw = format!(
-        "{method} /score HTTP/1.1\r\nhost: r\r\nx-ms-request-id: {id}\r\n{key}content-length: {}\r\n\r\n{body}",
+        "{method} /score HTTP/1.1\r\nhost: r\r\n{key}content-length: {}\r\n\r\n{body}",
         body.len()
     );
+    let Take::Request { head, body, .. } =
+        take_request(&mut BytesMut::from(raw.as_bytes()), 4096, 4096)
+    else {
+        panic!("a simple request");
+    };
     let replayable = super::super::replayable(&method, |h| {
         !key.is_empty() && *h == super::super::IDEMPOTENCY_KEY
     });
-    Outgoing::Encoded {
-        bytes: BytesMut::from(raw.as_bytes()),
-        method,
+    Outgoing {
+        head: ClientHead::Raw(head),
+        body: ClientBody::Whole(body),
+        forward: Forward {
+            path: "/score",
+            client: std::net::Ipv4Addr::LOCALHOST.into(),
+            tls: false,
+            drop_authorization: false,
+            request_id: http::HeaderValue::from_str(id).expect("id"),
+            max_body: 4096,
+        },
         replayable,
     }
 }
@@ -265,7 +280,10 @@ async fn an_unreachable_replica_gives_the_request_back() {
         Err(Failure::Unsent { error, request }) => {
             assert!(matches!(error, UpstreamError::Connect { .. }), "{error}");
             assert!(
-                matches!(*request, Outgoing::Encoded { ref bytes, .. } if bytes.starts_with(b"POST /score")),
+                matches!(
+                    (&request.head, &request.body),
+                    (ClientHead::Raw(h), ClientBody::Whole(Some(b))) if h.method == Method::POST && &b[..] == b"{}"
+                ),
                 "the whole request comes back"
             );
         }

@@ -17,7 +17,6 @@ mod frame;
 /// Public for the `hpack` fuzz target.
 pub mod hpack;
 mod huffman;
-mod recv;
 mod request;
 
 use std::future::{Future, poll_fn};
@@ -26,7 +25,7 @@ use std::pin::Pin;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::watch;
 
-pub use recv::RecvBody;
+pub use crate::request::recv::RecvBody;
 
 /// How long after announcing a shutdown the final GOAWAY follows when the client does not
 /// answer the PING sooner.

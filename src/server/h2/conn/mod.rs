@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 
 use super::frame::{self, Head, Reason};
 use super::hpack::Decoder;
-use super::recv::{RecvBody, Shared};
 use crate::proxy::{Answer, ClientBody, ClientHead, ConnInfo, Gateway, ProxyBody};
+use crate::request::recv::{RecvBody, Shared};
 use crate::server::idle::{InFlight, InFlightGuard};
 
 /// Our SETTINGS_MAX_CONCURRENT_STREAMS.
