@@ -133,7 +133,7 @@ pub struct TlsArgs {
     /// The name clients use; the certificate must cover it.
     #[arg(long)]
     pub ssl_cname: Option<String>,
-    /// ACME certificate for <label><6 characters>.<region>.cloudapp.azure.com.
+    /// ACME certificate for `<label><6 characters>.<region>.cloudapp.azure.com`.
     #[arg(long)]
     pub leaf_domain_label: Option<String>,
     #[arg(long)]

@@ -2,34 +2,47 @@
 //! Azure ML's `azureml-fe` router.
 //!
 //! # Layout
+//! The request path, top to bottom; a module imports only from the layers below it.
+//! - [`server`] — listeners, the accept loops (connection cap), TLS handshakes, idle timeout
+//!   and drain; per connection, HTTP/2 (ALPN `h2` or the h2c preface) to the gateway's own
+//!   HTTP/2 server (`server::h2`: frames, HPACK, flow control, abuse limits), HTTP/1.1 to the
+//!   fast path (simple requests taken from the plaintext, answered in one write) that hands any
+//!   other request to hyper.
+//! - [`proxy`] — [`proxy::Gateway::serve`], the protocol-neutral request path: route, auth,
+//!   admission, queue, send, answer; one error → HTTP mapping; the access log.
+//! - [`routing`] — the route table snapshot (service → versions → replicas), traffic split.
+//!   [`upstream`] — replica slots, the deadline-aware queue, p2c + peak-EWMA choice, outlier
+//!   ejection, the replica clients (an inline HTTP/1.1 client, hyper's for h2c) and their pools.
+//! - [`request`] — a client's request as every layer holds it (head, body, the HTTP/2 stream
+//!   inbox), the header rules, and what a replica receives (`request::forward`).
+//! - [`http1`] — HTTP/1.1 on the wire for both sides: raw heads, framing, the server's request
+//!   taking and response heads, the replica client's encoder and decoder.
+//!
+//! Beside the request path:
+//! - [`app`] — the composition root: [`App::build`] from a validated config before any bind,
+//!   [`run`] starts the background tasks, serves, drains.
 //! - [`config`] — the TOML file, parsed and validated in one pass into an immutable `Config`.
-//! - [`acme`] — certificates by ACME (instant-acme): orders, HTTP-01/TLS-ALPN-01 answers,
-//!   renewal schedule with backoff, account and certificate storage, leaf domain labels.
-//! - [`discovery`] — the kube client and the watchers feeding the snapshots (TLS Secret).
-//! - [`fsutil`] — atomic state-file writes with permissions (keys 0600).
-//! - [`tls`] — certificate snapshot (SNI -> key) behind one `ArcSwap`, the rustls resolver,
+//! - [`tls`] — certificate snapshot (SNI → key) behind one `ArcSwap`, the rustls resolver,
 //!   PEM loading with checks, self-signed development material.
-//! - [`routing`] — the route table snapshot (service -> versions -> replicas), traffic split.
-//! - [`autoscale`] — replica recommendations (Azure ML's formula), scale patches by the Lease holder.
+//! - [`acme`] — certificates by ACME (instant-acme): orders, HTTP-01/TLS-ALPN-01 answers,
+//!   renewal schedule with backoff, account and certificate storage.
+//! - [`discovery`] — the kube client and the watchers feeding the snapshots (TLS Secret,
+//!   EndpointSlices, the services ConfigMap, key Secrets).
+//! - [`autoscale`] — replica recommendations (Azure ML's formula), scale patches by the Lease
+//!   holder.
 //! - [`auth`] — key auth (constant time) and JWT token auth per service.
-//! - [`upstream`] — replica slots, the deadline-aware queue, p2c + peak-EWMA choice, outlier
-//!   ejection, pooled connections: an inline HTTP/1.1 client, hyper's for h2c.
-//! - [`proxy`] — the request path, header hygiene, one error -> HTTP mapping.
-//! - [`server`] — listeners, TLS handshakes, an HTTP/1.1 fast path (simple requests parsed from
-//!   the TLS plaintext, answered in one write) that hands anything else to hyper-util's auto
-//!   h1/h2 connection, the idle timeout, configuration reload (SIGHUP, file change), graceful
-//!   drain.
 //! - [`admin`] — `/metrics`, `/healthz`, `/readyz`, `/config`, `/certificates`.
 //! - [`metrics`] — the Prometheus registry and pre-resolved handles.
-//! - [`report`] — errors printed with their causes, each cause once.
-//! - [`demo`] — `scoregate demo` and its sample model replica.
-//! - [`shutdown`] — SIGTERM/SIGINT.
+//! - [`busy_poll`] — optional busy polling of the event loop.
 //! - [`control`] — attach/detach/update/status and the certificate lifecycle of a cluster
 //!   (server-side apply, marker, workspace registry).
-//! - [`cli`] — the command line.
+//! - [`demo`] — `scoregate demo` and its sample model replica.
+//! - [`cli`], [`report`], [`shutdown`], [`fsutil`] — the command line, errors printed with
+//!   their causes once, SIGTERM/SIGINT, atomic state-file writes (keys 0600).
 
 pub mod acme;
 pub mod admin;
+pub mod app;
 pub mod auth;
 pub mod autoscale;
 pub mod busy_poll;
@@ -50,4 +63,5 @@ pub mod shutdown;
 pub mod tls;
 pub mod upstream;
 
-pub use server::{App, Listeners, run};
+pub use app::{App, run};
+pub use server::Listeners;

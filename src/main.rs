@@ -302,7 +302,7 @@ async fn serve(
     path: std::path::PathBuf,
     busy_poll: Option<Arc<BusyPoll>>,
 ) -> anyhow::Result<()> {
-    let mut app = server::App::build(&config)
+    let mut app = scoregate::App::build(&config)
         .context("building the gateway")?
         .reload_from(path);
     if let Some(bp) = &busy_poll {
@@ -315,6 +315,6 @@ async fn serve(
     let listeners = server::Listeners::bind(&config.listen).await?;
     let a = listeners.addrs();
     tracing::info!(tls = ?a.tls, http = ?a.http, admin = ?a.admin, services = config.services.len(), "listening");
-    server::run(app, listeners, shutdown::signal()).await;
+    scoregate::run(app, listeners, shutdown::signal()).await;
     Ok(())
 }

@@ -12,8 +12,9 @@ use std::path::{Path, PathBuf};
 
 use tokio::net::TcpListener;
 
+use crate::app::{self, App};
 use crate::config::{self, ConfigErrors};
-use crate::server::{self, App, Listeners, ServerError};
+use crate::server::{Listeners, ServerError};
 use crate::tls::{SelfSigned, TlsError};
 
 pub const SERVICE: &str = "iris";
@@ -200,7 +201,7 @@ replicas = [{replicas}]
     let _ = out.flush();
     drop(out);
 
-    server::run(app, listeners, shutdown).await;
+    app::run(app, listeners, shutdown).await;
     let _ = stop_tx.send(true);
     Ok(())
 }

@@ -4,10 +4,10 @@
 //! connection goes straight back to the pool. Larger or chunked bodies stream from the same
 //! connection, which returns to the pool when the body ends.
 //!
-//! hyper's client connection is a task of its own fed through channels: a task switch each way
-//! per request, plus a body channel. The peer comparison measured that hop as the largest part of
-//! the keep-alive gap to nginx, so the HTTP/1.1 path does without it (h2c keeps hyper's client:
-//! one connection multiplexes many requests there).
+//! hyper's client connection is a task of its own fed through channels (a task switch each way
+//! per request, plus a body channel); this one runs in the request's task instead. h2c keeps
+//! hyper's client: one connection multiplexes many requests there. The wire format itself
+//! (request heads, response parsing, body decoding) is `http1::client`.
 
 use std::io;
 use std::pin::Pin;

@@ -1,6 +1,6 @@
 //! Upstream replicas of one service version: a bounded, deadline-aware wait for a free replica
 //! slot ([`ReplicaSet::acquire`]), the choice of replica (power of two choices over peak-EWMA cost,
-//! among replicas under their concurrency limit), and pooled connections ([`replica`]).
+//! among replicas under their concurrency limit), and pooled connections (`replica`).
 
 mod ewma;
 mod h1;

@@ -1,0 +1,272 @@
+//! The composition root: [`App::build`] wires a validated [`Config`] into the gateway's parts
+//! (route table, certificates, ACME, the proxy, the admin state, the inputs of the route table)
+//! before any bind, and [`run`] starts what runs beside the listeners (certificate file
+//! watching, configuration reload, the Kubernetes watchers, the autoscaler, ACME, the admin
+//! port), serves until shutdown and drains (`server::serve`).
+
+mod reload;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use crate::acme::{AcmeManager, ChallengeKind, Challenges};
+use crate::admin::AdminState;
+use crate::config::{Config, Limits};
+use crate::metrics::{Metrics, MetricsError};
+use crate::proxy::Gateway;
+use crate::routing::{RouteHandle, RouteTable};
+use crate::server::{Listeners, Server, ServerError};
+use crate::tls::{self, CertManager};
+
+/// Everything a running gateway shares: built from a validated [`Config`], before any bind.
+pub struct App {
+    pub gateway: Arc<Gateway>,
+    pub metrics: Metrics,
+    pub routes: RouteHandle,
+    pub certs: Option<Arc<CertManager>>,
+    pub admin: Arc<AdminState>,
+    /// What the listeners' connections need.
+    server: Arc<Server>,
+    kubernetes: Option<crate::discovery::KubeSettings>,
+
+    /// The ACME loop, taken by [`run`].
+    acme: std::sync::Mutex<Option<AcmeManager>>,
+    /// Certificate file poll interval and debounce.
+    reload: (Duration, Duration),
+    limits: Limits,
+    /// The inputs of the route table (file services, ConfigMap, discovery, key Secrets).
+    sources: Arc<crate::discovery::RouteSources>,
+    /// The configuration file to reload on SIGHUP and on change.
+    config_path: Option<std::path::PathBuf>,
+}
+
+impl std::fmt::Debug for App {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("App")
+            .field("limits", &self.limits)
+            .finish_non_exhaustive()
+    }
+}
+
+impl App {
+    pub fn build(config: &Config) -> Result<App, ServerError> {
+        let metrics = Metrics::new()?;
+        let routes = RouteHandle::new(RouteTable::build(&config.services, &metrics));
+        let certs = CertManager::new(config.tls.slots.clone(), metrics.certs.clone());
+        let challenges = config.tls.acme.as_ref().map(|_| Challenges::new());
+        let alpn_challenges = config
+            .tls
+            .acme
+            .as_ref()
+            .filter(|(a, _)| a.challenge == ChallengeKind::TlsAlpn01)
+            .and(challenges.clone());
+        let acceptor = match &certs {
+            Some(c) => Some(TlsAcceptor::from(tls::server_config(
+                c.handle(),
+                config.tls.allow_tls12,
+                alpn_challenges,
+            )?)),
+            None => None,
+        };
+        let acme = match (&config.tls.acme, &certs, &challenges) {
+            (Some((settings, slot)), Some(certs), Some(ch)) => Some(AcmeManager {
+                settings: settings.clone(),
+                challenges: ch.clone(),
+                certs: certs.clone(),
+                slot: *slot,
+                metrics: metrics.acme.clone(),
+            }),
+            _ => None,
+        };
+        let gateway = Arc::new(Gateway::new(
+            routes.clone(),
+            metrics.clone(),
+            config.limits.max_body_bytes,
+            challenges,
+            config.access_log,
+        ));
+        let admin = Arc::new(AdminState::new(
+            metrics.clone(),
+            routes.clone(),
+            certs.clone(),
+            config.limits.clone(),
+        ));
+        let sources = Arc::new(crate::discovery::RouteSources::new(
+            config.services.clone(),
+            routes.clone(),
+            metrics.clone(),
+        ));
+        let server = Arc::new(Server::new(
+            gateway.clone(),
+            acceptor,
+            &metrics,
+            &config.limits,
+        ));
+        Ok(App {
+            server,
+            sources,
+            config_path: None,
+            kubernetes: config.kubernetes.clone(),
+            acme: std::sync::Mutex::new(acme),
+            reload: (config.tls.reload_poll, config.tls.reload_debounce),
+            gateway,
+            metrics,
+            routes,
+            certs,
+            admin,
+            limits: config.limits.clone(),
+        })
+    }
+
+    /// What the listeners' connections share.
+    pub fn server(&self) -> Arc<Server> {
+        self.server.clone()
+    }
+
+    /// Reload the services from this file on SIGHUP and whenever it changes.
+    pub fn reload_from(mut self, path: std::path::PathBuf) -> Self {
+        self.config_path = Some(path);
+        self
+    }
+
+    /// Export busy polling's rounds (`scoregate_busy_poll_rounds_total`).
+    pub fn busy_poll(self, bp: &crate::busy_poll::BusyPoll) -> Result<Self, MetricsError> {
+        self.metrics
+            .registry
+            .register(Box::new(bp.rounds_counter()))
+            .map_err(MetricsError::from)?;
+        Ok(self)
+    }
+}
+
+/// Serve until `shutdown` resolves, then drain within `limits.shutdown_grace`.
+pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = ()>) {
+    let app = Arc::new(app);
+    let (stop_tx, stop_rx) = watch::channel(false);
+
+    if let Some(certs) = &app.certs {
+        let (poll, debounce) = app.reload;
+        tokio::spawn(certs.clone().watch_files(poll, debounce, stop_rx.clone()));
+    }
+    if let Some(path) = app.config_path.clone() {
+        let (poll, debounce) = app.reload;
+        let reloader = reload::Reloader {
+            path,
+            sources: app.sources.clone(),
+            poll,
+            debounce,
+        };
+        tokio::spawn(reloader.run(stop_rx.clone()));
+    }
+    match &app.kubernetes {
+        Some(kube) => spawn_kube_watchers(&app, kube.clone(), stop_rx.clone()),
+        // Recommendations are exported as metrics even with nothing to scale.
+        None => {
+            let run = crate::autoscale::run(
+                app.routes.clone(),
+                app.metrics.clone(),
+                None,
+                Duration::from_secs(1),
+                stop_rx.clone(),
+            );
+            tokio::spawn(run);
+        }
+    }
+    if let Some(acme) = app.acme.lock().ok().and_then(|mut a| a.take()) {
+        tokio::spawn(acme.run(stop_rx.clone()));
+    }
+    let admin = listeners
+        .admin
+        .map(|l| tokio::spawn(crate::admin::serve(l, app.admin.clone())));
+    let stopper = async {
+        app.admin.set_ready(true);
+        shutdown.await;
+        app.admin.set_ready(false);
+        let _ = stop_tx.send(true);
+    };
+    let serving = crate::server::serve(app.server.clone(), listeners.tls, listeners.http, stop_rx);
+    tokio::join!(serving, stopper);
+    if let Some(a) = admin {
+        a.abort();
+    }
+}
+
+/// The Kubernetes watchers (TLS Secrets, EndpointSlice discovery) and the autoscaler with its
+/// Lease election, once a client can be built.
+fn spawn_kube_watchers(
+    app: &App,
+    kube: crate::discovery::KubeSettings,
+    stop: watch::Receiver<bool>,
+) {
+    let (routes, metrics) = (app.routes.clone(), app.metrics.clone());
+    let certs = app.certs.clone();
+    let secrets = certs.as_ref().map(|c| c.secret_slots()).unwrap_or_default();
+    let sources = app.sources.clone();
+    tokio::spawn(async move {
+        let client = loop {
+            match kube.client().await {
+                Ok(c) => break c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "no Kubernetes client yet; retrying in 2 s");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                }
+            }
+        };
+        if let Some(certs) = certs {
+            for (slot, ns, name) in secrets {
+                let watch = crate::discovery::secret::watch(
+                    client.clone(),
+                    ns,
+                    name,
+                    certs.clone(),
+                    slot,
+                    stop.clone(),
+                );
+                tokio::spawn(watch);
+            }
+        }
+        let scaler = crate::autoscale::Scaler {
+            client: client.clone(),
+            lease: kube.lease.clone(),
+        };
+        let run = crate::autoscale::run(
+            routes,
+            metrics,
+            Some(scaler),
+            kube.autoscale_refresh,
+            stop.clone(),
+        );
+        tokio::spawn(run);
+        let config_ns = kube
+            .config_namespace
+            .clone()
+            .or_else(|| kube.namespace.clone())
+            .unwrap_or_else(|| "default".into());
+        let ns = config_ns.clone();
+        sources.watch_keys(client.clone(), ns, stop.clone());
+        if let Some(cm) = kube.services_configmap.clone() {
+            let ns = config_ns.clone();
+            let w = crate::discovery::services::watch(
+                client.clone(),
+                ns,
+                cm,
+                kube.discovery,
+                sources.clone(),
+                stop.clone(),
+            );
+            tokio::spawn(w);
+        }
+        if kube.discovery {
+            tokio::spawn(crate::discovery::endpoints::run(
+                client,
+                kube.namespace.clone(),
+                sources,
+                stop,
+            ));
+        }
+    });
+}
