@@ -3,6 +3,7 @@
 //! the gateway (pebble-challtestsrv as the DNS server only), renewal by threshold keeping the
 //! leaf-domain-label name, and a failing order retried with backoff while the old certificate
 //! keeps serving. Every port is chosen free here, so these tests need no serialisation.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Every bad certificate candidate is refused with its own message while the old certificate
 //! keeps serving; a good one then rotates in. Candidates arrive the way operators deliver them:
 //! by rewriting the watched PEM files.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! `kubernetes` Service. Under steady load (HTTP/1.1 and HTTP/2 clients through the gateway's
 //! NodePort), every scenario that a client can ride through must cost 0 failed requests; faults
 //! (a gateway or a model pod killed) are measured and reported.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The control module as a black box (`CARGO_BIN_EXE_scoregate`) against the real API server of
 //! the test bed: attach (capacity from Nodes, version, marker, workspace), the objects it
 //! applies, a simulated rollout, update in place, the certificate lifecycle, detach.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

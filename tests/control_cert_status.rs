@@ -1,6 +1,7 @@
 //! `scoregate cert status` asks every gateway replica which certificate it serves, through the
 //! real API server's pod proxy: two gateways run in-test, watching the attachment's Secret, and
 //! a `cert set` rotation shows up replica by replica until it is complete.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! `attach --dry-run` object for object; they (and the example model) pass the real API
 //! server's validation (`kubectl apply --server-side --dry-run=server`); the Grafana dashboard
 //! only queries series the gateway exports.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -4,6 +4,7 @@
 //! capacity verdict, progress while waiting and what is missing, Ctrl-C while waiting, the
 //! cluster reached later without flags, re-attaching while the namespace is still being deleted,
 //! and the certificate commands that destroy or overwrite key material.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! same command run again converges. The failure is real: the operator's identity (a
 //! ServiceAccount token) may create namespaced objects but not ClusterRoles, so the API server
 //! refuses the third object with a 403.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -1,5 +1,6 @@
 //! The `scoregate demo` command as a black box: start it, score with curl, SIGTERM while a
 //! request is in flight — the request completes, readiness turns false, the process exits 0.
+#![cfg(feature = "peer-tests")]
 
 use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};

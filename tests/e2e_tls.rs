@@ -1,5 +1,6 @@
 //! End to end over TLS with real clients: reqwest (rustls) over HTTP/1.1 and HTTP/2, the real
 //! `curl` binary, SNI choosing among certificates, h2c upstreams, header hygiene.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! (built from Go modules by scripts/kube-testbed.sh), nghttp with a 1 KiB receive window,
 //! h2load with many streams per connection, reqwest uploading more than every receive window,
 //! curl with an oversized header list, and raw frames for the rapid-reset guard.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! request it does not take (chunked, or a body still arriving) handed to hyper mid-connection
 //! with nothing lost, `Connection: close`, response framing (length, chunked, none for 204)
 //! and the `Date` header.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! Service keys from a Kubernetes Secret (`auth_secret`) on the real API server: refused until
 //! the Secret exists, rotated by updating it (primary -> secondary -> gone) without a restart,
 //! a weak key refused with the last good keys kept.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

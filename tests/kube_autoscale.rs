@@ -2,6 +2,7 @@
 //! its scale subresource at once; without load it scales down only after the window; the Lease is
 //! held by one gateway at a time and passes over when the holder stops; a Deployment targeted by
 //! a HorizontalPodAutoscaler is never scaled.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! requests by weight; a not-ready endpoint gets no new requests; a deleted slice shrinks the
 //! routes; all without restart. Stopping the API server keeps scoring on the last routes and
 //! shows in the metrics; starting it again resumes the watch.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! installs), applied by kubectl
 //! to the real API server: the gateway runs with that identity (discovery + TLS Secret) and
 //! everything beyond the rules is refused with a real 403.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -1,6 +1,7 @@
 //! The TLS Secret source against the real kube-apiserver: not ready until the Secret exists,
 //! updates rotate the served certificate with no failed request under load, both key layouts
 //! work, a bad Secret is refused and the last good certificate stays.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

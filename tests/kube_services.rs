@@ -1,5 +1,6 @@
 //! Per-service settings from a ConfigMap on the real API server: services, limits and traffic
 //! weights change without a restart; an invalid update is refused and the last good stays.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -2,6 +2,7 @@
 //! keys and JWT secrets through auth successes and failures, private keys through certificate
 //! loads, a rotation and a refused key, and configuration errors that quote keys. (ACME account and
 //! certificate keys: `acme_pebble.rs`, with the same capture.)
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

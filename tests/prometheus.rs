@@ -1,5 +1,6 @@
 //! `/metrics` scraped by a real Prometheus server (started here on loopback, bounded waits) and
 //! linted by `promtool check metrics`.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -6,6 +6,7 @@
 //! installed, and the service the new configuration adds (or removes) answers 200 (or 404).
 //! Asserts: no unexpected error (the only tolerated failures are the flapping replica's
 //! 502s before outlier detection ejects it), RSS and open descriptors stable from start to end.
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

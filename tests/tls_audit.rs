@@ -2,6 +2,7 @@
 //! with the default settings and with `min_version = "1.3"`. No SSL, TLS 1.0 or 1.1; only AEAD
 //! ciphers with forward secrecy and ≥ 128-bit keys; no renegotiation; not vulnerable to
 //! heartbleed; TLS 1.3 preferred. (testssl.sh and sslyze were run by hand; see the README.)
+#![cfg(feature = "peer-tests")]
 
 mod common;
 

@@ -17,15 +17,11 @@ pub fn render(v: &Value, f: Format) -> String {
             let mut s = String::new();
             for item in v["items"].as_array().into_iter().flatten() {
                 s.push_str("---\n");
-                yaml(item, 0, &mut s);
+                s.push_str(&yaml(item));
             }
             s
         }
-        Format::Yaml => {
-            let mut s = String::new();
-            yaml(v, 0, &mut s);
-            s
-        }
+        Format::Yaml => yaml(v),
         Format::Table => table(v),
     }
 }
@@ -115,90 +111,10 @@ fn table(v: &Value) -> String {
     out
 }
 
-/// YAML 1.2 (block style; strings plain when unambiguous, multi-line ones as `|` literals,
-/// everything else JSON-quoted, which YAML reads as it is).
-fn yaml(v: &Value, indent: usize, out: &mut String) {
-    let pad = " ".repeat(indent);
-    match v {
-        Value::Object(m) if m.is_empty() => out.push_str(&format!("{pad}{{}}\n")),
-        Value::Array(a) if a.is_empty() => out.push_str(&format!("{pad}[]\n")),
-        Value::Object(m) => {
-            for (k, val) in m {
-                out.push_str(&format!("{pad}{}:", string(k)));
-                block(val, indent + 2, out);
-            }
-        }
-        Value::Array(a) => {
-            for val in a {
-                match val {
-                    // `- first: …` with the other keys aligned under it.
-                    Value::Object(m) if !m.is_empty() => {
-                        let mut item = String::new();
-                        yaml(val, indent + 2, &mut item);
-                        out.push_str(&pad);
-                        out.push_str("- ");
-                        out.push_str(&item[indent + 2..]);
-                    }
-                    _ => {
-                        out.push_str(&format!("{pad}-"));
-                        block(val, indent + 2, out);
-                    }
-                }
-            }
-        }
-        other => out.push_str(&format!("{pad}{}\n", scalar_yaml(other))),
-    }
-}
-
-/// The value after `key:` or `-`, nested at `indent`.
-fn block(val: &Value, indent: usize, out: &mut String) {
-    match val {
-        Value::Object(m) if !m.is_empty() => {
-            out.push('\n');
-            yaml(val, indent, out);
-        }
-        Value::Array(a) if !a.is_empty() => {
-            out.push('\n');
-            yaml(val, indent, out);
-        }
-        Value::Object(_) => out.push_str(" {}\n"),
-        Value::Array(_) => out.push_str(" []\n"),
-        Value::String(s) if s.contains('\n') && !s.starts_with(' ') => {
-            let pad = " ".repeat(indent);
-            out.push_str(if s.ends_with('\n') { " |\n" } else { " |-\n" });
-            for line in s.lines() {
-                if line.is_empty() {
-                    out.push('\n');
-                } else {
-                    out.push_str(&format!("{pad}{line}\n"));
-                }
-            }
-        }
-        other => out.push_str(&format!(" {}\n", scalar_yaml(other))),
-    }
-}
-
-fn scalar_yaml(v: &Value) -> String {
-    match v {
-        Value::String(s) => string(s),
-        other => other.to_string(),
-    }
-}
-
-/// Plain when it cannot be read as anything but this string.
-fn string(s: &str) -> String {
-    let reserved = [
-        "true", "false", "null", "yes", "no", "on", "off", "y", "n", "~",
-    ];
-    let plain = s.starts_with(|c: char| c.is_ascii_alphabetic() || c == '/')
-        && s.chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.' | '/'))
-        && !reserved.contains(&s.to_ascii_lowercase().as_str());
-    if plain {
-        s.to_string()
-    } else {
-        Value::String(s.to_string()).to_string()
-    }
+/// YAML by a maintained serializer (serde-saphyr): whatever it writes reads back as the same
+/// value, multi-line strings and look-alike scalars included.
+fn yaml(v: &Value) -> String {
+    serde_saphyr::to_string(v).unwrap_or_else(|e| format!("# cannot write YAML: {e}\n"))
 }
 
 #[cfg(test)]
@@ -211,16 +127,29 @@ mod tests {
         let t = render(&v, Format::Table);
         assert!(t.contains("COMPUTE   aks1"), "{t}");
         assert!(t.contains("POD  FP\na    x\n"), "{t}");
-        let y = render(&v, Format::Yaml);
+    }
+
+    /// What the YAML output says reads back as the same value: strings that look like other
+    /// scalars, multi-line strings with trailing blank lines, keys YAML 1.1 would read as
+    /// booleans, empty collections, numbers.
+    #[test]
+    fn yaml_reads_back_as_the_same_value() {
+        let v = serde_json::json!({
+            "a": "true", "b": "x: y", "c": "l1\nl2\n", "d": "8443", "e": [], "f": {},
+            "g": "a\n\n", "h": " leading", "n": null, "y": "no", "on": 1.5, "k": -3,
+            "list": [{"pod": "a", "fp": "x"}, "s", ["nested"]], "quote": "it's \"quoted\" #1",
+        });
+        let text = render(&v, Format::Yaml);
+        let back: Value = serde_saphyr::from_str(&text).expect("valid YAML");
+        assert_eq!(back, v, "{text}");
+        // A List is a multi-document stream, each document one item.
+        let list = serde_json::json!({"kind": "List", "items": [{"a": "a\n\n"}, {"b": 1}]});
+        let text = render(&list, Format::Yaml);
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&text).expect("valid YAML stream");
         assert_eq!(
-            y,
-            "compute: aks1\nreplicas:\n  - pod: a\n    fp: x\n\"n\": null\n"
-        );
-        let v =
-            serde_json::json!({"a": "true", "b": "x: y", "c": "l1\nl2\n", "d": "8443", "e": []});
-        assert_eq!(
-            render(&v, Format::Yaml),
-            "a: \"true\"\nb: \"x: y\"\nc: |\n  l1\n  l2\nd: \"8443\"\ne: []\n"
+            docs,
+            list["items"].as_array().cloned().unwrap_or_default(),
+            "{text}"
         );
     }
 }
