@@ -7,7 +7,19 @@ use http::{HeaderValue, Response, StatusCode, header};
 use http_body_util::Full;
 
 use crate::auth::AuthError;
-use crate::upstream::{Saturated, UpstreamError};
+use crate::upstream::{ClientBodyError, Failure, Saturated, UpstreamError};
+
+/// Whose failure an error is (as pingora's `ErrorSource`): only a replica's counts against it
+/// (outlier ejection) and is logged as a failure of the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The client's request: wrong route, method, key, size, or a body that broke off.
+    Client,
+    /// A replica: unreachable, closed, answered garbage, or too slow.
+    Replica,
+    /// The gateway's own limits: queue full, no ready replica.
+    Gateway,
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
@@ -25,6 +37,8 @@ pub enum GatewayError {
     Unauthorized(#[source] AuthError),
     #[error("request body exceeds {limit} bytes")]
     PayloadTooLarge { limit: u64 },
+    #[error("{0}")]
+    ClientBody(#[source] ClientBodyError),
     #[error("Too many requests for service {service} (overloaded): {detail}")]
     Overloaded {
         service: String,
@@ -39,6 +53,33 @@ pub enum GatewayError {
 }
 
 impl GatewayError {
+    /// A failed send, by side.
+    pub fn from_failure(f: Failure, limit: u64) -> Self {
+        match f {
+            Failure::Unsent { error, .. } | Failure::Replica(error) => {
+                GatewayError::Upstream(error)
+            }
+            Failure::ClientBody(ClientBodyError::TooLarge) => {
+                GatewayError::PayloadTooLarge { limit }
+            }
+            Failure::ClientBody(e) => GatewayError::ClientBody(e),
+        }
+    }
+
+    pub fn side(&self) -> Side {
+        match self {
+            GatewayError::NotFound
+            | GatewayError::UnknownService(_)
+            | GatewayError::UnknownVersion { .. }
+            | GatewayError::MethodNotAllowed { .. }
+            | GatewayError::Unauthorized(_)
+            | GatewayError::PayloadTooLarge { .. }
+            | GatewayError::ClientBody(_) => Side::Client,
+            GatewayError::Overloaded { .. } => Side::Gateway,
+            GatewayError::Timeout(_) | GatewayError::Upstream(_) => Side::Replica,
+        }
+    }
+
     pub fn status(&self) -> StatusCode {
         match self {
             GatewayError::NotFound
@@ -49,8 +90,8 @@ impl GatewayError {
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
-            GatewayError::Upstream(UpstreamError::BodyTooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::Upstream(UpstreamError::ClientBody { .. }) => StatusCode::BAD_REQUEST,
+            GatewayError::ClientBody(ClientBodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
+            GatewayError::ClientBody(ClientBodyError::Failed { .. }) => StatusCode::BAD_REQUEST,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -77,8 +118,8 @@ impl GatewayError {
                 ..
             } => "no_ready_replicas",
             GatewayError::Timeout(_) => "scoring_timeout",
-            GatewayError::Upstream(UpstreamError::BodyTooLarge) => "payload_too_large",
-            GatewayError::Upstream(UpstreamError::ClientBody { .. }) => "bad_request_body",
+            GatewayError::ClientBody(ClientBodyError::TooLarge) => "payload_too_large",
+            GatewayError::ClientBody(ClientBodyError::Failed { .. }) => "bad_request_body",
             GatewayError::Upstream(UpstreamError::Closed { .. }) => "replica_closed_connection",
             GatewayError::Upstream(UpstreamError::Connect { .. })
             | GatewayError::Upstream(UpstreamError::ConnectTimeout { .. }) => "replica_unreachable",
@@ -99,7 +140,7 @@ impl GatewayError {
             GatewayError::Upstream(UpstreamError::Protocol { .. }) => {
                 "the scoring replica sent an invalid response".to_string()
             }
-            GatewayError::Upstream(UpstreamError::ClientBody { .. }) => {
+            GatewayError::ClientBody(ClientBodyError::Failed { .. }) => {
                 "the request body could not be read to its end".to_string()
             }
             other => other.to_string(),
@@ -142,5 +183,57 @@ impl GatewayError {
             _ => {}
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A send's failure lands on its side: the client's body is never held against a replica.
+    #[test]
+    fn failures_are_classified_by_side() {
+        let addr = "127.0.0.1:9".parse().expect("addr");
+        let cases = [
+            (
+                Failure::ClientBody(ClientBodyError::TooLarge),
+                Side::Client,
+                413,
+                "payload_too_large",
+            ),
+            (
+                Failure::ClientBody(ClientBodyError::Failed {
+                    source: "client went away".into(),
+                }),
+                Side::Client,
+                400,
+                "bad_request_body",
+            ),
+            (
+                Failure::Replica(UpstreamError::Closed {
+                    addr,
+                    source: "reset".into(),
+                }),
+                Side::Replica,
+                502,
+                "replica_closed_connection",
+            ),
+            (
+                Failure::Replica(UpstreamError::ConnectTimeout { addr }),
+                Side::Replica,
+                502,
+                "replica_unreachable",
+            ),
+        ];
+        for (failure, side, status, reason) in cases {
+            let e = GatewayError::from_failure(failure, 1024);
+            assert_eq!(
+                (e.side(), e.status().as_u16(), e.reason()),
+                (side, status, reason),
+                "{e}"
+            );
+        }
+        assert_eq!(GatewayError::Timeout(5).side(), Side::Replica);
+        assert_eq!(GatewayError::NotFound.side(), Side::Client);
     }
 }

@@ -25,7 +25,7 @@ use http_body_util::Either;
 pub use crate::request::{ClientBody, ClientHead};
 use body::Completion;
 pub use body::{ProxyBody, TrackedBody};
-use error::GatewayError;
+use error::{GatewayError, Side};
 pub use head::{Answer, AnswerHeaders};
 
 use crate::acme::Challenges;
@@ -33,9 +33,7 @@ use crate::metrics::Metrics;
 use crate::request::forward::Forward;
 use crate::request::headers;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
-use crate::upstream::{
-    Failure, Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated, UpstreamError,
-};
+use crate::upstream::{Failure, Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated};
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -183,7 +181,7 @@ impl Gateway {
                         }
                     }
                 }
-                other => break other.map(|r| r.map_err(Failure::into_error)),
+                other => break other,
             }
         };
         let access = self.access_log.then(|| {
@@ -287,7 +285,7 @@ impl Gateway {
     #[allow(clippy::too_many_arguments)]
     fn answer(
         &self,
-        result: Result<Result<Reply, UpstreamError>, tokio::time::error::Elapsed>,
+        result: Result<Result<Reply, Failure>, tokio::time::error::Elapsed>,
         sent: Instant,
         service: &Arc<Service>,
         version: usize,
@@ -304,15 +302,14 @@ impl Gateway {
         lease.replica.observe_latency(model_time);
         let resp = match result {
             Ok(Ok(ok)) => ok,
-            Ok(Err(e)) => {
+            Ok(Err(f)) => {
                 v.metrics.in_flight.dec();
-                if !matches!(
-                    e,
-                    UpstreamError::BodyTooLarge | UpstreamError::ClientBody { .. }
-                ) {
+                let e = GatewayError::from_failure(f, self.max_body_bytes);
+                // The client's failures are not the replica's.
+                if e.side() == Side::Replica {
                     report(&lease, Outcome::Failed, service, version);
                 }
-                return Err(GatewayError::Upstream(e));
+                return Err(e);
             }
             Err(_) => {
                 v.metrics.in_flight.dec();

@@ -46,6 +46,12 @@ pub enum TlsError {
     KeyMismatch(#[source] rustls::Error),
     #[error("certificate is not valid X.509: {0}")]
     X509(String),
+    #[error("the chain holds no certificate")]
+    EmptyChain,
+    #[error("no certificate slot {0}")]
+    NoSlot(usize),
+    #[error("the certificate state is unusable: a thread panicked while changing it")]
+    Poisoned,
     #[error("certificate expired at {not_after}; renew it")]
     Expired { not_after: String },
     #[error("certificate is not valid before {not_before}; check the clock or wait")]
@@ -198,10 +204,7 @@ fn contains(hay: &[u8], needle: &[u8]) -> bool {
 
 /// Read names, subject, issuer, expiry and fingerprint from the leaf.
 pub(crate) fn describe(key: Arc<CertifiedKey>) -> Result<LoadedCert, TlsError> {
-    let leaf = key
-        .cert
-        .first()
-        .ok_or_else(|| TlsError::X509("empty chain".into()))?;
+    let leaf = key.cert.first().ok_or(TlsError::EmptyChain)?;
     let (_, x509) =
         x509_parser::parse_x509_certificate(leaf).map_err(|e| TlsError::X509(e.to_string()))?;
     let mut names = Vec::new();

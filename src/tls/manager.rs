@@ -105,12 +105,9 @@ impl CertManager {
         key_pem: &[u8],
         source: &'static str,
     ) -> Result<(), TlsError> {
-        let mut slots = self
-            .slots
-            .lock()
-            .map_err(|_| TlsError::X509("certificate state poisoned".into()))?;
+        let mut slots = self.slots.lock().map_err(|_| TlsError::Poisoned)?;
         let Some(s) = slots.get_mut(slot) else {
-            return Err(TlsError::X509(format!("no certificate slot {slot}")));
+            return Err(TlsError::NoSlot(slot));
         };
         let label = (s.cfg.name.clone(), "cert.pem", "key.pem");
         let candidate = load_pem_pair(cert_pem, key_pem, label.1, label.2)

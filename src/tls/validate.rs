@@ -53,9 +53,7 @@ pub fn validate(cert: &LoadedCert, policy: &Policy, now: SystemTime) -> Result<(
                 .map_err(|e| TlsError::X509(e.to_string()))
         })
         .collect::<Result<_, _>>()?;
-    let leaf = parsed
-        .first()
-        .ok_or_else(|| TlsError::X509("empty chain".into()))?;
+    let leaf = parsed.first().ok_or(TlsError::EmptyChain)?;
     if now_unix > cert.not_after_unix {
         return Err(TlsError::Expired {
             not_after: cert.not_after.clone(),

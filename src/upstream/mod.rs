@@ -23,7 +23,7 @@ use crate::request::forward::Forward;
 pub use crate::request::forward::UpstreamBody;
 use crate::request::{ClientBody, ClientHead};
 pub use outlier::{Ejection, Outcome};
-pub use replica::{Failure, Replica, UpstreamError};
+pub use replica::{ClientBodyError, Failure, Replica, UpstreamError};
 
 /// A request on its way to a replica: the client's head and body and what forwarding adds.
 /// The replica client encodes it for the replica's protocol once the replica is known (a raw

@@ -26,6 +26,8 @@ use crate::request::{ClientBody, ClientHead};
 const MAX_IDLE: usize = 256;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A replica failed: it could not be reached, closed the connection, or answered something
+/// that is not HTTP. Counted against it by outlier ejection.
 #[derive(Debug, thiserror::Error)]
 pub enum UpstreamError {
     #[error("cannot connect to replica {addr}: {source}")]
@@ -42,13 +44,6 @@ pub enum UpstreamError {
         #[source]
         source: Box<dyn std::error::Error + Send + Sync>,
     },
-    #[error("request body exceeds the configured limit")]
-    BodyTooLarge,
-    #[error("reading the client's request body: {source}")]
-    ClientBody {
-        #[source]
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
     #[error("replica {addr} sent an invalid response: {source}")]
     Protocol {
         addr: SocketAddr,
@@ -57,28 +52,35 @@ pub enum UpstreamError {
     },
 }
 
-/// Why a send failed: before any of the request was used (no connection could be made: the
-/// request comes back whole, to go to another replica), or after.
+/// The client's request body failed while it was being sent: the client's doing, never the
+/// replica's (no outlier ejection).
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    #[error("request body exceeds the configured limit")]
+    TooLarge,
+    #[error("reading the client's request body: {source}")]
+    Failed {
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// Why a send failed, by side: the replica could not be reached before any of the request was
+/// used (the request comes back whole, to go to another replica), the replica failed after, or
+/// the client's body did.
 #[derive(Debug)]
 pub enum Failure {
     Unsent {
         error: UpstreamError,
         request: Box<Outgoing>,
     },
-    Failed(UpstreamError),
-}
-
-impl Failure {
-    pub fn into_error(self) -> UpstreamError {
-        match self {
-            Failure::Unsent { error, .. } | Failure::Failed(error) => error,
-        }
-    }
+    Replica(UpstreamError),
+    ClientBody(ClientBodyError),
 }
 
 impl From<UpstreamError> for Failure {
     fn from(e: UpstreamError) -> Self {
-        Failure::Failed(e)
+        Failure::Replica(e)
     }
 }
 
@@ -156,20 +158,24 @@ impl Replica {
 
     /// Map a hyper (h2c) error: a body over the limit, a client body failure, a connection
     /// closed, or a bad response.
-    fn classify(&self, e: hyper::Error) -> UpstreamError {
+    fn classify(&self, e: hyper::Error) -> Failure {
         let mut src: Option<&(dyn std::error::Error + 'static)> = Some(&e);
         while let Some(s) = src {
             if s.is::<http_body_util::LengthLimitError>() {
-                return UpstreamError::BodyTooLarge;
+                return Failure::ClientBody(ClientBodyError::TooLarge);
             }
             src = s.source();
         }
         // The client's body failed: hyper reports a user error carrying the body's own error.
         if e.is_user() && std::error::Error::source(&e).is_some() {
-            return UpstreamError::ClientBody {
+            return Failure::ClientBody(ClientBodyError::Failed {
                 source: Box::new(e),
-            };
+            });
         }
+        Failure::Replica(self.replica_error(e))
+    }
+
+    fn replica_error(&self, e: hyper::Error) -> UpstreamError {
         if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
             UpstreamError::Closed {
                 addr: self.addr,
@@ -183,22 +189,22 @@ impl Replica {
         }
     }
 
-    fn classify_h1(&self, e: h1::SendError) -> UpstreamError {
+    fn classify_h1(&self, e: h1::SendError) -> Failure {
         match e {
             h1::SendError::Io(e) | h1::SendError::Unsent(e) | h1::SendError::Unanswered(e) => {
-                UpstreamError::Closed {
+                Failure::Replica(UpstreamError::Closed {
                     addr: self.addr,
                     source: Box::new(e),
-                }
+                })
             }
-            h1::SendError::Proto(e) => UpstreamError::Protocol {
+            h1::SendError::Proto(e) => Failure::Replica(UpstreamError::Protocol {
                 addr: self.addr,
                 source: Box::new(e),
-            },
+            }),
             h1::SendError::Body(e) if e.is::<http_body_util::LengthLimitError>() => {
-                UpstreamError::BodyTooLarge
+                Failure::ClientBody(ClientBodyError::TooLarge)
             }
-            h1::SendError::Body(source) => UpstreamError::ClientBody { source },
+            h1::SendError::Body(source) => Failure::ClientBody(ClientBodyError::Failed { source }),
         }
     }
 
@@ -275,9 +281,7 @@ impl Replica {
                     Protocol::Http1,
                     self.addr,
                 );
-                h1::encode(req)
-                    .await
-                    .map_err(|e| Failure::Failed(self.classify_h1(e)))?
+                h1::encode(req).await.map_err(|e| self.classify_h1(e))?
             }
         };
         // One call site for the exchange: each one would add its future to every request's.
@@ -299,7 +303,7 @@ impl Replica {
                     retries.replayable.inc();
                     tracing::debug!(replica = %self.addr, error = %e, "pooled connection closed before an answer; sending the replayable request again");
                 }
-                other => return other.map_err(|e| Failure::Failed(self.classify_h1(e))),
+                other => return other.map_err(|e| self.classify_h1(e)),
             }
         }
     }
@@ -324,14 +328,11 @@ impl Replica {
                         request: Box::new(out),
                     });
                 }
-                Err(e) => return Err(Failure::Failed(e)),
+                Err(e) => return Err(Failure::Replica(e)),
             },
         };
         let req = forward::into_request(out.head, out.body, &out.forward, Protocol::H2c, self.addr);
-        sender
-            .send_request(req)
-            .await
-            .map_err(|e| Failure::Failed(self.classify(e)))
+        sender.send_request(req).await.map_err(|e| self.classify(e))
     }
 
     async fn new_h2_connection(&self) -> Result<http2::SendRequest<UpstreamBody>, UpstreamError> {
@@ -340,7 +341,8 @@ impl Replica {
             .timer(TokioTimer::new())
             .handshake(io)
             .await
-            .map_err(|e| self.classify(e))?;
+            // The handshake sends no request: any failure is the replica's.
+            .map_err(|e| self.replica_error(e))?;
         tokio::spawn(async move {
             let _ = conn.await;
         });

@@ -172,7 +172,10 @@ fn request(method: Method, id: &str, key: bool) -> Outgoing {
 /// The tests run on a current-thread runtime: while the test thread blocks, nothing polls its
 /// event loop, so a pooled connection's close goes unseen until it is used.
 async fn send(r: &Arc<Replica>, out: Outgoing, retries: &Retries) -> Result<Reply, UpstreamError> {
-    r.send(out, retries).await.map_err(Failure::into_error)
+    r.send(out, retries).await.map_err(|f| match f {
+        Failure::Unsent { error, .. } | Failure::Replica(error) => error,
+        Failure::ClientBody(e) => panic!("the test's body cannot fail: {e}"),
+    })
 }
 
 fn replica_client(s: &Script) -> Arc<Replica> {
