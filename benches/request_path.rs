@@ -2,7 +2,7 @@
 //! version choice, auth, header hygiene, request ids, the certificate resolver (per handshake),
 //! metrics recording, and the HTTP/1.1 fast path's request parse, the request it forwards and
 //! the response head (both from raw heads).
-//! Run: `cargo bench --bench request_path`.
+//! Run: `cargo bench --features fuzzing --bench request_path` (it reaches the crate's internals).
 
 use std::hint::black_box;
 use std::path::Path;

@@ -88,8 +88,9 @@ scripts/kube-testbed.sh cluster-build
 
 stage "rustfmt --check"
 cargo fmt --all -- --check
-stage "clippy -D warnings"
+stage "clippy -D warnings (default features, then all: the fuzzing feature opens the internals)"
 cargo clippy --locked --all-targets -- -D warnings
+cargo clippy --locked --all-targets --all-features -- -D warnings
 stage "build the tests and the release binary (the gateway image's)"
 cargo build --locked --release --bin scoregate
 cargo test --locked --all-targets --no-run

@@ -10,7 +10,7 @@ use anyhow::Context;
 use clap::Parser;
 use scoregate::busy_poll::BusyPoll;
 use scoregate::cli::{CertCommand, Cli, Command, ControlArgs, LogFormat};
-use scoregate::{config, control, demo, server, shutdown, tls};
+use scoregate::{config, control, demo, shutdown, tls};
 use tokio::runtime::Runtime;
 
 const EX_CONFIG: u8 = 64;
@@ -312,7 +312,7 @@ async fn serve(
             "busy polling on"
         );
     }
-    let listeners = server::Listeners::bind(&config.listen).await?;
+    let listeners = scoregate::Listeners::bind(&config.listen).await?;
     let a = listeners.addrs();
     tracing::info!(tls = ?a.tls, http = ?a.http, admin = ?a.admin, services = config.services.len(), "listening");
     scoregate::run(app, listeners, shutdown::signal()).await;

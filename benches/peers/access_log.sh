@@ -23,12 +23,7 @@ cleanup() {
 trap cleanup EXIT
 ec_cert "$W"
 start_backend "$W"
-cat >"$W/post.lua" <<LUA
-wrk.method = "POST"
-wrk.body = '{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}'
-wrk.headers["Content-Type"] = "application/json"
-wrk.headers["Authorization"] = "Bearer $KEY"
-LUA
+scoring_load "$W"
 
 # start NAME PORT: nginx-off nginx-on scoregate-off scoregate-on scoregate-json
 start() {

@@ -63,3 +63,15 @@ start_backend() {
   PIDS+=($!)
   wait_port "$BACKEND"
 }
+
+# The scoring load's request: scoring_load DIR writes DIR/post.lua (wrk) and DIR/body.json (h2load).
+scoring_load() {
+  local body='{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}'
+  cat >"$1/post.lua" <<LUA
+wrk.method = "POST"
+wrk.body = '$body'
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["Authorization"] = "Bearer $KEY"
+LUA
+  printf '%s' "$body" >"$1/body.json"
+}

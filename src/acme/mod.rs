@@ -13,12 +13,12 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use instant_acme::{Account, AccountCredentials, NewAccount};
-use tokio::sync::watch;
 
 pub use challenge::Challenges;
 
 use crate::metrics::AcmeMetrics;
 use crate::tls::{CertManager, LoadedCert, TlsError, load_pem_files};
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChallengeKind {
@@ -253,7 +253,7 @@ impl AcmeManager {
     }
 
     /// Order when due, renew before expiry, back off on failure; one order in flight at most.
-    pub async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub async fn run(self, stop: CancellationToken) {
         let mut backoff = self.settings.retry_initial;
         let mut account = None;
         loop {
@@ -261,7 +261,7 @@ impl AcmeManager {
             if !wait.is_zero() {
                 tokio::select! {
                     _ = tokio::time::sleep(wait.min(Duration::from_secs(3600))) => continue,
-                    _ = stop.wait_for(|s| *s) => return,
+                    _ = stop.cancelled() => return,
                 }
             }
             let started = std::time::Instant::now();
@@ -286,7 +286,7 @@ impl AcmeManager {
             };
             tokio::select! {
                 _ = tokio::time::sleep(pause) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             }
         }
     }

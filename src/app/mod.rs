@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use crate::acme::{AcmeManager, ChallengeKind, Challenges};
@@ -21,6 +20,7 @@ use crate::proxy::Gateway;
 use crate::routing::{RouteHandle, RouteTable};
 use crate::server::{Listeners, Server, ServerError};
 use crate::tls::{self, CertManager};
+use tokio_util::sync::CancellationToken;
 
 /// Everything a running gateway shares: built from a validated [`Config`], before any bind.
 pub struct App {
@@ -146,11 +146,11 @@ impl App {
 /// Serve until `shutdown` resolves, then drain within `limits.shutdown_grace`.
 pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = ()>) {
     let app = Arc::new(app);
-    let (stop_tx, stop_rx) = watch::channel(false);
+    let stop = CancellationToken::new();
 
     if let Some(certs) = &app.certs {
         let (poll, debounce) = app.reload;
-        tokio::spawn(certs.clone().watch_files(poll, debounce, stop_rx.clone()));
+        tokio::spawn(certs.clone().watch_files(poll, debounce, stop.clone()));
     }
     if let Some(path) = app.config_path.clone() {
         let (poll, debounce) = app.reload;
@@ -160,10 +160,10 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
             poll,
             debounce,
         };
-        tokio::spawn(reloader.run(stop_rx.clone()));
+        tokio::spawn(reloader.run(stop.clone()));
     }
     match &app.kubernetes {
-        Some(kube) => spawn_kube_watchers(&app, kube.clone(), stop_rx.clone()),
+        Some(kube) => spawn_kube_watchers(&app, kube.clone(), stop.clone()),
         // Recommendations are exported as metrics even with nothing to scale.
         None => {
             let run = crate::autoscale::run(
@@ -171,13 +171,13 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
                 app.metrics.clone(),
                 None,
                 Duration::from_secs(1),
-                stop_rx.clone(),
+                stop.clone(),
             );
             tokio::spawn(run);
         }
     }
     if let Some(acme) = app.acme.lock().ok().and_then(|mut a| a.take()) {
-        tokio::spawn(acme.run(stop_rx.clone()));
+        tokio::spawn(acme.run(stop.clone()));
     }
     let admin = listeners
         .admin
@@ -186,9 +186,9 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
         app.admin.set_ready(true);
         shutdown.await;
         app.admin.set_ready(false);
-        let _ = stop_tx.send(true);
+        stop.cancel();
     };
-    let serving = crate::server::serve(app.server.clone(), listeners.tls, listeners.http, stop_rx);
+    let serving = crate::server::serve(app.server.clone(), listeners.tls, listeners.http, stop.clone());
     tokio::join!(serving, stopper);
     if let Some(a) = admin {
         a.abort();
@@ -200,7 +200,7 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
 fn spawn_kube_watchers(
     app: &App,
     kube: crate::discovery::KubeSettings,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let (routes, metrics) = (app.routes.clone(), app.metrics.clone());
     let certs = app.certs.clone();

@@ -11,9 +11,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::watch;
 
 use crate::discovery::RouteSources;
+use tokio_util::sync::CancellationToken;
 
 /// Sections read once at start.
 const RESTART_SECTIONS: [&str; 6] = [
@@ -37,7 +37,7 @@ fn sections(text: &str) -> Option<toml::Table> {
 }
 
 impl Reloader {
-    pub(super) async fn run(self, mut stop: watch::Receiver<bool>) {
+    pub(super) async fn run(self, stop: CancellationToken) {
         use tokio::signal::unix::{SignalKind, signal};
         let mut hup = match signal(SignalKind::hangup()) {
             Ok(s) => Some(s),
@@ -60,7 +60,7 @@ impl Reloader {
             let trigger = tokio::select! {
                 _ = hangup => "SIGHUP",
                 _ = tokio::time::sleep(self.poll) => "file changed",
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             };
             if trigger != "SIGHUP" {
                 match tokio::fs::read(&self.path).await {

@@ -10,7 +10,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::api::{Api, ObjectMeta, PostParams};
-use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Clone)]
 pub struct LeaseSettings {
@@ -76,7 +76,7 @@ pub async fn elect(
     client: Client,
     s: LeaseSettings,
     leader: Arc<AtomicBool>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let api: Api<Lease> = Api::namespaced(client, &s.namespace);
     loop {
@@ -92,7 +92,7 @@ pub async fn elect(
         }
         tokio::select! {
             _ = tokio::time::sleep(s.duration / 3) => {}
-            _ = stop.wait_for(|s| *s) => {
+            _ = stop.cancelled() => {
                 leader.store(false, Ordering::Release);
                 return;
             }

@@ -18,12 +18,12 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use kube::Client;
 use kube::api::{Api, ListParams, Patch, PatchParams};
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::config::AutoscaleConfig;
 use crate::metrics::Metrics;
 use crate::routing::RouteHandle;
+use tokio_util::sync::CancellationToken;
 
 /// `ceil(load / (target × max_concurrent))` within `min..=max`.
 pub fn desired_replicas(
@@ -83,7 +83,7 @@ pub async fn run(
     metrics: Metrics,
     scaler: Option<Scaler>,
     refresh: Duration,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let leader = Arc::new(AtomicBool::new(false));
     let mut electing = false;
@@ -91,7 +91,7 @@ pub async fn run(
     loop {
         tokio::select! {
             _ = tokio::time::sleep(refresh) => {}
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.cancelled() => return,
         }
         let now = Instant::now();
         let table = routes.load_full();

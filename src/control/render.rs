@@ -1,6 +1,28 @@
 //! The objects an attachment consists of, rendered from its [`Attachment`] alone (pure, so the
-//! plain manifests in deploy/ are checked against it and a re-run of attach converges).
+//! plain manifests in deploy/ are checked against it and a re-run of attach converges), as
+//! k8s-openapi's typed objects: a misspelt field does not compile.
 
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use k8s_openapi::api::apps::v1::{
+    Deployment, DeploymentSpec, DeploymentStrategy, RollingUpdateDeployment,
+};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
+    EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
+    Namespace, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service,
+    ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
+    WeightedPodAffinityTerm,
+};
+use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use serde_json::{Value, json};
 
 use super::spec::{Attachment, LoadBalancerType, TlsMode};
@@ -34,11 +56,15 @@ pub const DEFAULT_IMAGE: &str = concat!("scoregate:", env!("CARGO_PKG_VERSION"))
 
 /// The labels every object of the attachment carries (detach deletes by them).
 pub fn labels(a: &Attachment) -> Value {
-    json!({
-        "app.kubernetes.io/name": APP,
-        LABEL_MANAGED_BY: MANAGER,
-        LABEL_COMPUTE: a.compute,
-    })
+    json!(label_map(a))
+}
+
+fn label_map(a: &Attachment) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), APP.into()),
+        (LABEL_MANAGED_BY.into(), MANAGER.into()),
+        (LABEL_COMPUTE.into(), a.compute.clone()),
+    ])
 }
 
 /// `app.kubernetes.io/managed-by=scoregate,scoregate.io/compute=<name>`.
@@ -46,12 +72,19 @@ pub fn selector(compute: &str) -> String {
     format!("{LABEL_MANAGED_BY}={MANAGER},{LABEL_COMPUTE}={compute}")
 }
 
-fn meta(a: &Attachment, name: &str, namespaced: bool) -> Value {
-    let mut m = json!({ "name": name, "labels": labels(a) });
-    if namespaced {
-        m["namespace"] = json!(a.namespace);
+fn meta(a: &Attachment, name: &str, namespaced: bool) -> ObjectMeta {
+    ObjectMeta {
+        name: Some(name.into()),
+        namespace: namespaced.then(|| a.namespace.clone()),
+        labels: Some(label_map(a)),
+        ..ObjectMeta::default()
     }
-    m
+}
+
+/// A typed object as the JSON the API server and the YAML output take (`apiVersion` and
+/// `kind` included by k8s-openapi's serializer).
+fn value<K: serde::Serialize>(object: K) -> Value {
+    serde_json::to_value(object).unwrap_or(Value::Null)
 }
 
 /// The gateway's configuration file for this attachment.
@@ -89,59 +122,89 @@ pub fn gateway_config(a: &Attachment) -> String {
 /// Every object, in apply order. The TLS Secret is rendered only with its data (`pem`).
 pub fn objects(a: &Attachment, pem: Option<&(Vec<u8>, Vec<u8>)>) -> Vec<Value> {
     let mut out = vec![
-        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": meta(a, GATEWAY, true)}),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": meta(a, DISCOVERY_ROLE, false),
-            "rules": [{"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"],
-                       "verbs": ["get", "list", "watch"]}],
+        value(ServiceAccount {
+            metadata: meta(a, GATEWAY, true),
+            ..ServiceAccount::default()
         }),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
-            "metadata": meta(a, AUTOSCALER_ROLE, false),
-            "rules": [
-                {"apiGroups": ["apps"], "resources": ["deployments/scale"], "verbs": ["get", "patch"]},
-                {"apiGroups": ["autoscaling"], "resources": ["horizontalpodautoscalers"], "verbs": ["list"]},
-            ],
+        value(ClusterRole {
+            metadata: meta(a, DISCOVERY_ROLE, false),
+            rules: Some(vec![rule(
+                "discovery.k8s.io",
+                "endpointslices",
+                None,
+                &["get", "list", "watch"],
+            )]),
+            ..ClusterRole::default()
         }),
-        cluster_binding(a, DISCOVERY_ROLE),
-        cluster_binding(a, AUTOSCALER_ROLE),
+        value(ClusterRole {
+            metadata: meta(a, AUTOSCALER_ROLE, false),
+            rules: Some(vec![
+                rule("apps", "deployments/scale", None, &["get", "patch"]),
+                rule("autoscaling", "horizontalpodautoscalers", None, &["list"]),
+            ]),
+            ..ClusterRole::default()
+        }),
+        value(ClusterRoleBinding {
+            metadata: meta(a, DISCOVERY_ROLE, false),
+            role_ref: role_ref("ClusterRole", DISCOVERY_ROLE),
+            subjects: Some(vec![gateway_subject(a)]),
+        }),
+        value(ClusterRoleBinding {
+            metadata: meta(a, AUTOSCALER_ROLE, false),
+            role_ref: role_ref("ClusterRole", AUTOSCALER_ROLE),
+            subjects: Some(vec![gateway_subject(a)]),
+        }),
         role(a),
-        json!({
-            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
-            "metadata": meta(a, GATEWAY, true),
-            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": GATEWAY},
-            "subjects": [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": a.namespace}],
+        value(RoleBinding {
+            metadata: meta(a, GATEWAY, true),
+            role_ref: role_ref("Role", GATEWAY),
+            subjects: Some(vec![gateway_subject(a)]),
         }),
-        json!({
-            "apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(a, CONFIG_MAP, true),
-            "data": {"scoregate.toml": gateway_config(a)},
+        value(ConfigMap {
+            metadata: meta(a, CONFIG_MAP, true),
+            data: Some(BTreeMap::from([(
+                "scoregate.toml".into(),
+                gateway_config(a),
+            )])),
+            ..ConfigMap::default()
         }),
         // Its `services.toml` belongs to the operator: attach owns only the labels.
-        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": meta(a, SERVICES_CONFIG_MAP, true)}),
+        value(ConfigMap {
+            metadata: meta(a, SERVICES_CONFIG_MAP, true),
+            ..ConfigMap::default()
+        }),
     ];
     if let (TlsMode::Custom { .. }, Some((cert, key))) = (&a.tls, pem) {
-        use base64::Engine as _;
-        let encode = |b: &[u8]| base64::engine::general_purpose::STANDARD.encode(b);
-        out.push(json!({
-            "apiVersion": "v1", "kind": "Secret", "metadata": meta(a, TLS_SECRET, true),
-            "type": "Opaque",
-            "data": {"cert.pem": encode(cert), "key.pem": encode(key)},
+        out.push(value(Secret {
+            metadata: meta(a, TLS_SECRET, true),
+            type_: Some("Opaque".into()),
+            data: Some(BTreeMap::from([
+                ("cert.pem".into(), ByteString(cert.clone())),
+                ("key.pem".into(), ByteString(key.clone())),
+            ])),
+            ..Secret::default()
         }));
     }
     out.push(deployment(a));
-    out.push(json!({
-        "apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": meta(a, GATEWAY, true),
-        "spec": {"maxUnavailable": 1, "selector": {"matchLabels": pod_selector(a)}},
+    out.push(value(PodDisruptionBudget {
+        metadata: meta(a, GATEWAY, true),
+        spec: Some(PodDisruptionBudgetSpec {
+            max_unavailable: Some(IntOrString::Int(1)),
+            selector: Some(pod_selector(a)),
+            ..PodDisruptionBudgetSpec::default()
+        }),
+        ..PodDisruptionBudget::default()
     }));
     out.push(load_balancer(a));
-    out.push(json!({
-        "apiVersion": "v1", "kind": "Service", "metadata": meta(a, INTERNAL_SERVICE, true),
-        "spec": {
-            "type": "ClusterIP",
-            "selector": pod_selector(a),
-            "ports": [{"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"}],
-        },
+    out.push(value(Service {
+        metadata: meta(a, INTERNAL_SERVICE, true),
+        spec: Some(ServiceSpec {
+            type_: Some("ClusterIP".into()),
+            selector: Some(pod_labels(a)),
+            ports: Some(vec![service_port("http", 80)]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
     }));
     out
 }
@@ -151,41 +214,120 @@ pub fn pod_label_selector(compute: &str) -> String {
     format!("app.kubernetes.io/name={APP},{LABEL_COMPUTE}={compute}")
 }
 
-fn pod_selector(a: &Attachment) -> Value {
-    json!({"app.kubernetes.io/name": APP, LABEL_COMPUTE: a.compute})
+fn pod_labels(a: &Attachment) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        ("app.kubernetes.io/name".into(), APP.into()),
+        (LABEL_COMPUTE.into(), a.compute.clone()),
+    ])
 }
 
-fn cluster_binding(a: &Attachment, role: &str) -> Value {
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
-        "metadata": meta(a, role, false),
-        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
-        "subjects": [{"kind": "ServiceAccount", "name": GATEWAY, "namespace": a.namespace}],
-    })
+fn pod_selector(a: &Attachment) -> LabelSelector {
+    LabelSelector {
+        match_labels: Some(pod_labels(a)),
+        ..LabelSelector::default()
+    }
+}
+
+fn rule(group: &str, resource: &str, name: Option<&str>, verbs: &[&str]) -> PolicyRule {
+    PolicyRule {
+        api_groups: Some(vec![group.into()]),
+        resources: Some(vec![resource.into()]),
+        resource_names: name.map(|n| vec![n.into()]),
+        verbs: verbs.iter().map(|v| (*v).into()).collect(),
+        ..PolicyRule::default()
+    }
+}
+
+fn role_ref(kind: &str, name: &str) -> RoleRef {
+    RoleRef {
+        api_group: "rbac.authorization.k8s.io".into(),
+        kind: kind.into(),
+        name: name.into(),
+    }
+}
+
+fn gateway_subject(a: &Attachment) -> Subject {
+    Subject {
+        kind: "ServiceAccount".into(),
+        name: GATEWAY.into(),
+        namespace: Some(a.namespace.clone()),
+        ..Subject::default()
+    }
+}
+
+fn service_port(name: &str, port: i32) -> ServicePort {
+    ServicePort {
+        name: Some(name.into()),
+        port,
+        target_port: Some(IntOrString::String(name.into())),
+        protocol: Some("TCP".into()),
+        ..ServicePort::default()
+    }
 }
 
 /// Least privilege in the gateway's namespace: its TLS Secret and services ConfigMap by name
 /// (list/watch by resourceNames work because the gateway watches with a fieldSelector), and
 /// the autoscaler's Lease.
 fn role(a: &Attachment) -> Value {
-    let mut rules = vec![json!({
-        "apiGroups": [""], "resources": ["configmaps"], "resourceNames": [SERVICES_CONFIG_MAP],
-        "verbs": ["get", "list", "watch"],
-    })];
+    let mut rules = vec![rule(
+        "",
+        "configmaps",
+        Some(SERVICES_CONFIG_MAP),
+        &["get", "list", "watch"],
+    )];
     if matches!(a.tls, TlsMode::Custom { .. }) {
-        rules.push(json!({
-            "apiGroups": [""], "resources": ["secrets"], "resourceNames": [TLS_SECRET],
-            "verbs": ["get", "list", "watch"],
-        }));
+        rules.push(rule(
+            "",
+            "secrets",
+            Some(TLS_SECRET),
+            &["get", "list", "watch"],
+        ));
     }
-    rules.push(json!({
-        "apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
-        "verbs": ["get", "create", "update"],
-    }));
-    json!({
-        "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role",
-        "metadata": meta(a, GATEWAY, true), "rules": rules,
+    rules.push(rule(
+        "coordination.k8s.io",
+        "leases",
+        None,
+        &["get", "create", "update"],
+    ));
+    value(Role {
+        metadata: meta(a, GATEWAY, true),
+        rules: Some(rules),
     })
+}
+
+fn container_port(name: &str, port: u16) -> ContainerPort {
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: i32::from(port),
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
+        period_seconds: Some(period),
+        ..Probe::default()
+    }
 }
 
 fn deployment(a: &Attachment) -> Value {
@@ -193,125 +335,201 @@ fn deployment(a: &Attachment) -> Value {
     let hash = sha256_hex(config.as_bytes());
     let mut ports = vec![];
     if a.tls != TlsMode::Disabled {
-        ports.push(json!({"name": "https", "containerPort": TLS_PORT, "protocol": "TCP"}));
+        ports.push(container_port("https", TLS_PORT));
     }
-    ports.push(json!({"name": "http", "containerPort": HTTP_PORT, "protocol": "TCP"}));
-    ports.push(json!({"name": "admin", "containerPort": ADMIN_PORT, "protocol": "TCP"}));
-    let mut mounts =
-        vec![json!({"name": "config", "mountPath": "/etc/scoregate", "readOnly": true})];
-    let mut volumes = vec![json!({"name": "config", "configMap": {"name": CONFIG_MAP}})];
+    ports.push(container_port("http", HTTP_PORT));
+    ports.push(container_port("admin", ADMIN_PORT));
+    let mut mounts = vec![VolumeMount {
+        name: "config".into(),
+        mount_path: "/etc/scoregate".into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }];
+    let mut volumes = vec![Volume {
+        name: "config".into(),
+        config_map: Some(ConfigMapVolumeSource {
+            name: CONFIG_MAP.into(),
+            ..ConfigMapVolumeSource::default()
+        }),
+        ..Volume::default()
+    }];
     if matches!(a.tls, TlsMode::Auto { .. }) {
-        mounts.push(json!({"name": "state", "mountPath": "/var/lib/scoregate"}));
-        volumes.push(json!({"name": "state", "emptyDir": {}}));
+        mounts.push(VolumeMount {
+            name: "state".into(),
+            mount_path: "/var/lib/scoregate".into(),
+            ..VolumeMount::default()
+        });
+        volumes.push(Volume {
+            name: "state".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
     }
-    json!({
-        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta(a, GATEWAY, true),
-        "spec": {
-            "replicas": a.purpose.replicas(),
-            "selector": {"matchLabels": pod_selector(a)},
-            "strategy": {"type": "RollingUpdate", "rollingUpdate": {"maxUnavailable": 0, "maxSurge": 1}},
-            "template": {
-                "metadata": {
-                    "labels": labels(a),
-                    "annotations": {
-                        ANNOTATION_CONFIG_HASH: hash,
-                        "prometheus.io/scrape": "true",
-                        "prometheus.io/port": ADMIN_PORT.to_string(),
+    let container = Container {
+        name: "scoregate".into(),
+        image: Some(a.image.clone()),
+        args: Some(
+            ["serve", "--config", "/etc/scoregate/scoregate.toml"]
+                .map(String::from)
+                .to_vec(),
+        ),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+        ]),
+        ports: Some(ports),
+        // Terminating, the pod leaves the Service's endpoints while it still serves:
+        // kube-proxy and the load balancer stop sending new connections before SIGTERM closes
+        // the listeners (then in-flight requests drain).
+        lifecycle: Some(Lifecycle {
+            pre_stop: Some(LifecycleHandler {
+                sleep: Some(SleepAction {
+                    seconds: i64::from(PRESTOP_SECONDS),
+                }),
+                ..LifecycleHandler::default()
+            }),
+            ..Lifecycle::default()
+        }),
+        readiness_probe: Some(http_probe("/readyz", 2)),
+        liveness_probe: Some(http_probe("/healthz", 10)),
+        resources: Some(ResourceRequirements {
+            requests: Some(BTreeMap::from([
+                ("cpu".into(), Quantity("500m".into())),
+                ("memory".into(), Quantity("128Mi".into())),
+            ])),
+            limits: Some(BTreeMap::from([(
+                "memory".into(),
+                Quantity("512Mi".into()),
+            )])),
+            ..ResourceRequirements::default()
+        }),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+    let pod = PodSpec {
+        service_account_name: Some(GATEWAY.into()),
+        termination_grace_period_seconds: Some(40),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(10001),
+            run_as_group: Some(10001),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
+            ..PodSecurityContext::default()
+        }),
+        affinity: Some(Affinity {
+            pod_anti_affinity: Some(PodAntiAffinity {
+                preferred_during_scheduling_ignored_during_execution: Some(vec![
+                    WeightedPodAffinityTerm {
+                        weight: 100,
+                        pod_affinity_term: PodAffinityTerm {
+                            topology_key: "kubernetes.io/hostname".into(),
+                            label_selector: Some(pod_selector(a)),
+                            ..PodAffinityTerm::default()
+                        },
                     },
-                },
-                "spec": {
-                    "serviceAccountName": GATEWAY,
-                    "terminationGracePeriodSeconds": 40,
-                    "securityContext": {
-                        "runAsNonRoot": true, "runAsUser": 10001, "runAsGroup": 10001,
-                        "seccompProfile": {"type": "RuntimeDefault"},
-                    },
-                    "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{
-                        "weight": 100,
-                        "podAffinityTerm": {
-                            "topologyKey": "kubernetes.io/hostname",
-                            "labelSelector": {"matchLabels": pod_selector(a)},
-                        },
-                    }]}},
-                    "containers": [{
-                        "name": "scoregate",
-                        "image": a.image,
-                        "args": ["serve", "--config", "/etc/scoregate/scoregate.toml"],
-                        "env": [
-                            {"name": "POD_NAME", "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
-                            {"name": "POD_NAMESPACE", "valueFrom": {"fieldRef": {"fieldPath": "metadata.namespace"}}},
-                        ],
-                        "ports": ports,
-                        // Terminating, the pod leaves the Service's endpoints while it still
-                        // serves: kube-proxy and the load balancer stop sending new connections
-                        // before SIGTERM closes the listeners (then in-flight requests drain).
-                        "lifecycle": {"preStop": {"sleep": {"seconds": PRESTOP_SECONDS}}},
-                        "readinessProbe": {"httpGet": {"path": "/readyz", "port": "admin"}, "periodSeconds": 2},
-                        "livenessProbe": {"httpGet": {"path": "/healthz", "port": "admin"}, "periodSeconds": 10},
-                        "resources": {
-                            "requests": {"cpu": "500m", "memory": "128Mi"},
-                            "limits": {"memory": "512Mi"},
-                        },
-                        "securityContext": {
-                            "allowPrivilegeEscalation": false,
-                            "readOnlyRootFilesystem": true,
-                            "capabilities": {"drop": ["ALL"]},
-                        },
-                        "volumeMounts": mounts,
-                    }],
-                    "volumes": volumes,
-                },
+                ]),
+                ..PodAntiAffinity::default()
+            }),
+            ..Affinity::default()
+        }),
+        containers: vec![container],
+        volumes: Some(volumes),
+        ..PodSpec::default()
+    };
+    value(Deployment {
+        metadata: meta(a, GATEWAY, true),
+        spec: Some(DeploymentSpec {
+            replicas: Some(a.purpose.replicas()),
+            selector: pod_selector(a),
+            strategy: Some(DeploymentStrategy {
+                type_: Some("RollingUpdate".into()),
+                rolling_update: Some(RollingUpdateDeployment {
+                    max_unavailable: Some(IntOrString::Int(0)),
+                    max_surge: Some(IntOrString::Int(1)),
+                }),
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(label_map(a)),
+                    annotations: Some(BTreeMap::from([
+                        (ANNOTATION_CONFIG_HASH.into(), hash),
+                        ("prometheus.io/scrape".into(), "true".into()),
+                        ("prometheus.io/port".into(), ADMIN_PORT.to_string()),
+                    ])),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(pod),
             },
-        },
+            ..DeploymentSpec::default()
+        }),
+        ..Deployment::default()
     })
 }
 
 fn load_balancer(a: &Attachment) -> Value {
-    let mut annotations = serde_json::Map::new();
+    let mut annotations = BTreeMap::new();
     if a.load_balancer == LoadBalancerType::InternalLoadBalancer {
-        annotations.insert(ANNOTATION_INTERNAL.into(), json!("true"));
+        annotations.insert(ANNOTATION_INTERNAL.to_string(), "true".to_string());
         annotations.insert(
-            ANNOTATION_SUBNET.into(),
-            json!(
-                a.subnet
-                    .clone()
-                    .unwrap_or_else(|| super::spec::DEFAULT_SUBNET.into())
-            ),
+            ANNOTATION_SUBNET.to_string(),
+            a.subnet
+                .clone()
+                .unwrap_or_else(|| super::spec::DEFAULT_SUBNET.into()),
         );
     }
     if let TlsMode::Auto { label, suffix, .. } = &a.tls {
-        annotations.insert(
-            ANNOTATION_DNS_LABEL.into(),
-            json!(format!("{label}{suffix}")),
-        );
+        annotations.insert(ANNOTATION_DNS_LABEL.to_string(), format!("{label}{suffix}"));
     }
     let mut metadata = meta(a, GATEWAY, true);
-    if !annotations.is_empty() {
-        metadata["annotations"] = Value::Object(annotations);
-    }
+    metadata.annotations = (!annotations.is_empty()).then_some(annotations);
     let port = if a.tls == TlsMode::Disabled {
-        json!({"name": "http", "port": 80, "targetPort": "http", "protocol": "TCP"})
+        service_port("http", 80)
     } else {
-        json!({"name": "https", "port": 443, "targetPort": "https", "protocol": "TCP"})
+        service_port("https", 443)
     };
-    json!({
-        "apiVersion": "v1", "kind": "Service", "metadata": metadata,
-        "spec": {"type": "LoadBalancer", "selector": pod_selector(a), "ports": [port]},
+    value(Service {
+        metadata,
+        spec: Some(ServiceSpec {
+            type_: Some("LoadBalancer".into()),
+            selector: Some(pod_labels(a)),
+            ports: Some(vec![port]),
+            ..ServiceSpec::default()
+        }),
+        ..Service::default()
     })
 }
 
 /// The namespace (attach creates it only when missing; the plain manifests include it).
 pub fn namespace(a: &Attachment) -> Value {
-    json!({"apiVersion": "v1", "kind": "Namespace", "metadata": meta(a, &a.namespace, false)})
+    value(Namespace {
+        metadata: meta(a, &a.namespace, false),
+        ..Namespace::default()
+    })
 }
 
 /// The marker ConfigMap recording `a` in the cluster.
 pub fn marker(a: &Attachment) -> Value {
-    let mut m = meta(a, MARKER, false);
-    m["namespace"] = json!(MARKER_NAMESPACE);
-    json!({
-        "apiVersion": "v1", "kind": "ConfigMap", "metadata": m,
-        "data": {"attachment.json": serde_json::to_string_pretty(a).unwrap_or_default()},
+    let mut metadata = meta(a, MARKER, false);
+    metadata.namespace = Some(MARKER_NAMESPACE.into());
+    value(ConfigMap {
+        metadata,
+        data: Some(BTreeMap::from([(
+            "attachment.json".into(),
+            serde_json::to_string_pretty(a).unwrap_or_default(),
+        )])),
+        ..ConfigMap::default()
     })
 }
 

@@ -16,6 +16,7 @@ use crate::app::{self, App};
 use crate::config::{self, ConfigErrors};
 use crate::server::{Listeners, ServerError};
 use crate::tls::{SelfSigned, TlsError};
+use tokio_util::sync::CancellationToken;
 
 pub const SERVICE: &str = "iris";
 const REPLICAS: usize = 2;
@@ -175,11 +176,11 @@ replicas = [{replicas}]
     let listeners = Listeners::bind(&config.listen).await?;
     let bound = listeners.addrs();
 
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stop = CancellationToken::new();
     for l in replica_listeners {
-        let mut rx = stop_rx.clone();
+        let rx = stop.clone();
         tokio::spawn(model::serve(l, async move {
-            let _ = rx.wait_for(|s| *s).await;
+            rx.cancelled().await;
         }));
     }
     let port = bound.tls.map(|a| a.port()).unwrap_or(opts.listen.port());
@@ -202,6 +203,6 @@ replicas = [{replicas}]
     drop(out);
 
     app::run(app, listeners, shutdown).await;
-    let _ = stop_tx.send(true);
+    stop.cancel();
     Ok(())
 }

@@ -16,11 +16,11 @@ use kube::runtime::WatchStreamExt;
 use kube::runtime::reflector;
 use kube::runtime::watcher::{self, Event};
 use kube::{Api, Client};
-use tokio::sync::watch;
 
 use super::RouteSources;
 use crate::metrics::DiscoveryMetrics;
 use crate::routing::Discovered;
+use tokio_util::sync::CancellationToken;
 
 pub const SERVICE_LABEL: &str = "scoregate.io/service";
 pub const VERSION_LABEL: &str = "scoregate.io/version";
@@ -83,7 +83,7 @@ pub async fn run(
     client: Client,
     namespace: Option<String>,
     sources: Arc<RouteSources>,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let metrics = sources.metrics().clone();
     let api: Api<EndpointSlice> = match &namespace {
@@ -130,7 +130,7 @@ pub async fn run(
                 tracing::info!(versions = discovered.len(), replicas, "routes rebuilt from EndpointSlices");
                 sources.set_discovered(discovered);
             }
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.cancelled() => return,
         }
     }
 }

@@ -7,9 +7,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use tokio::sync::watch;
 
 use super::{Named, RouteSources, watch_named};
+use tokio_util::sync::CancellationToken;
 
 /// Keys shorter than this are refused (the config file's rule).
 const MIN_KEY_LEN: usize = 16;
@@ -45,7 +45,7 @@ pub async fn watch(
     namespace: String,
     name: String,
     sources: Arc<RouteSources>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     let reloads = sources.metrics().discovery.config_reloads.clone();

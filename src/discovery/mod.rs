@@ -22,6 +22,7 @@ use std::sync::Arc;
 use crate::config::{AuthConfig, ServiceConfig};
 use crate::metrics::Metrics;
 use crate::routing::{Discovered, RouteHandle, RouteTable};
+use tokio_util::sync::CancellationToken;
 
 /// The inputs of the route table — services from the file (and the ConfigMap) and replicas from
 /// EndpointSlices — and the one place that turns them into a new snapshot.
@@ -53,7 +54,7 @@ impl std::fmt::Debug for RouteSources {
 struct KeyWatch {
     client: Client,
     namespace: String,
-    stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
     watched: std::collections::HashSet<String>,
 }
 
@@ -119,7 +120,7 @@ impl RouteSources {
         self: &Arc<Self>,
         client: Client,
         namespace: String,
-        stop: tokio::sync::watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         if let Ok(mut w) = self.key_watch.lock() {
             *w = Some(KeyWatch {
@@ -201,7 +202,7 @@ pub(crate) enum Named<K> {
 pub(crate) async fn watch_named<K>(
     api: kube::Api<K>,
     name: &str,
-    mut stop: tokio::sync::watch::Receiver<bool>,
+    stop: CancellationToken,
     mut on: impl FnMut(Named<K>),
 ) where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug + Send + 'static,
@@ -219,7 +220,7 @@ pub(crate) async fn watch_named<K>(
                 Some(e) => e,
                 None => return,
             },
-            _ = stop.wait_for(|s| *s) => return,
+            _ = stop.cancelled() => return,
         };
         match event {
             Ok(Event::Apply(obj) | Event::InitApply(obj)) => {

@@ -7,10 +7,10 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::Secret;
 use kube::{Api, Client};
-use tokio::sync::watch;
 
 use super::{Named, watch_named};
 use crate::tls::CertManager;
+use tokio_util::sync::CancellationToken;
 
 /// The certificate and key in a Secret, by either accepted layout.
 pub fn material(secret: &Secret) -> Option<(&[u8], &[u8])> {
@@ -30,7 +30,7 @@ pub async fn watch(
     name: String,
     certs: Arc<CertManager>,
     slot: usize,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let api: Api<Secret> = Api::namespaced(client, &namespace);
     watch_named(api, &name.clone(), stop, |event| match event {

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use k8s_openapi::api::core::v1::ConfigMap;
 use kube::{Api, Client};
-use tokio::sync::watch;
 
 use super::{Named, RouteSources, watch_named};
+use tokio_util::sync::CancellationToken;
 
 pub const KEY: &str = "services.toml";
 
@@ -20,7 +20,7 @@ pub async fn watch(
     name: String,
     discovery: bool,
     sources: Arc<RouteSources>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let api: Api<ConfigMap> = Api::namespaced(client, &namespace);
     let reloads = sources.metrics().discovery.config_reloads.clone();

@@ -22,7 +22,6 @@ use bytes::{BufMut, Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::idle::InFlight;
@@ -30,6 +29,7 @@ use crate::http1::Framing;
 use crate::http1::request::{Take, take_request};
 use crate::http1::response::{framing, put_head};
 use crate::proxy::{Answer, ClientBody, ClientHead, ConnInfo, Gateway, ProxyBody};
+use tokio_util::sync::CancellationToken;
 
 /// Read room reserved at a time.
 const READ_ROOM: usize = 4096;
@@ -75,7 +75,7 @@ struct Session {
     timer: Pin<Box<Sleep>>,
     /// Fires once when the gateway starts shutting down; `None` after.
     stop: Option<StopFuture>,
-    stop_rx: watch::Receiver<bool>,
+    stop_rx: CancellationToken,
 }
 
 /// Serve `io` until it closes or a request needs hyper. (A plain function returning its future:
@@ -86,18 +86,18 @@ pub fn serve<'a, I>(
     info: ConnInfo,
     settings: &'a Settings,
     in_flight: &'a InFlight,
-    stop_rx: watch::Receiver<bool>,
+    stop_rx: CancellationToken,
 ) -> impl Future<Output = Ended> + 'a
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let mut rx = stop_rx.clone();
+    let rx = stop_rx.clone();
     let mut s = Session {
         buf: BytesMut::new(),
         out: BytesMut::new(),
         timer: Box::pin(tokio::time::sleep(settings.header_read_timeout)),
         stop: Some(Box::pin(async move {
-            let _ = rx.wait_for(|s| *s).await;
+            rx.cancelled().await;
         })),
         stop_rx,
     };
@@ -136,7 +136,7 @@ where
                     Read::Stop => deadline = deadline.min(Instant::now() + STOP_LINGER),
                     Read::Eof => return finish(io).await,
                     Read::Timeout => {
-                        if !*s.stop_rx.borrow() {
+                        if !s.stop_rx.is_cancelled() {
                             tracing::debug!(remote = %info.remote, "request head not received within header_read_timeout_ms; closing");
                         }
                         return finish(io).await;
@@ -152,7 +152,7 @@ where
             let answer =
                 Box::pin(gateway.serve(ClientHead::Raw(head), ClientBody::Whole(body), info));
             let resp = answer.await;
-            let close = close || *s.stop_rx.borrow();
+            let close = close || s.stop_rx.is_cancelled();
             let sent = s.respond(io, resp, close).await;
             drop(busy);
             // After a large request, an idle keep-alive connection does not keep its buffer.

@@ -23,7 +23,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::Semaphore;
 use tokio_rustls::TlsAcceptor;
 
 use idle::{IdleIo, InFlight};
@@ -35,6 +35,7 @@ use crate::config::Limits;
 use crate::metrics::{HandshakeMetrics, Metrics, MetricsError};
 use crate::proxy::{ConnInfo, Gateway};
 use crate::tls::TlsError;
+use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
@@ -98,7 +99,7 @@ pub async fn serve(
     server: Arc<Server>,
     tls: Option<TcpListener>,
     http: Option<TcpListener>,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
     let conn_limit = Arc::new(Semaphore::new(server.limits.max_connections));
@@ -120,8 +121,7 @@ pub async fn serve(
         }
     };
     let announce = async {
-        let mut stop = stop.clone();
-        stopped(&mut stop).await;
+        stop.cancelled().await;
         tracing::info!(
             open_connections = graceful.count(),
             grace_ms = server.limits.shutdown_grace.as_millis() as u64,
@@ -148,7 +148,7 @@ impl AcceptCtx<'_> {
         &self,
         listener: TcpListener,
         acceptor: Option<TlsAcceptor>,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(5);
         loop {
@@ -163,7 +163,7 @@ impl AcceptCtx<'_> {
                         continue;
                     }
                 },
-                _ = stopped(&mut stop) => return,
+                _ = stop.cancelled() => return,
             };
             // At the cap, this one connection waits (unserved, no handshake) for a slot and the
             // rest stay in the kernel's backlog. Taking the slot after `accept` keeps an idle
@@ -173,7 +173,7 @@ impl AcceptCtx<'_> {
                     Ok(p) => p,
                     Err(_) => return,
                 },
-                _ = stopped(&mut stop) => return,
+                _ = stop.cancelled() => return,
             };
             let _ = stream.set_nodelay(true);
             let conn = Conn {
@@ -263,7 +263,7 @@ struct Conn {
     builder: Arc<auto::Builder<TokioExecutor>>,
     /// Held while the fast path serves, so the drain waits for it too; given to hyper after.
     watcher: Watcher,
-    stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 }
 
 impl Conn {
@@ -400,10 +400,6 @@ fn conn_builder(limits: &Limits) -> auto::Builder<TokioExecutor> {
     b
 }
 
-async fn stopped(stop: &mut watch::Receiver<bool>) {
-    let _ = stop.wait_for(|s| *s).await;
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,7 +426,7 @@ mod tests {
             builder: Arc::new(conn_builder(&app.limits)),
             server: app.clone(),
             watcher: graceful.watcher(),
-            stop: watch::channel(false).1,
+            stop: CancellationToken::new(),
         };
         let slot = Arc::new(Semaphore::new(1))
             .acquire_owned()

@@ -8,11 +8,11 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use tokio::sync::watch;
 use tokio::time::Instant;
 
 use super::{CertHandle, CertStore, LoadedCert, Policy, TlsError, load_pem_pair, validate};
 use crate::metrics::CertMetrics;
+use tokio_util::sync::CancellationToken;
 
 /// Where a certificate slot's material comes from.
 #[derive(Debug, Clone)]
@@ -22,9 +22,9 @@ pub enum CertSource {
         key: PathBuf,
     },
     SelfSigned,
-    /// Issued by the ACME loop ([`crate::acme`]); starts on the stored or a placeholder certificate.
+    /// Issued by the ACME loop (`acme`); starts on the stored or a placeholder certificate.
     Acme,
-    /// A Kubernetes Secret, watched ([`crate::discovery::secret`]); not ready until it arrives.
+    /// A Kubernetes Secret, watched (`discovery::secret`); not ready until it arrives.
     Secret {
         namespace: String,
         name: String,
@@ -247,7 +247,7 @@ impl CertManager {
         self: Arc<Self>,
         poll: Duration,
         debounce: Duration,
-        mut stop: watch::Receiver<bool>,
+        stop: CancellationToken,
     ) {
         let files = self.file_slots();
         if files.is_empty() {
@@ -268,7 +268,7 @@ impl CertManager {
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(poll) => {}
-                _ = stop.wait_for(|s| *s) => return,
+                _ = stop.cancelled() => return,
             }
             for w in &mut state {
                 w.tick(&self, debounce).await;

@@ -22,7 +22,7 @@ use crate::config::{Protocol, ServiceSettings};
 use crate::request::forward::Forward;
 pub use crate::request::forward::UpstreamBody;
 use crate::request::{ClientBody, ClientHead};
-pub use outlier::{Ejection, Outcome};
+pub use outlier::Outcome;
 pub use replica::{ClientBodyError, Failure, Replica, UpstreamError};
 
 /// A request on its way to a replica: the client's head and body and what forwarding adds.

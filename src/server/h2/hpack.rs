@@ -171,6 +171,7 @@ impl Decoder {
     }
 
     /// The dynamic table's size as RFC 7541 §4.1 counts it (never above the current maximum).
+    #[cfg(feature = "fuzzing")]
     pub fn table_size(&self) -> usize {
         self.size
     }

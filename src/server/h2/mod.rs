@@ -23,9 +23,7 @@ use std::future::{Future, poll_fn};
 use std::pin::Pin;
 
 use tokio::io::{AsyncRead, AsyncWrite};
-use tokio::sync::watch;
 
-pub use crate::request::recv::RecvBody;
 
 /// How long after announcing a shutdown the final GOAWAY follows when the client does not
 /// answer the PING sooner.
@@ -36,6 +34,7 @@ pub const PREFACE_START: &[u8] = b"PRI * HTTP/2.0\r\n";
 
 use super::idle::InFlight;
 use crate::proxy::{ConnInfo, Gateway};
+use tokio_util::sync::CancellationToken;
 
 /// Serve an HTTP/2 connection until it closes.
 pub async fn serve<I>(
@@ -44,14 +43,14 @@ pub async fn serve<I>(
     info: ConnInfo,
     max_header: usize,
     in_flight: &InFlight,
-    mut stop: watch::Receiver<bool>,
+    stop: CancellationToken,
 ) where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let mut conn = conn::Conn::new(gateway, info, in_flight, max_header);
     let mut stopping: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
         Some(Box::pin(async move {
-            let _ = stop.wait_for(|s| *s).await;
+            stop.cancelled().await;
         }));
     // On shutdown: announce it, then the final GOAWAY once the client answered the PING (or
     // after a second): no stream the client sent meanwhile is refused.
@@ -83,7 +82,7 @@ pub async fn serve<I>(
 /// Serve one HTTP/2 connection on its own, with no shutdown signal: for the frame-level fuzz
 /// target (`fuzz/fuzz_targets/h2_conn.rs`), which drives it over an in-memory pipe. Returns the
 /// requests still counted as in flight once the connection is over (every stream ended: 0).
-#[doc(hidden)]
+#[cfg(feature = "fuzzing")]
 pub async fn serve_alone<I>(
     io: &mut I,
     gateway: &Gateway,
@@ -94,7 +93,7 @@ where
     I: AsyncRead + AsyncWrite + Unpin,
 {
     let in_flight = InFlight::default();
-    let (_keep, stop) = watch::channel(false);
+    let stop = CancellationToken::new();
     serve(io, gateway, info, max_header, &in_flight, stop).await;
     in_flight.count()
 }
