@@ -6,6 +6,8 @@
 //!   cargo bench --bench handshakes -- ADDR SECONDS CONCURRENCY full|resumed [PATH] [KEY]
 //!   … ADDR SECONDS CONNECTIONS idle     hold CONNECTIONS TLS connections open (the RSS test);
 //!                                       prints `{"open": N}` once they are all up
+//!   … ADDR SECONDS CONNECTIONS idle-post PATH KEY
+//!                                       the same, each after one scoring POST answered 200 on it
 //!   … ADDR SECONDS CONNECTIONS rate-tls|rate-plain PATH KEY RATE
 //!                                       open-loop keep-alive load at RATE req/s; latency from
 //!                                       each request's scheduled time (no coordinated
@@ -112,7 +114,11 @@ fn main() {
     let secs: u64 = args[1].parse().expect("SECONDS");
     let conc: usize = args[2].parse().expect("CONCURRENCY");
     match args[3].as_str() {
-        "idle" => return idle(addr, secs, conc),
+        "idle" => return idle(addr, secs, conc, None),
+        "idle-post" => {
+            let req = request(&args[4], Some(&args[5]), false);
+            return idle(addr, secs, conc, Some(req));
+        }
         mode @ ("rate-tls" | "rate-plain") => {
             let rate: u64 = args.get(6).and_then(|r| r.parse().ok()).expect("RATE");
             let req = request(&args[4], Some(&args[5]), false);
@@ -229,8 +235,9 @@ fn runtime() -> tokio::runtime::Runtime {
         .expect("runtime")
 }
 
-/// Open `n` TLS connections (full handshakes), say so, hold them for `secs`.
-fn idle(addr: SocketAddr, secs: u64, n: usize) {
+/// Open `n` TLS connections (full handshakes), each after one `post` answered 200 when given;
+/// say so, hold them for `secs`.
+fn idle(addr: SocketAddr, secs: u64, n: usize, post: Option<Vec<u8>>) {
     let connector = connector(false);
     runtime().block_on(async {
         let mut held = Vec::with_capacity(n);
@@ -239,7 +246,14 @@ fn idle(addr: SocketAddr, secs: u64, n: usize) {
             let r = async {
                 let tcp = tokio::net::TcpStream::connect(addr).await?;
                 let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-                connector.connect(name, tcp).await
+                let mut tls = connector.connect(name, tcp).await?;
+                if let Some(req) = &post {
+                    tls.write_all(req).await?;
+                    if !read_response_async(&mut tls).await? {
+                        return Err(std::io::Error::other("not a 200"));
+                    }
+                }
+                Ok::<_, std::io::Error>(tls)
             }
             .await;
             match r {
@@ -254,6 +268,30 @@ fn idle(addr: SocketAddr, secs: u64, n: usize) {
         tokio::time::sleep(Duration::from_secs(secs)).await;
         drop(held);
     });
+}
+
+/// Read one HTTP/1.1 response with a Content-Length body; whether it was a 200.
+async fn read_response_async<S: tokio::io::AsyncRead + Unpin>(s: &mut S) -> std::io::Result<bool> {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+            let len: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .and_then(|v| v.trim().parse().ok())
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return Ok(head.starts_with("http/1.1 200"));
+            }
+        }
+        let n = s.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// Read one HTTP/1.1 response with a Content-Length body; whether it was a 200.

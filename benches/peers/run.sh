@@ -153,15 +153,23 @@ for rep in $(seq 1 "$REPS"); do
     full=$(taskset -c 1 "$HS" "$addr" "$SECS" 32 full "$URL_PATH" "$KEY")
     # 8 at a time: the rustls client keeps 8 tickets per server, so more would fall back to full.
     resumed=$(taskset -c 1 "$HS" "$addr" "$SECS" 8 resumed "$URL_PATH" "$KEY")
-    # RSS per idle TLS connection: 1,000 held open (after a full handshake each).
-    rss0=$(rss_kb "$SERVING_PID")
-    taskset -c 1 "$HS" "$addr" 8 1000 idle >"$W/idle.out" &
-    IDLE=$!; PIDS+=("$IDLE")
-    for _ in $(seq 1 100); do grep -q open "$W/idle.out" 2>/dev/null && break; sleep 0.1; done
-    sleep 1
-    rss1=$(rss_kb "$SERVING_PID")
-    idle_open=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["open"])' "$W/idle.out" 2>/dev/null || echo 0)
-    wait "$IDLE" 2>/dev/null || true
+    # RSS per idle TLS connection: 1,000 held open after a full handshake each, then 1,000 after
+    # a full handshake and one scoring POST each (what a scoring client's connection holds).
+    idle_rss() { # mode -> "rss_before rss_after open"
+      local r0 r1 open IDLE
+      r0=$(rss_kb "$SERVING_PID")
+      taskset -c 1 "$HS" "$addr" 8 1000 "$1" "$URL_PATH" "$KEY" >"$W/idle.out" &
+      IDLE=$!; PIDS+=("$IDLE")
+      for _ in $(seq 1 200); do grep -q open "$W/idle.out" 2>/dev/null && break; sleep 0.1; done
+      sleep 1
+      r1=$(rss_kb "$SERVING_PID")
+      open=$(python3 -c 'import json,sys; print(json.load(open(sys.argv[1]))["open"])' "$W/idle.out" 2>/dev/null || echo 0)
+      wait "$IDLE" 2>/dev/null || true
+      sleep 1
+      echo "$r0 $r1 $open"
+    }
+    read -r rss0 rss1 idle_open < <(idle_rss idle)
+    read -r prss0 prss1 post_open < <(idle_rss idle-post)
     # Syscalls per proxied request.
     timeout 60 strace -c -f -q -p "$SERVING_PID" -o "$W/strace.txt" &
     ST=$!; PIDS+=("$ST"); sleep 0.5
@@ -175,7 +183,7 @@ for rep in $(seq 1 "$REPS"); do
     start_target "$t" "$port" rsa-
     rsa=$(taskset -c 1 "$HS" "127.0.0.1:$port" "$SECS" 32 full "$URL_PATH" "$KEY")
     stop_target
-    python3 - "$rep" "$t" "$ka_rps" "$ka_err" "$h2_rps" "$h2_fail" "$h2_non2xx" "$full" "$resumed" "$rss0" "$rss1" "$idle_open" "${calls:-0}" "$rsa" <<'PY' | tee -a "$OUT/results.jsonl"
+    python3 - "$rep" "$t" "$ka_rps" "$ka_err" "$h2_rps" "$h2_fail" "$h2_non2xx" "$full" "$resumed" "$rss0" "$rss1" "$idle_open" "${calls:-0}" "$rsa" "$prss0" "$prss1" "$post_open" <<'PY' | tee -a "$OUT/results.jsonl"
 import json, sys
 a = sys.argv[1:]
 full, resumed, rsa = (json.loads(x) for x in (a[7], a[8], a[13]))
@@ -185,6 +193,8 @@ print(json.dumps({"rep": int(a[0]), "target": a[1], "keepalive_rps": float(a[2] 
     "h2_non2xx": int(a[6] or 0), "full_hs": full["rps"], "rsa_full_hs": rsa["rps"],
     "resumed_hs": resumed["rps"], "resumed_share": round(resumed["resumed"] / max(resumed["requests"], 1), 3),
     "rss_per_idle_conn_kb": round((int(a[10]) - int(a[9])) / open_, 2), "idle_open": int(a[11]),
+    "rss_per_idle_post_conn_kb": round((int(a[15]) - int(a[14])) / (int(a[16]) or 1), 2),
+    "idle_post_open": int(a[16]),
     "syscalls_per_req": round(int(a[12]) / 20000, 2),
     "hs_errors": full["errors"] + resumed["errors"] + rsa["errors"]}))
 PY
@@ -245,6 +255,7 @@ metrics = [  # key, label, higher is better, format
     ("busy_cpu_pct", "with busy polling: proxy CPU at 2,000 req/s (%)", False, "{:,.0f}"),
     ("busy_idle_cpu_pct", "with busy polling: proxy CPU with no traffic (%)", False, "{:,.0f}"),
     ("rss_per_idle_conn_kb", "RSS per idle TLS connection (KiB, 1,000 open)", False, "{:,.1f}"),
+    ("rss_per_idle_post_conn_kb", "RSS per idle TLS connection after one POST (KiB, 1,000 open)", False, "{:,.1f}"),
     ("syscalls_per_req", "syscalls per proxied request (strace -c)", False, "{:,.2f}"),
 ]
 def ratios(k, higher):

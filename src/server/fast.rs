@@ -155,8 +155,10 @@ where
             let close = close || s.stop_rx.is_cancelled();
             let sent = s.respond(io, resp, close).await;
             drop(busy);
-            // After a large request, an idle keep-alive connection does not keep its buffer.
-            if s.buf.is_empty() && s.buf.capacity() > 4 * READ_ROOM {
+            // An idle keep-alive connection keeps no buffer: the next request's first bytes go
+            // to a small stack buffer, as a new connection's do (nginx frees its header buffer
+            // on keep-alive the same way). Pipelined bytes keep theirs.
+            if s.buf.is_empty() {
                 s.buf = BytesMut::new();
             }
             match sent {
@@ -260,11 +262,8 @@ impl Session {
                 io.write_all(&self.out).await?;
             }
             io.flush().await?;
-            // After a large response, an idle keep-alive connection does not keep its write
-            // buffer.
-            if self.out.capacity() > 4 * READ_ROOM {
-                self.out = BytesMut::new();
-            }
+            // An idle keep-alive connection keeps no write buffer either.
+            self.out = BytesMut::new();
             Ok(())
         }
     }
