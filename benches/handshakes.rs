@@ -8,10 +8,11 @@
 //!                                       prints `{"open": N}` once they are all up
 //!   … ADDR SECONDS CONNECTIONS idle-post PATH KEY
 //!                                       the same, each after one scoring POST answered 200 on it
-//!   … ADDR SECONDS CONNECTIONS rate-tls|rate-plain PATH KEY RATE
-//!                                       open-loop keep-alive load at RATE req/s; latency from
-//!                                       each request's scheduled time (no coordinated
-//!                                       omission): p50, p99, p99.9 in µs
+//!   … ADDR SECONDS CONNECTIONS rate-tls|rate-plain|rate-h2 PATH KEY RATE
+//!                                       open-loop keep-alive load at RATE req/s (HTTP/1.1 over
+//!                                       TLS or plain, or HTTP/2 over TLS one stream at a time
+//!                                       per connection); latency from each request's scheduled
+//!                                       time (no coordinated omission): p50, p99, p99.9 in µs
 //!
 //! Prints one JSON line. Without arguments (as `cargo test --all-targets` runs it) it does
 //! nothing.
@@ -118,6 +119,10 @@ fn main() {
         "idle-post" => {
             let req = request(&args[4], Some(&args[5]), false);
             return idle(addr, secs, conc, Some(req));
+        }
+        "rate-h2" => {
+            let rate: u64 = args.get(6).and_then(|r| r.parse().ok()).expect("RATE");
+            return rate_h2(addr, secs, conc, &args[4], &args[5], rate);
         }
         mode @ ("rate-tls" | "rate-plain") => {
             let rate: u64 = args.get(6).and_then(|r| r.parse().ok()).expect("RATE");
@@ -377,6 +382,11 @@ fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>,
             errors += e;
         }
     }
+    print_rate(lat, errors, if tls { "true" } else { "false" });
+}
+
+/// The rate modes' line: request count, errors, p50/p99/p99.9 in µs.
+fn print_rate(mut lat: Vec<u32>, errors: u64, tls: &str) {
     lat.sort_unstable();
     let q = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -390,6 +400,81 @@ fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>,
         q(0.99),
         q(0.999)
     );
+}
+
+/// `rate_mode` over HTTP/2 (TLS, ALPN h2): each connection a thread with its own runtime and
+/// hyper's HTTP/2 client, one scoring POST at a time on it.
+fn rate_h2(addr: SocketAddr, secs: u64, conns: usize, path: &str, key: &str, rate: u64) {
+    use http_body_util::{BodyExt, Full};
+    let mut config = (*client_config(true)).clone();
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let per_conn = Duration::from_secs_f64(conns as f64 / rate as f64);
+    let t0 = Instant::now() + Duration::from_millis(300);
+    let body =
+        bytes::Bytes::from_static(br#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#);
+    let uri = format!("https://localhost{path}");
+    let auth = format!("Bearer {key}");
+    let handles: Vec<_> = (0..conns)
+        .map(|i| {
+            let (connector, body, uri, auth) =
+                (connector.clone(), body.clone(), uri.clone(), auth.clone());
+            std::thread::spawn(move || -> (Vec<u32>, u64) {
+                runtime().block_on(async move {
+                    let mut lat = Vec::new();
+                    let setup = async {
+                        let tcp = tokio::net::TcpStream::connect(addr).await?;
+                        tcp.set_nodelay(true)?;
+                        let name =
+                            ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+                        let tls = connector.connect(name, tcp).await?;
+                        hyper::client::conn::http2::handshake(
+                            hyper_util::rt::TokioExecutor::new(),
+                            hyper_util::rt::TokioIo::new(tls),
+                        )
+                        .await
+                        .map_err(std::io::Error::other)
+                    };
+                    let Ok((mut sender, conn)) = setup.await else {
+                        return (lat, 1);
+                    };
+                    tokio::spawn(conn);
+                    let start = t0 + per_conn.mul_f64(i as f64 / conns as f64);
+                    let end = start + Duration::from_secs(secs);
+                    let mut due = start;
+                    while due < end {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                        let req = http::Request::post(uri.as_str())
+                            .header("content-type", "application/json")
+                            .header("authorization", auth.as_str())
+                            .body(Full::new(body.clone()))
+                            .expect("request");
+                        let ok = match sender.send_request(req).await {
+                            Ok(resp) => {
+                                let status = resp.status();
+                                resp.into_body().collect().await.is_ok() && status == 200
+                            }
+                            Err(_) => false,
+                        };
+                        if !ok {
+                            return (lat, 1);
+                        }
+                        lat.push(due.elapsed().as_micros() as u32);
+                        due += per_conn;
+                    }
+                    (lat, 0)
+                })
+            })
+        })
+        .collect();
+    let (mut lat, mut errors) = (Vec::new(), 0);
+    for h in handles {
+        if let Ok((l, e)) = h.join() {
+            lat.extend(l);
+            errors += e;
+        }
+    }
+    print_rate(lat, errors, "\"h2\"");
 }
 
 trait ReadWrite: std::io::Read + std::io::Write + Send {}

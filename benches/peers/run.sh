@@ -10,12 +10,13 @@
 # Writes benches/peers/results.md (the table, with date and machine) and results.jsonl.
 # Loads: keep-alive HTTP/1.1 (wrk, 64 connections), HTTP/2 (h2load, 16 connections x 10 streams),
 # full TLS 1.3 handshakes (ECDSA P-256 and RSA-2048) and resumed ones (benches/handshakes.rs, a
-# new connection per request, 32 at a time), latency at a fixed 2,000 req/s over 8 keep-alive
-# connections minus the same load sent directly to the backend (LAT_ROUNDS=3 rounds per
-# repetition, in turn: each target, haproxy with `busy-polling`, scoregate with `[runtime]
-# busy_poll_us = $BUSY_POLL_US` (default 1000), the direct baseline; with each process's CPU during
-# the load and idle after it), RSS per idle TLS connection (1,000 held open), syscalls per proxied
-# request (strace -c -f on the serving process, 20,000 requests).
+# new connection per request, 32 at a time), latency at a fixed 2,000 req/s of scoring POSTs over
+# 8 keep-alive connections, HTTP/1.1 and HTTP/2, minus the same load sent directly to the backend
+# (LAT_ROUNDS=3 rounds per repetition, in turn: each target, haproxy with `busy-polling`,
+# scoregate with `[runtime] busy_poll_us = $BUSY_POLL_US` (default 1000), the direct baseline;
+# with each process's CPU during the load and idle after it), RSS per idle TLS connection (1,000
+# held open, after the handshake and after one POST), syscalls per proxied request (strace -c -f
+# on the serving process, 20,000 requests).
 # Every process it starts is stopped by PID; every loop is bounded.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -211,6 +212,8 @@ PY
       start_target "$t" "$port"
       taskset -c 1 "$HS" "127.0.0.1:$port" 1 8 rate-tls "$URL_PATH" "$KEY" 2000 >/dev/null   # warm-up
       latency "$t" "127.0.0.1:$port" rate-tls "$SERVING_PID"
+      # The same scoring load over HTTP/2 (TLS, ALPN h2, one stream at a time per connection).
+      case $t in *-busy) ;; *) latency "$t-h2" "127.0.0.1:$port" rate-h2 "$SERVING_PID" ;; esac
       stop_target
     done
     latency direct "127.0.0.1:$BACKEND" rate-plain ""
@@ -230,7 +233,7 @@ def get(rep, t, k):
 def lat(rep, t):
     return [x for x in lat_rows if x["rep"] == rep and x["target"] == t]
 for r in rows:
-    for variant, prefix in (("", ""), ("-busy", "busy_")):
+    for variant, prefix in (("", ""), ("-busy", "busy_"), ("-h2", "h2_")):
         mine = lat(r["rep"], r["target"] + variant)
         for k in ("lat_p50_us", "lat_p99_us"):
             base = {d["round"]: d[k] for d in lat(r["rep"], "direct")}
@@ -249,6 +252,8 @@ metrics = [  # key, label, higher is better, format
     ("resumed_hs", "resumed handshakes/s", True, "{:,.0f}"),
     ("added_lat_p50_us", "latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
     ("added_lat_p99_us", "latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
+    ("h2_added_lat_p50_us", "HTTP/2: latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
+    ("h2_added_lat_p99_us", "HTTP/2: latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
     ("cpu_pct", "proxy CPU at 2,000 req/s (% of its core)", False, "{:,.0f}"),
     ("busy_added_lat_p50_us", "with busy polling: latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
     ("busy_added_lat_p99_us", "with busy polling: latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
