@@ -117,7 +117,7 @@ impl RawHeaders {
     }
 }
 
-/// A simple HTTP/1.1 request head as the fast path took it (`server::wire::take_request`):
+/// A simple HTTP/1.1 request head as the fast path took it (`http1::request::take_request`):
 /// method and target parsed, headers raw. Its `Connection` header says at most `close` or
 /// `keep-alive` (so it names no other header), and it has no `Transfer-Encoding`, `Expect` or
 /// `Upgrade`.

@@ -86,7 +86,7 @@ pub fn take_request(buf: &mut BytesMut, max_head: usize, max_body: u64) -> Take 
         return Take::Body(head_len + body_len);
     }
     // Offsets into the buffer: the head is cut from it once frozen (no copies), and its
-    // headers stay as they arrived (`proxy::raw`).
+    // headers stay as they arrived (`http1::raw`).
     let base = buf.as_ptr() as usize;
     let (path_at, path_len) = raw::offset(base, path.as_bytes());
     let spans = req.headers.iter().map(|h| raw::span(base, h)).collect();

@@ -3,7 +3,7 @@
 //! a small body in one write. No dispatcher task, no body channel, no per-request timer: the
 //! header-read deadline is one timer per connection, re-armed only when it fires early.
 //!
-//! It takes only simple requests (`wire::take_request`); the first request that is not — chunked
+//! It takes only simple requests (`http1::request::take_request`); the first request that is not — chunked
 //! or still-arriving bodies, `Expect`, upgrades, HTTP/1.0, anything malformed — hands the
 //! connection, with every byte read so far, to hyper for the rest of its life. So hyper's answers
 //! to everything unusual are unchanged, and the fast path never has to stream a request body.

@@ -167,7 +167,7 @@ enum Rest<B> {
 }
 
 impl<B> Encoded<B> {
-    /// A request encoded whole elsewhere (`proxy::head::encode_h1`).
+    /// A request encoded whole elsewhere (`request::forward::encode_http1`).
     pub fn whole(bytes: BytesMut) -> Self {
         Encoded {
             bytes,
