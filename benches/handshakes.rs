@@ -375,6 +375,12 @@ fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>,
             })
         })
         .collect();
+    print_rate(handles, if tls { "true" } else { "false" });
+}
+
+/// The rate modes' line from their connections' threads (latencies and an error count each):
+/// request count, errors, p50/p99/p99.9 in µs.
+fn print_rate(handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>, tls: &str) {
     let (mut lat, mut errors) = (Vec::new(), 0);
     for h in handles {
         if let Ok((l, e)) = h.join() {
@@ -382,11 +388,6 @@ fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>,
             errors += e;
         }
     }
-    print_rate(lat, errors, if tls { "true" } else { "false" });
-}
-
-/// The rate modes' line: request count, errors, p50/p99/p99.9 in µs.
-fn print_rate(mut lat: Vec<u32>, errors: u64, tls: &str) {
     lat.sort_unstable();
     let q = |p: f64| {
         lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
@@ -467,14 +468,7 @@ fn rate_h2(addr: SocketAddr, secs: u64, conns: usize, path: &str, key: &str, rat
             })
         })
         .collect();
-    let (mut lat, mut errors) = (Vec::new(), 0);
-    for h in handles {
-        if let Ok((l, e)) = h.join() {
-            lat.extend(l);
-            errors += e;
-        }
-    }
-    print_rate(lat, errors, "\"h2\"");
+    print_rate(handles, "\"h2\"");
 }
 
 trait ReadWrite: std::io::Read + std::io::Write + Send {}

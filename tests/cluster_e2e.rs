@@ -185,6 +185,21 @@ fn ready_endpoints(tb: &Testbed) -> usize {
         .count()
 }
 
+/// Scale Deployment `ns/deploy` to `n` replicas and wait until it has rolled out.
+fn scale(tb: &Testbed, ns: &str, deploy: &str, n: usize) {
+    kubectl_in(
+        tb,
+        &[
+            "-n",
+            ns,
+            "scale",
+            &format!("deployment/{deploy}"),
+            &format!("--replicas={n}"),
+        ],
+    );
+    rolled_out(tb, ns, deploy);
+}
+
 /// The name of the first Pod in `ns`.
 fn first_pod(tb: &Testbed, ns: &str) -> String {
     kubectl_in(
@@ -424,17 +439,7 @@ async fn attach_score_rotate_roll_and_detach_on_a_real_cluster() {
         let tb = &tb;
         tokio::task::block_in_place(|| {
             for n in [1usize, 3, 1] {
-                kubectl_in(
-                    tb,
-                    &[
-                        "-n",
-                        "models",
-                        "scale",
-                        "deployment/iris-blue",
-                        &format!("--replicas={n}"),
-                    ],
-                );
-                rolled_out(tb, "models", "iris-blue");
+                scale(tb, "models", "iris-blue", n);
                 wait_until(
                     &format!("{n} ready endpoints"),
                     Duration::from_secs(60),
@@ -464,17 +469,7 @@ async fn attach_score_rotate_roll_and_detach_on_a_real_cluster() {
     let (_, failed, errors) = under_load("gateway ×3 rolling restart", &ca.ca_pem, node, async {
         let tb = &tb;
         tokio::task::block_in_place(|| {
-            kubectl_in(
-                tb,
-                &[
-                    "-n",
-                    "scoregate",
-                    "scale",
-                    "deployment/scoregate",
-                    "--replicas=3",
-                ],
-            );
-            rolled_out(tb, "scoregate", "scoregate");
+            scale(tb, "scoregate", "scoregate", 3);
             kubectl_in(
                 tb,
                 &[
@@ -514,17 +509,7 @@ async fn attach_score_rotate_roll_and_detach_on_a_real_cluster() {
     under_load("fault: a model pod killed", &ca.ca_pem, node, async {
         let tb = &tb;
         tokio::task::block_in_place(|| {
-            kubectl_in(
-                tb,
-                &[
-                    "-n",
-                    "models",
-                    "scale",
-                    "deployment/iris-blue",
-                    "--replicas=2",
-                ],
-            );
-            rolled_out(tb, "models", "iris-blue");
+            scale(tb, "models", "iris-blue", 2);
             let name = first_pod(tb, "models");
             kubectl_in(
                 tb,

@@ -13,13 +13,12 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http_body_util::BodyExt;
 use libfuzzer_sys::fuzz_target;
 use scoregate::config::Protocol;
-use scoregate::http1::request::{Take, take_request};
 use scoregate::metrics::Retries;
-use scoregate::request::forward::{Forward, encode_http1};
+use scoregate::request::forward::encode_http1;
 use scoregate::request::{ClientBody, ClientHead};
 use scoregate::upstream::{Outgoing, Replica, ReplyHeaders};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -204,23 +203,7 @@ async fn replica(first: Bytes, nonce: u64) -> (SocketAddr, tokio::task::JoinHand
 }
 
 fn request() -> Outgoing {
-    let Take::Request { head, body, .. } = take_request(&mut BytesMut::from(REQUEST), 4096, 4096)
-    else {
-        unreachable!("a simple request");
-    };
-    Outgoing {
-        head: ClientHead::Raw(head),
-        body: ClientBody::Whole(body),
-        forward: Forward {
-            path: "/score",
-            client: std::net::Ipv4Addr::LOCALHOST.into(),
-            tls: false,
-            drop_authorization: false,
-            request_id: http::HeaderValue::from_static("fuzz"),
-            max_body: 4096,
-        },
-        replayable: false,
-    }
+    Outgoing::from_wire(REQUEST, "fuzz", false)
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -179,9 +179,7 @@ replicas = [{replicas}]
     let stop = CancellationToken::new();
     for l in replica_listeners {
         let rx = stop.clone();
-        tokio::spawn(model::serve(l, async move {
-            rx.cancelled().await;
-        }));
+        tokio::spawn(model::serve(l, rx.cancelled_owned()));
     }
     let port = bound.tls.map(|a| a.port()).unwrap_or(opts.listen.port());
     let url = format!("https://localhost:{port}/api/v1/service/{SERVICE}/score");

@@ -25,7 +25,7 @@ use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
 use super::idle::InFlight;
-use crate::http1::Framing;
+use crate::http1::{Framing, LAST_CHUNK, put_chunk};
 use crate::http1::request::{Take, take_request};
 use crate::http1::response::{framing, put_head};
 use crate::proxy::{Answer, ClientBody, ClientHead, ConnInfo, Gateway, ProxyBody};
@@ -91,14 +91,11 @@ pub fn serve<'a, I>(
 where
     I: AsyncRead + AsyncWrite + Unpin,
 {
-    let rx = stop_rx.clone();
     let mut s = Session {
         buf: BytesMut::new(),
         out: BytesMut::new(),
         timer: Box::pin(tokio::time::sleep(settings.header_read_timeout)),
-        stop: Some(Box::pin(async move {
-            rx.cancelled().await;
-        })),
+        stop: Some(Box::pin(stop_rx.clone().cancelled_owned())),
         stop_rx,
     };
     async move {
@@ -286,10 +283,7 @@ impl Session {
                 continue;
             }
             if chunked {
-                use std::fmt::Write;
-                let _ = write!(self.out, "{:x}\r\n", data.len());
-                self.out.put_slice(&data);
-                self.out.put_slice(b"\r\n");
+                put_chunk(&mut self.out, &data);
                 io.write_all(&self.out).await?;
                 self.out.clear();
             } else {
@@ -297,7 +291,7 @@ impl Session {
             }
         }
         if chunked {
-            self.out.put_slice(b"0\r\n\r\n");
+            self.out.put_slice(LAST_CHUNK);
         }
         Ok(())
     }

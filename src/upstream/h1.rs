@@ -202,26 +202,23 @@ where
     let inline = body.size_hint().exact().filter(|&n| n <= INLINE_BODY);
     let mut b = BytesMut::with_capacity(head_len + inline.unwrap_or(0) as usize);
     let target = parts.uri.path_and_query().map_or("/", |p| p.as_str());
-    let exact = body.size_hint().exact();
-    let rest = if body.is_end_stream() {
-        let framing = if parts.headers.contains_key(header::CONTENT_LENGTH)
-            || !matches!(parts.method, Method::GET | Method::HEAD)
+    let end = body.is_end_stream();
+    let framing = match body.size_hint().exact() {
+        // A bodiless POST says so; a GET without a body says nothing unless the client did.
+        _ if end
+            && (parts.headers.contains_key(header::CONTENT_LENGTH)
+                || !matches!(parts.method, Method::GET | Method::HEAD)) =>
         {
             Framing::Length(0)
-        } else {
-            Framing::None
-        };
-        put_request_head(&mut b, &parts.method, target, &parts.headers, framing);
-        Rest::None
-    } else if let Some(n) = exact {
-        put_request_head(
-            &mut b,
-            &parts.method,
-            target,
-            &parts.headers,
-            Framing::Length(n),
-        );
-        if n <= INLINE_BODY {
+        }
+        _ if end => Framing::None,
+        Some(n) => Framing::Length(n),
+        None => Framing::Chunked,
+    };
+    put_request_head(&mut b, &parts.method, target, &parts.headers, framing);
+    let rest = match framing {
+        _ if end => Rest::None,
+        Framing::Length(n) if n <= INLINE_BODY => {
             b.reserve(n as usize);
             while let Some(frame) = body.frame().await {
                 if let Ok(data) = frame.map_err(|e| SendError::Body(e.into()))?.into_data() {
@@ -229,18 +226,9 @@ where
                 }
             }
             Rest::None
-        } else {
-            Rest::Body(body, false)
         }
-    } else {
-        put_request_head(
-            &mut b,
-            &parts.method,
-            target,
-            &parts.headers,
-            Framing::Chunked,
-        );
-        Rest::Body(body, true)
+        Framing::Chunked => Rest::Body(body, true),
+        _ => Rest::Body(body, false),
     };
     Ok((Encoded { bytes: b, rest }, parts.method))
 }
@@ -295,15 +283,13 @@ where
             Err(e) => return Err(e),
         }
     };
-    let body = match head.framing {
-        Framing::None => {
-            if head.keep_alive && conn.buf.is_empty() {
-                replica.put_idle(conn);
-            }
-            super::ResponseBody::Whole(None)
-        }
-        Framing::Length(n) if n <= WHOLE_BODY => {
-            let n = n as usize;
+    let whole = match head.framing {
+        Framing::None => Some(0),
+        Framing::Length(n) if n <= WHOLE_BODY => Some(n as usize),
+        _ => None,
+    };
+    let body = match (whole, head.framing) {
+        (Some(n), _) => {
             while conn.buf.len() < n {
                 conn.fill().await?;
             }
@@ -313,7 +299,7 @@ where
             }
             super::ResponseBody::Whole(data)
         }
-        framing => super::ResponseBody::H1(Streaming {
+        (None, framing) => super::ResponseBody::H1(Streaming {
             conn: Some(conn),
             decoder: Decoder::new(framing),
             keep_alive: head.keep_alive && framing != Framing::Close,

@@ -37,6 +37,34 @@ pub struct Outgoing {
     pub replayable: bool,
 }
 
+impl Outgoing {
+    /// A simple request as the fast path takes it from `wire` (head and whole body), from a
+    /// loopback client, with the request id `request_id` (for the replica client's tests and
+    /// fuzz targets).
+    #[cfg(any(test, feature = "fuzzing"))]
+    pub fn from_wire(wire: &[u8], request_id: &str, replayable: bool) -> Outgoing {
+        use crate::http1::request::{Take, take_request};
+        let Take::Request { head, body, .. } =
+            take_request(&mut bytes::BytesMut::from(wire), 64 * 1024, 64 * 1024)
+        else {
+            panic!("not a simple request: {:?}", String::from_utf8_lossy(wire));
+        };
+        Outgoing {
+            head: ClientHead::Raw(head),
+            body: ClientBody::Whole(body),
+            forward: Forward {
+                path: "/score",
+                client: std::net::Ipv4Addr::LOCALHOST.into(),
+                tls: false,
+                drop_authorization: false,
+                request_id: http::HeaderValue::from_str(request_id).expect("a request id"),
+                max_body: 64 * 1024,
+            },
+            replayable,
+        }
+    }
+}
+
 /// Whether a request may go to a replica again after it may have reached it. RFC 9110 §9.2.2:
 /// a client must not automatically retry a non-idempotent request; like Go's `net/http`, the
 /// client's `Idempotency-Key` (or `X-Idempotency-Key`) says that repeating it is safe. A scoring

@@ -6,15 +6,12 @@
 use std::sync::mpsc;
 use std::time::Duration;
 
-use bytes::BytesMut;
 use http::Method;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 
 use super::*;
-use crate::http1::request::{Take, take_request};
 use crate::metrics::Retries;
-use crate::request::forward::Forward;
 
 /// What the replica does with the connection after answering its first request.
 #[derive(Clone, Copy, Debug)]
@@ -146,27 +143,10 @@ fn request(method: Method, id: &str, key: bool) -> Outgoing {
         "{method} /score HTTP/1.1\r\nhost: r\r\n{key}content-length: {}\r\n\r\n{body}",
         body.len()
     );
-    let Take::Request { head, body, .. } =
-        take_request(&mut BytesMut::from(raw.as_bytes()), 4096, 4096)
-    else {
-        panic!("a simple request");
-    };
     let replayable = super::super::replayable(&method, |h| {
         !key.is_empty() && *h == super::super::IDEMPOTENCY_KEY
     });
-    Outgoing {
-        head: ClientHead::Raw(head),
-        body: ClientBody::Whole(body),
-        forward: Forward {
-            path: "/score",
-            client: std::net::Ipv4Addr::LOCALHOST.into(),
-            tls: false,
-            drop_authorization: false,
-            request_id: http::HeaderValue::from_str(id).expect("id"),
-            max_body: 4096,
-        },
-        replayable,
-    }
+    Outgoing::from_wire(raw.as_bytes(), id, replayable)
 }
 
 /// The tests run on a current-thread runtime: while the test thread blocks, nothing polls its

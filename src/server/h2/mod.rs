@@ -49,9 +49,7 @@ pub async fn serve<I>(
 {
     let mut conn = conn::Conn::new(gateway, info, in_flight, max_header);
     let mut stopping: Option<Pin<Box<dyn Future<Output = ()> + Send + '_>>> =
-        Some(Box::pin(async move {
-            stop.cancelled().await;
-        }));
+        Some(Box::pin(stop.cancelled_owned()));
     // On shutdown: announce it, then the final GOAWAY once the client answered the PING (or
     // after a second): no stream the client sent meanwhile is refused.
     let mut final_goaway: Option<Pin<Box<tokio::time::Sleep>>> = None;
