@@ -133,12 +133,13 @@ fn bench(c: &mut Criterion) {
     if let request::Take::Request { head, body, .. } = &taken {
         let rid = headers::new_request_id();
         let f = forward::Forward {
-            path: "/score",
+            path: Some("/score"),
             client: "10.1.2.3".parse().expect("ip"),
             tls: true,
             drop_authorization: true,
             request_id: rid,
             max_body: 64 * 1024,
+            hop: None,
         };
         let replica = "127.0.0.1:8080".parse().expect("addr");
         c.bench_function("http1_forward_raw", |b| {

@@ -35,6 +35,8 @@
 //!   renewal schedule with backoff, account and certificate storage.
 //! - `discovery` — the kube client and the watchers feeding the snapshots (TLS Secret,
 //!   EndpointSlices, the services ConfigMap, key Secrets).
+//! - `coordination` — several gateways as one: member Leases, shares of every replica's
+//!   limit, requests handed to the gateway that has a slot (over the peer port, with a proof).
 //! - `autoscale` — replica recommendations (Azure ML's formula), scale patches by the Lease
 //!   holder.
 //! - `auth` — key auth (constant time) and JWT token auth per service.
@@ -73,7 +75,19 @@ pub mod shutdown;
 pub mod tls;
 
 internal!(
-    acme, admin, app, auth, autoscale, discovery, fsutil, http1, proxy, request, routing, server,
+    acme,
+    admin,
+    app,
+    auth,
+    autoscale,
+    coordination,
+    discovery,
+    fsutil,
+    http1,
+    proxy,
+    request,
+    routing,
+    server,
     upstream,
 );
 

@@ -314,7 +314,7 @@ async fn serve(
     }
     let listeners = scoregate::Listeners::bind(&config.listen).await?;
     let a = listeners.addrs();
-    tracing::info!(tls = ?a.tls, http = ?a.http, admin = ?a.admin, services = config.services.len(), "listening");
+    tracing::info!(tls = ?a.tls, http = ?a.http, admin = ?a.admin, peer = ?a.peer, services = config.services.len(), "listening");
     scoregate::run(app, listeners, shutdown::signal()).await;
     Ok(())
 }

@@ -418,6 +418,7 @@ fuzz_target!(|data: &[u8]| {
     let info = ConnInfo {
         remote: "127.0.0.1:40000".parse().expect("addr"),
         tls: true,
+        peer: false,
     };
     let (out, left) = RT.with(|rt| {
         rt.block_on(async {

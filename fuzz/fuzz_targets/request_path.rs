@@ -101,12 +101,13 @@ fn raw_forward(data: &[u8]) {
     };
     let rid = HeaderValue::from_static("rid-1");
     let forward = Forward {
-        path: "/score",
+        path: Some("/score"),
         client: std::net::Ipv4Addr::new(10, 1, 2, 3).into(),
         tls: true,
         drop_authorization: true,
         request_id: rid.clone(),
         max_body: 1 << 16,
+        hop: None,
     };
     let out = encode_http1(
         &head,

@@ -29,6 +29,8 @@ pub struct App {
     pub routes: RouteHandle,
     pub certs: Option<Arc<CertManager>>,
     pub admin: Arc<AdminState>,
+    /// This gateway's part in its group (`[coordination]`).
+    coordinator: Option<Arc<crate::coordination::Coordinator>>,
     /// What the listeners' connections need.
     server: Arc<Server>,
     kubernetes: Option<crate::discovery::KubeSettings>,
@@ -55,7 +57,20 @@ impl std::fmt::Debug for App {
 impl App {
     pub fn build(config: &Config) -> Result<App, ServerError> {
         let metrics = Metrics::new()?;
-        let routes = RouteHandle::new(RouteTable::build(&config.services, &metrics));
+        let coordination = crate::coordination::CoordinationMetrics::new(&metrics.registry)
+            .map_err(MetricsError::from)?;
+        let coordinator = config
+            .coordination
+            .clone()
+            .map(|c| crate::coordination::Coordinator::new(c, coordination));
+        let shares = coordinator
+            .as_ref()
+            .map_or_else(crate::upstream::Shares::whole, |c| c.shares.clone());
+        let routes = RouteHandle::new(RouteTable::build_shared(
+            &config.services,
+            &metrics,
+            &shares,
+        ));
         let certs = CertManager::new(config.tls.slots.clone(), metrics.certs.clone());
         let challenges = config.tls.acme.as_ref().map(|_| Challenges::new());
         let alpn_challenges = config
@@ -82,13 +97,16 @@ impl App {
             }),
             _ => None,
         };
-        let gateway = Arc::new(Gateway::new(
-            routes.clone(),
-            metrics.clone(),
-            config.limits.max_body_bytes,
-            challenges,
-            config.access_log,
-        ));
+        let gateway = Arc::new(
+            Gateway::new(
+                routes.clone(),
+                metrics.clone(),
+                config.limits.max_body_bytes,
+                challenges,
+                config.access_log,
+            )
+            .with_coordination(coordinator.clone()),
+        );
         let admin = Arc::new(AdminState::new(
             metrics.clone(),
             routes.clone(),
@@ -107,6 +125,7 @@ impl App {
             &config.limits,
         ));
         Ok(App {
+            coordinator,
             server,
             sources,
             config_path: None,
@@ -162,13 +181,19 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
         };
         tokio::spawn(reloader.run(stop.clone()));
     }
+    let peer_port = listeners
+        .peer
+        .as_ref()
+        .and_then(|l| l.local_addr().ok())
+        .map_or(0, |a| a.port());
     match &app.kubernetes {
-        Some(kube) => spawn_kube_watchers(&app, kube.clone(), stop.clone()),
+        Some(kube) => spawn_kube_watchers(&app, kube.clone(), peer_port, stop.clone()),
         // Recommendations are exported as metrics even with nothing to scale.
         None => {
             let run = crate::autoscale::run(
                 app.routes.clone(),
                 app.metrics.clone(),
+                None,
                 None,
                 Duration::from_secs(1),
                 stop.clone(),
@@ -183,13 +208,34 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
         .admin
         .map(|l| tokio::spawn(crate::admin::serve(l, app.admin.clone())));
     let stopper = async {
+        tokio::pin!(shutdown);
+        // A member of a group is ready once it knows its share.
+        if let Some(c) = &app.coordinator {
+            tokio::select! {
+                _ = c.ready() => {}
+                _ = &mut shutdown => {
+                    stop.cancel();
+                    return;
+                }
+            }
+        }
         app.admin.set_ready(true);
         shutdown.await;
         app.admin.set_ready(false);
         stop.cancel();
     };
-    let serving = crate::server::serve(app.server.clone(), listeners.tls, listeners.http, stop.clone());
+    let serving = crate::server::serve(
+        app.server.clone(),
+        listeners.tls,
+        listeners.http,
+        listeners.peer,
+        stop.clone(),
+    );
     tokio::join!(serving, stopper);
+    // After the drain: the others take this gateway's slots at once.
+    if let Some(c) = &app.coordinator {
+        c.leave().await;
+    }
     if let Some(a) = admin {
         a.abort();
     }
@@ -200,9 +246,11 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
 fn spawn_kube_watchers(
     app: &App,
     kube: crate::discovery::KubeSettings,
+    peer_port: u16,
     stop: CancellationToken,
 ) {
     let (routes, metrics) = (app.routes.clone(), app.metrics.clone());
+    let coordinator = app.coordinator.clone();
     let certs = app.certs.clone();
     let secrets = certs.as_ref().map(|c| c.secret_slots()).unwrap_or_default();
     let sources = app.sources.clone();
@@ -229,6 +277,9 @@ fn spawn_kube_watchers(
                 tokio::spawn(watch);
             }
         }
+        if let Some(c) = &coordinator {
+            c.start(client.clone(), routes.clone(), peer_port);
+        }
         let scaler = crate::autoscale::Scaler {
             client: client.clone(),
             lease: kube.lease.clone(),
@@ -237,6 +288,7 @@ fn spawn_kube_watchers(
             routes,
             metrics,
             Some(scaler),
+            coordinator,
             kube.autoscale_refresh,
             stop.clone(),
         );

@@ -82,6 +82,7 @@ pub async fn run(
     routes: RouteHandle,
     metrics: Metrics,
     scaler: Option<Scaler>,
+    group: Option<Arc<crate::coordination::Coordinator>>,
     refresh: Duration,
     stop: CancellationToken,
 ) {
@@ -99,8 +100,14 @@ pub async fn run(
         for svc in table.services() {
             for v in &svc.versions {
                 let replicas = v.replicas.replicas();
-                let busy: u32 = replicas.iter().map(|r| r.in_flight()).sum();
-                let queued = v.replicas.queued();
+                // With several gateways, the load of all of them (the others' as their
+                // member Leases said it last).
+                let (other_busy, other_queued) = group
+                    .as_ref()
+                    .map_or((0, 0), |g| g.others_load(&svc.name, &v.name));
+                let busy: u32 =
+                    replicas.iter().map(|r| r.in_flight()).sum::<u32>() + other_busy;
+                let queued = v.replicas.queued() + other_queued;
                 let maxc = svc.settings.replica_max_concurrent_requests;
                 let config = v.autoscale.as_ref();
                 let (goal, min, max, window) = config

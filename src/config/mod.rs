@@ -30,6 +30,34 @@ pub struct Config {
     pub services: Vec<ServiceConfig>,
     /// Set when something needs the Kubernetes API.
     pub kubernetes: Option<crate::discovery::KubeSettings>,
+    /// `[coordination]`: several gateways act as one.
+    pub coordination: Option<CoordinationSettings>,
+}
+
+/// `[coordination]`, validated.
+#[derive(Clone)]
+pub struct CoordinationSettings {
+    pub group: String,
+    pub namespace: String,
+    /// This gateway's member id (the Kubernetes identity).
+    pub identity: String,
+    pub lease_duration: Duration,
+    /// The HMAC key for requests handed between gateways (never logged).
+    pub peer_key: Vec<u8>,
+    pub advertise_ip: std::net::IpAddr,
+}
+
+impl fmt::Debug for CoordinationSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CoordinationSettings")
+            .field("group", &self.group)
+            .field("namespace", &self.namespace)
+            .field("identity", &self.identity)
+            .field("lease_duration", &self.lease_duration)
+            .field("peer_key", &"<redacted>")
+            .field("advertise_ip", &self.advertise_ip)
+            .finish()
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -37,6 +65,7 @@ pub struct Listen {
     pub tls: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone)]

@@ -18,6 +18,23 @@ pub struct RawConfig {
     #[serde(default)]
     pub services: Vec<RawService>,
     pub kubernetes: Option<RawKubernetes>,
+    pub coordination: Option<RawCoordination>,
+}
+
+/// `[coordination]`: several gateways share each replica's limit (members from Leases).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCoordination {
+    /// The gateways that act as one: Leases labelled `scoregate.io/group=<group>`.
+    pub group: Option<String>,
+    /// Where the member Leases live (default: `kubernetes.lease_namespace`, else "default").
+    pub namespace: Option<String>,
+    pub lease_duration_ms: Option<u64>,
+    /// The key that authenticates requests handed between gateways (at least 32 bytes).
+    pub peer_key_file: Option<String>,
+    /// The IP the other gateways reach this one's `listen.peer` port on (default: $POD_IP,
+    /// else the IP of `listen.peer`).
+    pub advertise_ip: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -66,6 +83,8 @@ pub struct RawListen {
     pub tls: Option<String>,
     pub http: Option<String>,
     pub admin: Option<String>,
+    /// Requests handed over by other gateways (`[coordination]`).
+    pub peer: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

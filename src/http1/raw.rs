@@ -181,6 +181,7 @@ pub fn role(name: &[u8]) -> Role {
         (15, b'x') if is(name, b"x-forwarded-for") => Role::ForwardedFor,
         (15, b'x') if is(name, b"x-ms-request-id") => Role::Replaced,
         (16, b'p') if is(name, b"proxy-connection") => Role::Hop,
+        (16, b'x') if is(name, b"x-scoregate-peer") => Role::Replaced,
         (17, b't') if is(name, b"transfer-encoding") => Role::Hop,
         (17, b'x') if is(name, b"x-forwarded-proto") => Role::Replaced,
         (18, b'p') if is(name, b"proxy-authenticate") => Role::Hop,

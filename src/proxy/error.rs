@@ -50,6 +50,9 @@ pub enum GatewayError {
     Timeout(u128),
     #[error("{0}")]
     Upstream(#[source] UpstreamError),
+    /// A request on the peer port without a valid proof of another gateway.
+    #[error("{0}")]
+    PeerUnauthorized(#[source] crate::coordination::ProofError),
 }
 
 impl GatewayError {
@@ -73,6 +76,7 @@ impl GatewayError {
             | GatewayError::UnknownVersion { .. }
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::Unauthorized(_)
+            | GatewayError::PeerUnauthorized(_)
             | GatewayError::PayloadTooLarge { .. }
             | GatewayError::ClientBody(_) => Side::Client,
             GatewayError::Overloaded { .. } => Side::Gateway,
@@ -86,7 +90,9 @@ impl GatewayError {
             | GatewayError::UnknownService(_)
             | GatewayError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
-            GatewayError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            GatewayError::Unauthorized(_) | GatewayError::PeerUnauthorized(_) => {
+                StatusCode::UNAUTHORIZED
+            }
             GatewayError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -104,6 +110,7 @@ impl GatewayError {
             GatewayError::UnknownVersion { .. } => "version_not_found",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::Unauthorized(e) => e.reason(),
+            GatewayError::PeerUnauthorized(_) => "peer_unauthorized",
             GatewayError::PayloadTooLarge { .. } => "payload_too_large",
             GatewayError::Overloaded {
                 saturated: Saturated::Gateway,

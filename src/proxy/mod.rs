@@ -29,8 +29,9 @@ use error::{GatewayError, Side};
 pub use head::{Answer, AnswerHeaders};
 
 use crate::acme::Challenges;
+use crate::coordination::Coordinator;
 use crate::metrics::Metrics;
-use crate::request::forward::Forward;
+use crate::request::forward::{Forward, Hop, PEER_PROOF};
 use crate::request::headers;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
 use crate::upstream::{Failure, Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated};
@@ -40,6 +41,8 @@ use crate::upstream::{Failure, Lease, Outcome, Outgoing, Reply, ReplyHeaders, Sa
 pub struct ConnInfo {
     pub remote: SocketAddr,
     pub tls: bool,
+    /// On the peer port: requests handed over by another gateway of the group.
+    pub peer: bool,
 }
 
 /// The proxy: shared by every connection.
@@ -50,6 +53,8 @@ pub struct Gateway {
     max_body_bytes: u64,
     challenges: Option<Arc<Challenges>>,
     access_log: bool,
+    /// Set when several gateways act as one (`[coordination]`).
+    coordination: Option<Arc<Coordinator>>,
 }
 
 impl Gateway {
@@ -66,7 +71,14 @@ impl Gateway {
             max_body_bytes,
             challenges,
             access_log,
+            coordination: None,
         }
+    }
+
+    /// Share replica limits with the other gateways of the group and hand requests to them.
+    pub fn with_coordination(mut self, c: Option<Arc<Coordinator>>) -> Self {
+        self.coordination = c;
+        self
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -119,7 +131,23 @@ impl Gateway {
                 return self.fail(e, &rid, None, None, conn, start);
             }
         };
-        let version = match self.admit(&head, &service, endpoint) {
+        // On the peer port: another gateway of the group authenticated the client and hands the
+        // request over with its proof; it is served here and never handed on again.
+        if conn.peer {
+            let proof = self.coordination.as_ref().map_or(
+                Err(crate::coordination::ProofError::Missing),
+                |c| c.verify(head.header(&PEER_PROOF), &rid, &service.name),
+            );
+            if let Err(e) = proof {
+                drain(body, &head).await;
+                if let Some(c) = &self.coordination {
+                    c.metrics.handed(&service.name, "refused");
+                }
+                let e = GatewayError::PeerUnauthorized(e);
+                return self.fail(e, &rid, Some(&service), None, conn, start);
+            }
+        }
+        let version = match self.admit(&head, &service, endpoint, conn.peer) {
             Ok(v) => v,
             Err(e) => {
                 drain(body, &head).await;
@@ -127,25 +155,59 @@ impl Gateway {
             }
         };
         let m = &service.versions[version].metrics;
-        m.queued.inc();
-        let acquired = service.versions[version].replicas.acquire().await;
-        m.queued.dec();
-        let lease = match acquired {
-            Ok((lease, waited)) => {
-                m.queue_wait.observe(waited.as_secs_f64());
-                lease
+        let v = &service.versions[version];
+        // With no share of this version's replicas here, the request goes to a gateway that
+        // has one (once: that gateway queues it under its own deadline).
+        let handed = match &self.coordination {
+            Some(c) if !conn.peer && v.replicas.local_capacity() == 0 => {
+                let hop = c.hand_over(&v.replicas, &service.name, &rid, None);
+                if hop.is_some() {
+                    c.metrics.handed(&service.name, "sent");
+                }
+                hop
             }
-            Err(saturated) => {
-                drain(body, &head).await;
-                let e = overloaded(&service, saturated);
-                m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
-                return self.fail(e, &rid, Some(&service), Some(version), conn, start);
+            Some(c) if conn.peer => {
+                c.metrics.handed(&service.name, "received");
+                None
+            }
+            _ => None,
+        };
+        let (lease, hop) = match handed {
+            Some((lease, proof)) => {
+                let pin = head
+                    .header(&headers::MODEL_DEPLOYMENT)
+                    .is_none()
+                    .then(|| v.header.clone())
+                    .flatten();
+                (lease, Some(Box::new(Hop { proof, pin })))
+            }
+            None => {
+                m.queued.inc();
+                let acquired = v.replicas.acquire().await;
+                m.queued.dec();
+                match acquired {
+                    Ok((lease, waited)) => {
+                        m.queue_wait.observe(waited.as_secs_f64());
+                        (lease, None)
+                    }
+                    Err(saturated) => {
+                        drain(body, &head).await;
+                        let e = overloaded(&service, saturated);
+                        m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
+                        return self.fail(e, &rid, Some(&service), Some(version), conn, start);
+                    }
+                }
             }
         };
         // Sent here, not from a helper async fn: each such level held its future twice over in
         // every request's (boxed, and copied once per request).
-        let v = &service.versions[version];
-        let outgoing = self.upstream_request(head, body, conn, &service, &rid);
+        let mut outgoing = self.upstream_request(head, body, conn, &service, &rid);
+        if let Some(hop) = hop {
+            // The proof stands for the client's key: it does not travel.
+            outgoing.forward.path = None;
+            outgoing.forward.drop_authorization = true;
+            outgoing.forward.hop = Some(hop);
+        }
         let sent = Instant::now();
         v.metrics.in_flight.inc();
         let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
@@ -157,6 +219,36 @@ impl Gateway {
             match r {
                 // The replica could not be reached: nothing of the request was used, so it goes
                 // to another replica (a pod that just exited, before discovery dropped it).
+                // A gateway that could not be reached (gone before its Lease expired): the
+                // request goes to another that has a share, or is refused as saturated.
+                Ok(Err(Failure::Unsent { error, request })) if request.forward.hop.is_some() => {
+                    let failed = lease.replica.addr;
+                    let next = (rerouted < MAX_REROUTES)
+                        .then(|| {
+                            self.coordination.as_ref().and_then(|c| {
+                                c.hand_over(&v.replicas, &service.name, &rid, Some(failed))
+                            })
+                        })
+                        .flatten();
+                    rerouted += 1;
+                    match next {
+                        Some((next, proof)) => {
+                            tracing::debug!(request_id = rid.to_str().unwrap_or_default(), gateway = %failed, to = %next.replica.addr, error = %error, "gateway unreachable; handing over to another");
+                            lease = next;
+                            outgoing = *request;
+                            if let Some(hop) = outgoing.forward.hop.as_mut() {
+                                hop.proof = proof;
+                            }
+                        }
+                        None => {
+                            v.metrics.in_flight.dec();
+                            tracing::warn!(request_id = rid.to_str().unwrap_or_default(), gateway = %failed, error = %error, "no gateway with a share of the version could be reached");
+                            let e = overloaded(&service, Saturated::Replicas);
+                            m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
+                            return self.fail(e, &rid, Some(&service), Some(version), conn, start);
+                        }
+                    }
+                }
                 Ok(Err(Failure::Unsent { error, request })) if rerouted < MAX_REROUTES => {
                     rerouted += 1;
                     report(&lease, Outcome::Failed, &service, version);
@@ -245,6 +337,7 @@ impl Gateway {
         head: &ClientHead,
         service: &Service,
         endpoint: Endpoint,
+        handed_over: bool,
     ) -> Result<usize, GatewayError> {
         match (endpoint, head.method()) {
             (Endpoint::Score, &Method::POST)
@@ -254,8 +347,9 @@ impl Gateway {
                 return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });
             }
         }
-        // Azure ML serves swagger.json without a key; scoring needs one.
-        if endpoint == Endpoint::Score {
+        // Azure ML serves swagger.json without a key; scoring needs one (checked by the gateway
+        // that handed a request over).
+        if endpoint == Endpoint::Score && !handed_over {
             service
                 .auth
                 .check(head.header(&header::AUTHORIZATION))
@@ -373,12 +467,13 @@ impl Gateway {
             head,
             body,
             forward: Forward {
-                path,
+                path: Some(path),
                 client: conn.remote.ip(),
                 tls: conn.tls,
                 drop_authorization: service.auth.consumes_header(),
                 request_id: rid.clone(),
                 max_body: self.max_body_bytes,
+                hop: None,
             },
             replayable,
         }

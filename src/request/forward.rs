@@ -20,8 +20,9 @@ pub type UpstreamBody = Limited<ClientBody>;
 /// Everything the request to a replica needs besides the client's head and body.
 #[derive(Debug, Clone)]
 pub struct Forward {
-    /// The replica's path for the endpoint (the query is the client's).
-    pub path: &'static str,
+    /// The replica's path for the endpoint (the query is the client's); `None`: the client's
+    /// path (a request handed to another gateway).
+    pub path: Option<&'static str>,
     pub client: IpAddr,
     pub tls: bool,
     /// The gateway's key is in `Authorization`: it is not forwarded.
@@ -29,7 +30,21 @@ pub struct Forward {
     pub request_id: HeaderValue,
     /// The most body bytes the replica may be sent.
     pub max_body: u64,
+    /// Set when the request goes to another gateway instead of a replica.
+    pub hop: Option<Box<Hop>>,
 }
+
+/// What a request handed to another gateway carries: the proof that a gateway of the same
+/// attachment sent it (`x-scoregate-peer`), and the version this gateway chose for it when the
+/// client did not pin one (`azureml-model-deployment`), so the traffic split is rolled once.
+#[derive(Debug, Clone)]
+pub struct Hop {
+    pub proof: HeaderValue,
+    pub pin: Option<HeaderValue>,
+}
+
+/// The header carrying a forwarded request's proof (a client's is never passed on).
+pub static PEER_PROOF: http::HeaderName = http::HeaderName::from_static("x-scoregate-peer");
 
 /// The request for a replica speaking `protocol` at `replica`, as a `Request` for the replica
 /// client (HTTP/1.1: origin-form URI and a `Host`; h2c: an absolute URI, no `Host`).
@@ -42,7 +57,11 @@ pub fn into_request(
 ) -> Request<UpstreamBody> {
     let mut parts = head.into_parts();
     let query = parts.uri.query().map(|q| format!("?{q}"));
-    let pq = || format!("{}{}", f.path, query.as_deref().unwrap_or(""));
+    let path: std::borrow::Cow<'static, str> = match f.path {
+        Some(p) => p.into(),
+        None => parts.uri.path().to_string().into(),
+    };
+    let pq = || format!("{path}{}", query.as_deref().unwrap_or(""));
     let authority = parts.uri.authority().cloned();
     headers::strip_hop_by_hop(&mut parts.headers);
     if f.drop_authorization {
@@ -52,13 +71,20 @@ pub fn into_request(
     parts
         .headers
         .insert(REQUEST_ID, headers::unindexed(&f.request_id));
+    parts.headers.remove(&PEER_PROOF);
+    if let Some(hop) = &f.hop {
+        parts.headers.insert(&PEER_PROOF, hop.proof.clone());
+        if let Some(pin) = &hop.pin {
+            parts.headers.insert(headers::MODEL_DEPLOYMENT, pin.clone());
+        }
+    }
     match protocol {
         Protocol::Http1 => {
             parts.version = http::Version::HTTP_11;
             // The common case (no query) allocates nothing.
-            parts.uri = match &query {
-                None => Uri::from_static(f.path),
-                Some(_) => Uri::try_from(pq()).unwrap_or_else(|_| Uri::from_static(f.path)),
+            parts.uri = match (&query, f.path) {
+                (None, Some(p)) => Uri::from_static(p),
+                _ => Uri::try_from(pq()).unwrap_or_else(|_| Uri::from_static("/")),
             };
             if !parts.headers.contains_key(header::HOST) {
                 let host = authority
@@ -95,10 +121,11 @@ pub fn encode_http1(
 ) -> BytesMut {
     let body_len = body.map_or(0, Bytes::len);
     let query = req.uri.query();
+    let path = f.path.unwrap_or(req.uri.path());
     let mut ip = [0u8; 64];
     let ip = put_ip(f.client, &mut ip);
     let mut out = BytesMut::with_capacity(
-        160 + f.path.len()
+        160 + path.len()
             + query.map_or(0, str::len)
             + req
                 .headers
@@ -109,7 +136,7 @@ pub fn encode_http1(
     );
     out.put_slice(req.method.as_str().as_bytes());
     out.put_u8(b' ');
-    out.put_slice(f.path.as_bytes());
+    out.put_slice(path.as_bytes());
     if let Some(q) = query {
         out.put_u8(b'?');
         out.put_slice(q.as_bytes());
@@ -151,6 +178,16 @@ pub fn encode_http1(
         REQUEST_ID.as_str().as_bytes(),
         f.request_id.as_bytes(),
     );
+    if let Some(hop) = &f.hop {
+        put_line(&mut out, PEER_PROOF.as_str().as_bytes(), hop.proof.as_bytes());
+        if let Some(pin) = &hop.pin {
+            put_line(
+                &mut out,
+                headers::MODEL_DEPLOYMENT.as_str().as_bytes(),
+                pin.as_bytes(),
+            );
+        }
+    }
     if !host {
         out.put_slice(b"host: ");
         let mut a = [0u8; 64];
@@ -193,12 +230,13 @@ mod tests {
 
     fn forward(rid: &HeaderValue, drop_authorization: bool) -> Forward {
         Forward {
-            path: "/score",
+            path: Some("/score"),
             client: "10.1.2.3".parse().expect("ip"),
             tls: true,
             drop_authorization,
             request_id: rid.clone(),
             max_body: 1024,
+            hop: None,
         }
     }
 

@@ -10,7 +10,7 @@ use arc_swap::ArcSwap;
 use crate::auth::Auth;
 use crate::config::{Protocol, ServiceConfig, ServiceSettings};
 use crate::metrics::{Metrics, VersionMetrics};
-use crate::upstream::ReplicaSet;
+use crate::upstream::{ReplicaSet, Shares};
 
 /// Replica addresses found by discovery, by (service, version).
 pub type Discovered = HashMap<(String, String), Vec<std::net::SocketAddr>>;
@@ -87,6 +87,7 @@ impl Service {
         metrics: &Metrics,
         previous: Option<&Service>,
         discovered: &Discovered,
+        shares: &Arc<Shares>,
     ) -> Self {
         let versions: Vec<Version> = c
             .versions
@@ -107,7 +108,7 @@ impl Service {
                         pv.replicas.update(&addrs);
                         pv.replicas.clone()
                     })
-                    .unwrap_or_else(|| ReplicaSet::new(&addrs, v.protocol, &c.settings));
+                    .unwrap_or_else(|| ReplicaSet::new(&addrs, v.protocol, &c.settings, shares));
                 Version {
                     name: v.name.clone(),
                     header: http::HeaderValue::from_str(&v.name).ok(),
@@ -155,26 +156,58 @@ impl Service {
     }
 }
 
-/// All services, by name.
-#[derive(Debug, Default)]
+/// All services, by name, and this gateway's share of their replicas' limits.
+#[derive(Debug)]
 pub struct RouteTable {
     services: HashMap<String, Arc<Service>>,
+    shares: Arc<Shares>,
+}
+
+impl Default for RouteTable {
+    fn default() -> Self {
+        RouteTable {
+            services: HashMap::new(),
+            shares: Shares::whole(),
+        }
+    }
 }
 
 impl RouteTable {
+    /// One gateway: every replica's whole limit.
     pub fn build(services: &[ServiceConfig], metrics: &Metrics) -> Self {
-        Self::rebuild(services, metrics, None, &Discovered::new())
+        Self::build_shared(services, metrics, &Shares::whole())
+    }
+
+    /// Replica limits shared with other gateways as `shares` says (kept by every rebuild).
+    pub fn build_shared(
+        services: &[ServiceConfig],
+        metrics: &Metrics,
+        shares: &Arc<Shares>,
+    ) -> Self {
+        Self::rebuild_with(services, metrics, None, &Discovered::new(), shares)
     }
 
     /// A new table from the configured services and the discovered replicas, reusing the
-    /// replica sets of `previous`.
+    /// replica sets (and the shares) of `previous`.
     pub fn rebuild(
         services: &[ServiceConfig],
         metrics: &Metrics,
         previous: Option<&RouteTable>,
         discovered: &Discovered,
     ) -> Self {
+        let shares = previous.map_or_else(Shares::whole, |p| p.shares.clone());
+        Self::rebuild_with(services, metrics, previous, discovered, &shares)
+    }
+
+    fn rebuild_with(
+        services: &[ServiceConfig],
+        metrics: &Metrics,
+        previous: Option<&RouteTable>,
+        discovered: &Discovered,
+        shares: &Arc<Shares>,
+    ) -> Self {
         RouteTable {
+            shares: shares.clone(),
             services: services
                 .iter()
                 .map(|s| {
@@ -183,11 +216,15 @@ impl RouteTable {
                         .map(|a| a.as_ref());
                     (
                         s.name.clone(),
-                        Arc::new(Service::build(s, metrics, prev, discovered)),
+                        Arc::new(Service::build(s, metrics, prev, discovered, shares)),
                     )
                 })
                 .collect(),
         }
+    }
+
+    pub fn shares(&self) -> &Arc<Shares> {
+        &self.shares
     }
 
     pub fn get(&self, name: &str) -> Option<&Arc<Service>> {

@@ -13,6 +13,8 @@ pub struct Listeners {
     pub tls: Option<TcpListener>,
     pub http: Option<TcpListener>,
     pub admin: Option<TcpListener>,
+    /// Requests handed over by other gateways (`[coordination]`).
+    pub peer: Option<TcpListener>,
 }
 
 /// The addresses actually bound (port 0 resolved).
@@ -21,6 +23,7 @@ pub struct BoundAddrs {
     pub tls: Option<SocketAddr>,
     pub http: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub peer: Option<SocketAddr>,
 }
 
 impl Listeners {
@@ -47,6 +50,7 @@ impl Listeners {
             tls: one("listen.tls", listen.tls).await?,
             http: one("listen.http", listen.http).await?,
             admin: one("listen.admin", listen.admin).await?,
+            peer: one("listen.peer", listen.peer).await?,
         })
     }
 
@@ -56,6 +60,7 @@ impl Listeners {
             tls: a(&self.tls),
             http: a(&self.http),
             admin: a(&self.admin),
+            peer: a(&self.peer),
         }
     }
 }

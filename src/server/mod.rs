@@ -99,6 +99,7 @@ pub async fn serve(
     server: Arc<Server>,
     tls: Option<TcpListener>,
     http: Option<TcpListener>,
+    peer: Option<TcpListener>,
     stop: CancellationToken,
 ) {
     let graceful = GracefulShutdown::new();
@@ -112,12 +113,19 @@ pub async fn serve(
     };
     let tls_loop = async {
         if let (Some(l), Some(acc)) = (tls, server.acceptor.clone()) {
-            ctx.accept_loop(l, Some(acc), stop.clone()).await;
+            ctx.accept_loop(l, Some(acc), false, stop.clone()).await;
         }
     };
     let http_loop = async {
         if let Some(l) = http {
-            ctx.accept_loop(l, None, stop.clone()).await;
+            ctx.accept_loop(l, None, false, stop.clone()).await;
+        }
+    };
+    // Requests handed over by other gateways: plaintext HTTP/1.1 on the node network, each
+    // with its proof (checked by the proxy).
+    let peer_loop = async {
+        if let Some(l) = peer {
+            ctx.accept_loop(l, None, true, stop.clone()).await;
         }
     };
     let announce = async {
@@ -128,7 +136,7 @@ pub async fn serve(
             "shutting down: stopped accepting, draining in-flight requests"
         );
     };
-    tokio::join!(tls_loop, http_loop, announce);
+    tokio::join!(tls_loop, http_loop, peer_loop, announce);
 
     match tokio::time::timeout(server.limits.shutdown_grace, graceful.shutdown()).await {
         Ok(()) => tracing::info!("drained; all connections closed"),
@@ -148,6 +156,7 @@ impl AcceptCtx<'_> {
         &self,
         listener: TcpListener,
         acceptor: Option<TlsAcceptor>,
+        peer: bool,
         stop: CancellationToken,
     ) {
         let mut backoff = Duration::from_millis(5);
@@ -193,7 +202,7 @@ impl AcceptCtx<'_> {
                     tokio::spawn(Working::new(serve));
                 }
                 None => {
-                    let info = ConnInfo { remote, tls: false };
+                    let info = ConnInfo { remote, tls: false, peer };
                     // h2c with prior knowledge is recognised by its preface when the fast path
                     // hands the connection over.
                     tokio::spawn(Working::new(conn.serve_http(stream, info, false, open)));
@@ -284,7 +293,12 @@ impl Conn {
             let Some((tls, h2)) = handshake(accept, &self.server.handshakes, remote).await else {
                 return; // `open` goes with this future
             };
-            self.serve_http(tls, ConnInfo { remote, tls: true }, h2, open)
+            let info = ConnInfo {
+                remote,
+                tls: true,
+                peer: false,
+            };
+            self.serve_http(tls, info, h2, open)
                 .await;
         }
     }

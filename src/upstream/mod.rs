@@ -6,9 +6,10 @@ mod ewma;
 mod h1;
 mod outlier;
 mod replica;
+pub mod shares;
 
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use arc_swap::ArcSwap;
@@ -24,6 +25,7 @@ pub use crate::request::forward::UpstreamBody;
 use crate::request::{ClientBody, ClientHead};
 pub use outlier::Outcome;
 pub use replica::{ClientBodyError, Failure, Replica, UpstreamError};
+pub use shares::{ShareView, Shares};
 
 /// A request on its way to a replica: the client's head and body and what forwarding adds.
 /// The replica client encodes it for the replica's protocol once the replica is known (a raw
@@ -53,12 +55,13 @@ impl Outgoing {
             head: ClientHead::Raw(head),
             body: ClientBody::Whole(body),
             forward: Forward {
-                path: "/score",
+                path: Some("/score"),
                 client: std::net::Ipv4Addr::LOCALHOST.into(),
                 tls: false,
                 drop_authorization: false,
                 request_id: http::HeaderValue::from_str(request_id).expect("a request id"),
                 max_body: 64 * 1024,
+                hop: None,
             },
             replayable,
         }
@@ -155,16 +158,21 @@ pub enum Saturated {
 
 /// The replicas of one version and the queue in front of them. The replica list can change
 /// under load ([`ReplicaSet::update`], fed by discovery): replicas that stay keep their slot
-/// counters, removed ones finish their in-flight requests and get no new ones.
+/// counters, removed ones finish their in-flight requests and get no new ones. So can this
+/// gateway's share of each replica's limit ([`Shares`]), when several gateways serve them.
 #[derive(Debug)]
 pub struct ReplicaSet {
     replicas: ArcSwap<Vec<Arc<Replica>>>,
     protocol: Protocol,
+    /// `replica_max_concurrent_requests`: the limit of each replica over all gateways.
     limit: u32,
-    /// One permit per replica slot (replicas × `replica_max_concurrent_requests`); FIFO waiters.
+    /// One permit per slot this gateway may use (the sum of its replicas' limits); FIFO waiters.
     slots: Arc<Semaphore>,
-    /// Permits to retire as leases end, after replicas were removed while busy.
+    /// Permits to retire as leases end, after capacity shrank under busy replicas.
     excess: AtomicUsize,
+    shares: Arc<Shares>,
+    /// The epoch of `shares` the replicas' limits follow.
+    applied: AtomicU64,
     update_lock: Mutex<()>,
     queued: AtomicU32,
     max_queued: u32,
@@ -197,6 +205,33 @@ impl Drop for Lease {
     }
 }
 
+/// How the permits change when replicas' limits change: per replica, the slots above a lowered
+/// limit retire now when free and as their leases end when busy; a raised limit first takes back
+/// busy slots that were waiting to retire.
+#[derive(Debug, Default)]
+struct Resize {
+    add: usize,
+    cancel: usize,
+    retire_now: usize,
+    retire_later: usize,
+}
+
+impl Resize {
+    fn replica(&mut self, busy: u32, from: u32, to: u32) {
+        let (busy, from, to) = (busy as usize, from as usize, to as usize);
+        let (over_before, over_after) = (busy.saturating_sub(from), busy.saturating_sub(to));
+        if to >= from {
+            let cancel = over_before - over_after;
+            self.cancel += cancel;
+            self.add += to - from - cancel;
+        } else {
+            let newly_over = over_after - over_before;
+            self.retire_later += newly_over;
+            self.retire_now += from - to - newly_over;
+        }
+    }
+}
+
 /// Counts a waiting request for as long as it waits.
 struct Waiting<'a>(&'a AtomicU32);
 
@@ -207,13 +242,19 @@ impl Drop for Waiting<'_> {
 }
 
 impl ReplicaSet {
-    pub fn new(addrs: &[SocketAddr], protocol: Protocol, settings: &ServiceSettings) -> Arc<Self> {
+    pub fn new(
+        addrs: &[SocketAddr],
+        protocol: Protocol,
+        settings: &ServiceSettings,
+        shares: &Arc<Shares>,
+    ) -> Arc<Self> {
         let limit = settings.replica_max_concurrent_requests;
+        let (epoch, view) = shares.load();
         let replicas: Vec<_> = addrs
             .iter()
-            .map(|a| Arc::new(Replica::new(*a, protocol, limit)))
+            .map(|a| Arc::new(Replica::new(*a, protocol, view.limit(*a, limit, None))))
             .collect();
-        let capacity = replicas.len() * limit as usize;
+        let capacity: usize = replicas.iter().map(|r| r.limit() as usize).sum();
         Arc::new(ReplicaSet {
             outlier: outlier::Policy::from_settings(settings),
             ejected: Mutex::new(Vec::new()),
@@ -222,6 +263,8 @@ impl ReplicaSet {
             limit,
             slots: Arc::new(Semaphore::new(capacity)),
             excess: AtomicUsize::new(0),
+            shares: shares.clone(),
+            applied: AtomicU64::new(epoch),
             update_lock: Mutex::new(()),
             queued: AtomicU32::new(0),
             max_queued: settings.max_queued_requests,
@@ -263,42 +306,119 @@ impl ReplicaSet {
         if old.len() == served.len() && old.iter().zip(&served).all(|(r, a)| r.addr == *a) {
             return;
         }
+        let view = self.shares.view();
         let next: Vec<Arc<Replica>> = served
             .iter()
             .map(|a| {
-                old.iter()
-                    .find(|r| r.addr == *a)
-                    .cloned()
-                    .unwrap_or_else(|| Arc::new(Replica::new(*a, self.protocol, self.limit)))
+                old.iter().find(|r| r.addr == *a).cloned().unwrap_or_else(|| {
+                    let limit = view.limit(*a, self.limit, None);
+                    Arc::new(Replica::new(*a, self.protocol, limit))
+                })
             })
             .collect();
         self.swap(&old, next);
     }
 
-    /// Serve `next` instead of `old`, moving capacity with the replicas (caller holds
-    /// `update_lock`).
+    /// Serve `next` instead of `old`, moving the permits with the replicas (caller holds
+    /// `update_lock`): a removed replica's free slots retire now, its busy ones when their
+    /// leases end; one coming back from an ejection gets its share under the current view.
     fn swap(&self, old: &[Arc<Replica>], next: Vec<Arc<Replica>>) {
-        let limit = self.limit as usize;
-        let added = next
-            .iter()
-            .filter(|r| !old.iter().any(|o| Arc::ptr_eq(o, r)))
-            .count()
-            * limit;
-        // A removed replica's free slots retire now; its busy ones when their leases end.
-        let (mut retire_now, mut retire_later) = (0usize, 0usize);
+        let view = self.shares.view();
+        let mut plan = Resize::default();
+        for r in next.iter().filter(|r| !old.iter().any(|o| Arc::ptr_eq(o, r))) {
+            let limit = view.limit(r.addr, self.limit, Some(r.limit()));
+            r.limit.store(limit, Ordering::Release);
+            plan.replica(r.in_flight(), 0, limit);
+        }
         for r in old
             .iter()
             .filter(|o| !next.iter().any(|r| Arc::ptr_eq(o, r)))
         {
-            let busy = (r.in_flight() as usize).min(limit);
-            retire_now += limit - busy;
-            retire_later += busy;
+            plan.replica(r.in_flight(), r.limit(), 0);
         }
         self.replicas.store(Arc::new(next));
-        self.slots.add_permits(added);
-        let forgotten = self.slots.forget_permits(retire_now);
-        self.excess
-            .fetch_add(retire_later + (retire_now - forgotten), Ordering::AcqRel);
+        self.apply(plan);
+    }
+
+    /// Follow the current [`Shares`] view when it changed since the last look: each served
+    /// replica's limit becomes this gateway's share of it, and the permits follow.
+    pub fn reshare(&self) {
+        let epoch = self.shares.epoch();
+        if self.applied.load(Ordering::Acquire) == epoch {
+            return;
+        }
+        let Ok(_guard) = self.update_lock.lock() else {
+            return;
+        };
+        let (epoch, view) = self.shares.load();
+        let mut plan = Resize::default();
+        for r in self.replicas.load().iter() {
+            let from = r.limit();
+            let to = view.limit(r.addr, self.limit, Some(from));
+            r.limit.store(to, Ordering::Release);
+            plan.replica(r.in_flight(), from, to);
+        }
+        self.apply(plan);
+        self.applied.store(epoch, Ordering::Release);
+    }
+
+    /// Move the permits as `plan` says (caller holds `update_lock`).
+    fn apply(&self, plan: Resize) {
+        if plan.cancel > 0 {
+            let _ = self
+                .excess
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                    Some(n.saturating_sub(plan.cancel))
+                });
+        }
+        self.slots.add_permits(plan.add);
+        let forgotten = self.slots.forget_permits(plan.retire_now);
+        self.excess.fetch_add(
+            plan.retire_later + (plan.retire_now - forgotten),
+            Ordering::AcqRel,
+        );
+    }
+
+    /// The slots this gateway may use now (its share of every served replica).
+    pub fn local_capacity(&self) -> usize {
+        self.reshare();
+        self.replicas.load().iter().map(|r| r.limit() as usize).sum()
+    }
+
+    /// Whether every served replica's in-flight requests fit this gateway's current limit on
+    /// it (after a view lowered them, once the requests above it ended).
+    pub fn within_limits(&self) -> bool {
+        self.reshare();
+        self.applied.load(Ordering::Acquire) == self.shares.epoch()
+            && self
+                .replicas
+                .load()
+                .iter()
+                .all(|r| r.in_flight() <= r.limit())
+    }
+
+    /// The whole limit of each replica (over all gateways).
+    pub fn replica_limit(&self) -> u32 {
+        self.limit
+    }
+
+    /// A slot on the replica at `addr` now, without waiting; `None` when it is at its limit
+    /// or not served.
+    pub fn try_acquire_on(self: &Arc<Self>, addr: SocketAddr) -> Option<Lease> {
+        self.reshare();
+        let permit = self.slots.clone().try_acquire_owned().ok()?;
+        let replica = self
+            .replicas
+            .load()
+            .iter()
+            .find(|r| r.addr == addr)
+            .filter(|r| r.try_claim())
+            .cloned()?;
+        Some(Lease {
+            replica,
+            set: self.clone(),
+            permit: Some(permit),
+        })
     }
 
     /// Requests waiting for a slot right now.
@@ -322,6 +442,7 @@ impl ReplicaSet {
         if self.replicas.load().is_empty() {
             return Err(Saturated::NoReplicas);
         }
+        self.reshare();
         // The clock is read only once the request has to wait: the common case reads none.
         let mut start: Option<Instant> = None;
         loop {
@@ -420,7 +541,7 @@ mod tests {
             max_queued_requests: max_queued,
             ..ServiceSettings::default()
         };
-        ReplicaSet::new(&addrs, Protocol::Http1, &settings)
+        ReplicaSet::new(&addrs, Protocol::Http1, &settings, &Shares::whole())
     }
 
     #[tokio::test(start_paused = true)]
@@ -464,6 +585,68 @@ mod tests {
         for r in rs.replicas().iter() {
             assert_eq!(r.in_flight(), 0);
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn shares_follow_the_view_and_rise_only_once_settled() {
+        let members: Arc<[String]> = vec!["a".to_string(), "b".to_string()].into();
+        let view = |me: usize, settled: bool| ShareView::Members {
+            members: members.clone(),
+            me,
+            settled,
+        };
+        let settings = ServiceSettings {
+            replica_max_concurrent_requests: 4,
+            max_request_wait_time: Duration::from_millis(100),
+            ..ServiceSettings::default()
+        };
+        let addr = SocketAddr::from(([127, 0, 0, 1], 7000));
+        // Two gateways' sets: their shares of the one replica partition its limit.
+        let sets: Vec<_> = (0..2)
+            .map(|me| {
+                let shares = Shares::new(view(me, true));
+                (ReplicaSet::new(&[addr], Protocol::Http1, &settings, &shares), shares)
+            })
+            .collect();
+        assert_eq!(sets[0].0.local_capacity() + sets[1].0.local_capacity(), 4);
+        assert_eq!(sets[0].0.local_capacity(), 2);
+        // Gateway 0 alone, unsettled view from the whole limit: keeps what it had.
+        let (rs, shares) = &sets[0];
+        let (a, _) = rs.acquire().await.expect("slot");
+        let (b, _) = rs.acquire().await.expect("slot");
+        assert_eq!(rs.acquire().await.err(), Some(Saturated::Replicas));
+        // A third member joins: the share drops to 1 (4 / 3, the extra elsewhere or here).
+        let three: Arc<[String]> = vec!["a".into(), "b".into(), "c".into()].into();
+        shares.store(ShareView::Members {
+            members: three.clone(),
+            me: 0,
+            settled: false,
+        });
+        let share = shares::share_of(addr, 4, &three, 0) as usize;
+        assert_eq!(rs.local_capacity(), share.min(2), "down at once, never up");
+        assert_eq!(rs.within_limits(), share >= 2, "busy above the new share");
+        drop((a, b));
+        assert!(rs.within_limits());
+        shares.store(ShareView::Fallback { members: 3 });
+        assert_eq!(rs.local_capacity(), 1, "fallback: 4 / 3");
+        shares.store(ShareView::Members {
+            members: three.clone(),
+            me: 0,
+            settled: false,
+        });
+        assert_eq!(rs.local_capacity(), 1.min(share), "unsettled after the fallback");
+        shares.store(ShareView::Members {
+            members: three.clone(),
+            me: 0,
+            settled: true,
+        });
+        assert_eq!(rs.local_capacity(), share);
+        // The permits follow the limits: exactly the share can be taken.
+        let mut held = Vec::new();
+        for _ in 0..rs.local_capacity() {
+            held.push(rs.acquire().await.expect("within the share"));
+        }
+        assert_eq!(rs.acquire().await.err(), Some(Saturated::Replicas));
     }
 
     #[tokio::test(start_paused = true)]

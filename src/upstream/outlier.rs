@@ -168,7 +168,7 @@ mod tests {
             max_request_wait_time: Duration::from_millis(100),
             ..ServiceSettings::default()
         };
-        ReplicaSet::new(&addrs, Protocol::Http1, &settings)
+        ReplicaSet::new(&addrs, Protocol::Http1, &settings, &crate::upstream::Shares::whole())
     }
 
     async fn fail_until_ejected(rs: &Arc<ReplicaSet>, addr: SocketAddr) -> Option<Ejection> {

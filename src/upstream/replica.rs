@@ -88,7 +88,9 @@ impl From<UpstreamError> for Failure {
 pub struct Replica {
     pub addr: SocketAddr,
     pub protocol: Protocol,
-    limit: u32,
+    /// This gateway's limit on it: the whole `replica_max_concurrent_requests`, or its share
+    /// when several gateways serve it (`shares`).
+    pub(super) limit: AtomicU32,
     pub(super) in_flight: AtomicU32,
     latency: PeakEwma,
     /// Outlier detection: failures in a row, times ejected, when the last ejection ended.
@@ -104,7 +106,7 @@ impl Replica {
         Replica {
             addr,
             protocol,
-            limit,
+            limit: AtomicU32::new(limit),
             in_flight: AtomicU32::new(0),
             latency: PeakEwma::default(),
             failures: AtomicU32::new(0),
@@ -127,10 +129,16 @@ impl Replica {
         self.latency.observe(rtt);
     }
 
+    /// This gateway's limit on the replica now.
+    pub fn limit(&self) -> u32 {
+        self.limit.load(Ordering::Acquire)
+    }
+
     pub(super) fn try_claim(&self) -> bool {
+        let limit = self.limit();
         self.in_flight
             .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
-                (n < self.limit).then_some(n + 1)
+                (n < limit).then_some(n + 1)
             })
             .is_ok()
     }

@@ -99,6 +99,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
         (None, true) => Some(kube_settings(&Default::default(), base, &mut errs)),
         (None, false) => None,
     };
+    let coordination = coordination(&raw, &listen, kubernetes.as_ref(), base, &mut errs);
     if errs.0.is_empty() {
         Ok(Config {
             listen,
@@ -108,6 +109,7 @@ pub fn validate(raw: RawConfig, base: &Path) -> Result<Config, ConfigErrors> {
             access_log: raw.access_log.enabled.unwrap_or(false),
             services,
             kubernetes,
+            coordination,
         })
     } else {
         Err(ConfigErrors(errs.0))
@@ -135,6 +137,7 @@ fn listen(raw: &RawConfig, errs: &mut Errors) -> Listen {
         tls: addr("listen.tls", &raw.listen.tls, errs),
         http: addr("listen.http", &raw.listen.http, errs),
         admin: addr("listen.admin", &raw.listen.admin, errs),
+        peer: addr("listen.peer", &raw.listen.peer, errs),
     };
     if raw.listen.tls.is_none() && raw.listen.http.is_none() {
         errs.push(
@@ -147,6 +150,7 @@ fn listen(raw: &RawConfig, errs: &mut Errors) -> Listen {
         ("listen.tls", l.tls),
         ("listen.http", l.http),
         ("listen.admin", l.admin),
+        ("listen.peer", l.peer),
     ] {
         if let Some(a) = a
             && a.port() != 0
@@ -159,6 +163,111 @@ fn listen(raw: &RawConfig, errs: &mut Errors) -> Listen {
         }
     }
     l
+}
+
+fn coordination(
+    raw: &RawConfig,
+    listen: &Listen,
+    kube: Option<&crate::discovery::KubeSettings>,
+    base: &Path,
+    errs: &mut Errors,
+) -> Option<super::CoordinationSettings> {
+    let Some(c) = &raw.coordination else {
+        if listen.peer.is_some() {
+            errs.push(
+                "listen.peer",
+                "the peer listener serves requests handed over by other gateways; add a [coordination] table or remove listen.peer",
+            );
+        }
+        return None;
+    };
+    let Some(kube) = kube else {
+        errs.push(
+            "coordination",
+            "gateways find each other through Leases in the Kubernetes API; add a [kubernetes] table",
+        );
+        return None;
+    };
+    let Some(peer) = listen.peer else {
+        errs.push(
+            "listen.peer",
+            "[coordination] hands requests between gateways on a port of their own; set listen.peer, e.g. \"0.0.0.0:8444\"",
+        );
+        return None;
+    };
+    let group = c.group.clone().unwrap_or_else(|| "scoregate".into());
+    if group.is_empty() || group.len() > 40 || !tls::valid_dns_label(&group) {
+        errs.push(
+            "coordination.group",
+            format!("{group:?} must be a DNS label of at most 40 characters, e.g. \"scoregate\""),
+        );
+    }
+    let lease_duration = Duration::from_millis(errs.range(
+        "coordination.lease_duration_ms",
+        c.lease_duration_ms,
+        1_000,
+        60_000,
+        6_000,
+    ));
+    let peer_key = match &c.peer_key_file {
+        None => {
+            errs.push(
+                "coordination.peer_key_file",
+                "required: a file of at least 32 random bytes shared by the gateways (attach keeps it in the Secret scoregate-peer), e.g. `head -c 32 /dev/urandom > peer.key`",
+            );
+            Vec::new()
+        }
+        Some(f) => match std::fs::read(base.join(f)) {
+            Ok(k) if k.len() >= 32 => k,
+            Ok(k) => {
+                errs.push(
+                    "coordination.peer_key_file",
+                    format!(
+                        "{f:?} holds {} bytes; the key needs at least 32 random bytes",
+                        k.len()
+                    ),
+                );
+                Vec::new()
+            }
+            Err(e) => {
+                errs.push(
+                    "coordination.peer_key_file",
+                    format!("cannot read {f:?}: {e}"),
+                );
+                Vec::new()
+            }
+        },
+    };
+    let advertise_ip = match &c.advertise_ip {
+        Some(ip) => ip.parse().map_err(|_| {
+            errs.push(
+                "coordination.advertise_ip",
+                format!("{ip:?} is not an IP address; write e.g. \"10.0.0.5\""),
+            )
+        }),
+        None => match std::env::var("POD_IP").ok().and_then(|ip| ip.parse().ok()) {
+            Some(ip) => Ok(ip),
+            None if !peer.ip().is_unspecified() => Ok(peer.ip()),
+            None => {
+                errs.push(
+                    "coordination.advertise_ip",
+                    "listen.peer listens on every address: set coordination.advertise_ip (or $POD_IP) to the address the other gateways reach this one on",
+                );
+                Err(())
+            }
+        },
+    };
+    Some(super::CoordinationSettings {
+        group,
+        namespace: c
+            .namespace
+            .clone()
+            .unwrap_or_else(|| kube.lease.namespace.clone()),
+        identity: kube.lease.identity.clone(),
+        lease_duration,
+        peer_key,
+        advertise_ip: advertise_ip.unwrap_or(std::net::Ipv4Addr::LOCALHOST.into()),
+    })
 }
 
 fn limits(raw: &RawLimits, errs: &mut Errors) -> Limits {

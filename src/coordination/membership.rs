@@ -1,0 +1,517 @@
+//! The membership loop: this gateway's Lease (written first, then renewed at a third of its
+//! duration and whenever what it says changes), a watch on the group's Leases, and, every tick,
+//! the view: who the members are, whether this gateway has released it, whether every other
+//! member has (then it is settled), or whether this gateway lost its own Lease (fallback).
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::StreamExt;
+use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams};
+use kube::runtime::WatchStreamExt;
+use kube::runtime::watcher::{self, Event};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use super::{Coordinator, Members, State};
+use crate::routing::RouteHandle;
+use crate::upstream::ShareView;
+
+pub const GROUP_LABEL: &str = "scoregate.io/group";
+const PEER: &str = "scoregate.io/peer";
+const VIEW: &str = "scoregate.io/view";
+const RELEASED: &str = "scoregate.io/released";
+const LOAD: &str = "scoregate.io/load";
+/// How often the view is looked at (local work only; the API is written on change or renewal).
+const TICK: Duration = Duration::from_millis(100);
+/// A member Lease not renewed for this long is deleted by whichever gateway sees it.
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// What this gateway last saw of another member's Lease.
+#[derive(Debug)]
+struct Seen {
+    peer: Option<SocketAddr>,
+    view: String,
+    released: String,
+    load: HashMap<(String, String), (u32, u32)>,
+    renew: Option<Timestamp>,
+    duration: Duration,
+    /// When its renewal (or anything it says) last changed, by this gateway's clock: a member
+    /// is live for its duration after that (clock skew between nodes does not matter).
+    observed: Instant,
+}
+
+impl Seen {
+    fn from_lease(lease: &Lease, default_duration: Duration) -> Option<(String, Seen)> {
+        let spec = lease.spec.as_ref()?;
+        let id = spec.holder_identity.clone()?;
+        let a = lease.metadata.annotations.clone().unwrap_or_default();
+        let load = a
+            .get(LOAD)
+            .and_then(|l| serde_json::from_str::<BTreeMap<String, (u32, u32)>>(l).ok())
+            .unwrap_or_default()
+            .into_iter()
+            .filter_map(|(k, v)| {
+                let (s, ver) = k.split_once('/')?;
+                Some(((s.to_string(), ver.to_string()), v))
+            })
+            .collect();
+        let duration = spec
+            .lease_duration_seconds
+            .and_then(|s| u64::try_from(s).ok())
+            .map_or(default_duration, Duration::from_secs);
+        Some((
+            id,
+            Seen {
+                peer: a.get(PEER).and_then(|p| p.parse().ok()),
+                view: a.get(VIEW).cloned().unwrap_or_default(),
+                released: a.get(RELEASED).cloned().unwrap_or_default(),
+                load,
+                renew: spec.renew_time.as_ref().map(|t| t.0),
+                duration,
+                observed: Instant::now(),
+            },
+        ))
+    }
+
+    /// Whether it was renewed more than its duration ago by the wall clock (a Lease left by a
+    /// gateway that is gone, seen for the first time).
+    fn stale(&self, after: Duration) -> bool {
+        self.renew.is_none_or(|t| {
+            let age = Timestamp::now().duration_since(t);
+            age.as_secs() > i64::try_from(after.as_secs()).unwrap_or(i64::MAX)
+        })
+    }
+}
+
+/// A Lease name from the group and the identity: lower-case, DNS-safe, at most 253 characters.
+pub fn lease_name(group: &str, identity: &str) -> String {
+    let id: String = identity
+        .chars()
+        .map(|c| {
+            let c = c.to_ascii_lowercase();
+            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    let mut name = format!("{group}-gw-{}", id.trim_matches(|c| c == '-' || c == '.'));
+    name.truncate(253);
+    name.trim_end_matches(['-', '.']).to_string()
+}
+
+/// A short id of a member list (the same on every gateway for the same members).
+fn view_id(ids: &[String]) -> String {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ids.join("\n").as_bytes());
+    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// What this gateway's Lease says besides its renewal.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+struct Said {
+    view: String,
+    released: String,
+}
+
+struct Loop {
+    api: Api<Lease>,
+    coord: Arc<Coordinator>,
+    routes: RouteHandle,
+    name: String,
+    peer: String,
+    duration: Duration,
+    seen: HashMap<String, Seen>,
+    /// The member ids of the current view (sorted) and whether it is settled.
+    view: Vec<String>,
+    settled: bool,
+    /// What the Lease said at the last successful write, and when that write started.
+    said: Option<Said>,
+    written: Option<Instant>,
+    fallback: bool,
+    retry_at: Instant,
+}
+
+pub async fn run(
+    client: kube::Client,
+    coord: Arc<Coordinator>,
+    routes: RouteHandle,
+    peer_port: u16,
+    leave: CancellationToken,
+) {
+    let s = &coord.settings;
+    let api: Api<Lease> = Api::namespaced(client, &s.namespace);
+    let mut lp = Loop {
+        name: lease_name(&s.group, &s.identity),
+        peer: SocketAddr::new(s.advertise_ip, peer_port).to_string(),
+        duration: s.lease_duration,
+        api: api.clone(),
+        view: vec![s.identity.clone()],
+        coord: coord.clone(),
+        routes,
+        seen: HashMap::new(),
+        settled: false,
+        said: None,
+        written: None,
+        fallback: false,
+        retry_at: Instant::now(),
+    };
+    // The Lease first, then the list: of two gateways starting together, at least one sees
+    // the other before it settles alone.
+    let first = Said {
+        view: view_id(&lp.view),
+        released: String::new(),
+    };
+    loop {
+        if lp.write(&first).await {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {}
+            _ = leave.cancelled() => return,
+        }
+    }
+    tracing::info!(lease = %lp.name, group = %s.group, peer = %lp.peer, "joined the gateway group");
+    let selector = format!("{GROUP_LABEL}={}", s.group);
+    let mut events = watcher::watcher(api, watcher::Config::default().labels(&selector))
+        .default_backoff()
+        .boxed();
+    let mut listed = false;
+    let mut initial: HashMap<String, Seen> = HashMap::new();
+    let mut tick = tokio::time::interval(TICK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            ev = events.next() => match ev {
+                Some(Ok(Event::Init)) => initial.clear(),
+                Some(Ok(Event::InitApply(l))) => {
+                    if let Some((id, seen)) = Seen::from_lease(&l, lp.duration) {
+                        initial.insert(id, seen);
+                    }
+                }
+                Some(Ok(Event::InitDone)) => {
+                    for (id, mut seen) in initial.drain() {
+                        // Seen before with the same renewal: keep when it was observed.
+                        if let Some(old) = lp.seen.get(&id)
+                            && old.renew == seen.renew
+                        {
+                            seen.observed = old.observed;
+                        } else if seen.stale(seen.duration) {
+                            seen.observed = Instant::now() - seen.duration - TICK;
+                        }
+                        lp.seen.insert(id, seen);
+                    }
+                    listed = true;
+                }
+                Some(Ok(Event::Apply(l))) => lp.observe(&l),
+                Some(Ok(Event::Delete(l))) => {
+                    if let Some(id) = l.spec.as_ref().and_then(|s| s.holder_identity.clone()) {
+                        lp.seen.remove(&id);
+                    }
+                }
+                Some(Err(e)) => tracing::debug!(error = %e, "member Lease watch"),
+                None => return,
+            },
+            _ = tick.tick() => {
+                if listed {
+                    lp.step().await;
+                }
+            }
+            _ = leave.cancelled() => {
+                lp.leave().await;
+                return;
+            }
+        }
+    }
+}
+
+impl Loop {
+    fn observe(&mut self, lease: &Lease) {
+        let Some((id, mut seen)) = Seen::from_lease(lease, self.duration) else {
+            return;
+        };
+        if let Some(old) = self.seen.get(&id)
+            && old.renew == seen.renew
+            && old.view == seen.view
+            && old.released == seen.released
+        {
+            seen.observed = old.observed;
+        }
+        self.seen.insert(id, seen);
+    }
+
+    /// One look at the members; writes the Lease when due or when what it says changed.
+    async fn step(&mut self) {
+        let now = Instant::now();
+        let me = self.coord.id().to_string();
+        let mut ids: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|(id, s)| **id != me && now.duration_since(s.observed) < s.duration)
+            .map(|(id, _)| id.clone())
+            .chain([me.clone()])
+            .collect();
+        ids.sort();
+        ids.dedup();
+        let id = view_id(&ids);
+        if ids != self.view {
+            tracing::info!(members = ?ids, view = %id, "gateway group changed");
+            self.view = ids.clone();
+            self.settled = false;
+            self.store_view();
+        }
+        let mut want = Said {
+            view: id.clone(),
+            released: String::new(),
+        };
+        // Released: the Lease already says this view (so a raise anywhere comes after it) and
+        // every request in flight here fits this gateway's share of it.
+        let published = self.said.as_ref().is_some_and(|s| s.view == id);
+        let within = self.within_limits();
+        if published && within {
+            want.released = id.clone();
+        }
+        let due = self
+            .written
+            .is_none_or(|w| now.duration_since(w) >= self.duration / 3);
+        if (due || self.said.as_ref() != Some(&want)) && now >= self.retry_at {
+            if !self.write(&want).await {
+                self.retry_at = Instant::now() + Duration::from_millis(500);
+            } else if self.fallback {
+                tracing::info!("member Lease renewed again; leaving the fallback share");
+                self.fallback = false;
+                self.settled = false;
+                self.store_view();
+            }
+        }
+        let lapsed = self
+            .written
+            .is_none_or(|w| Instant::now().duration_since(w) >= self.duration);
+        if lapsed && !self.fallback {
+            tracing::warn!(members = self.view.len(), "cannot renew the member Lease: the others may take this gateway's slots; falling back to limit / members per replica");
+            self.fallback = true;
+            self.coord.shares.store(ShareView::Fallback {
+                members: self.view.len(),
+            });
+            self.coord.metrics.set_state(State::Fallback);
+            self.coord.ready.send_replace(true);
+            self.within_limits();
+        }
+        if !self.settled && !self.fallback && self.said.as_ref().is_some_and(|s| s.view == id) {
+            let others_released = self.view.iter().filter(|m| **m != me).all(|m| {
+                self.seen
+                    .get(m)
+                    .is_some_and(|s| s.view == id && s.released == id)
+            });
+            if others_released {
+                self.settled = true;
+                self.store_view();
+                let slots = self.local_slots();
+                tracing::info!(members = self.view.len(), view = %id, slots, "gateway group settled");
+            }
+        }
+        self.publish_members(&me);
+        self.forget_stale().await;
+    }
+
+    /// The current view into the shares (and the state metric).
+    fn store_view(&self) {
+        let me = self.coord.id();
+        let members: Arc<[String]> = self.view.clone().into();
+        let idx = members.iter().position(|m| m == me).unwrap_or(0);
+        if !self.fallback {
+            self.coord.shares.store(ShareView::Members {
+                members,
+                me: idx,
+                settled: self.settled,
+            });
+            let m = &self.coord.metrics;
+            m.set_state(if self.settled {
+                State::Coordinated
+            } else if self.coord.ready.borrow().to_owned() {
+                State::Settling
+            } else {
+                State::Joining
+            });
+            m.members.set(i64::try_from(self.view.len()).unwrap_or(i64::MAX));
+            if self.settled {
+                self.coord.ready.send_replace(true);
+            }
+        }
+        // The share metrics follow at once.
+        self.within_limits();
+    }
+
+    /// Every version's requests in flight fit this gateway's limits (and the share metric).
+    fn within_limits(&self) -> bool {
+        let table = self.routes.load();
+        let mut ok = true;
+        for svc in table.services() {
+            for v in &svc.versions {
+                ok &= v.replicas.within_limits();
+                self.coord
+                    .metrics
+                    .share(&svc.name, &v.name, v.replicas.local_capacity());
+            }
+        }
+        ok
+    }
+
+    /// This gateway's slots over every version (its shares, as the replica sets apply them).
+    fn local_slots(&self) -> usize {
+        let table = self.routes.load();
+        table
+            .services()
+            .flat_map(|s| s.versions.iter())
+            .map(|v| v.replicas.local_capacity())
+            .sum()
+    }
+
+    /// The members for the hop and the autoscaler.
+    fn publish_members(&self, me: &str) {
+        let ids: Arc<[String]> = self.view.clone().into();
+        let mut others_load: HashMap<(String, String), (u32, u32)> = HashMap::new();
+        for id in ids.iter().filter(|m| *m != me) {
+            if let Some(s) = self.seen.get(id) {
+                for (k, (b, q)) in &s.load {
+                    let e = others_load.entry(k.clone()).or_default();
+                    e.0 += b;
+                    e.1 += q;
+                }
+            }
+        }
+        let peers = ids
+            .iter()
+            .map(|m| {
+                (m != me)
+                    .then(|| self.seen.get(m).and_then(|s| s.peer))
+                    .flatten()
+            })
+            .collect();
+        self.coord.set_members(Members {
+            me: ids.iter().position(|m| m == me).unwrap_or(0),
+            ids,
+            peers,
+            others_load,
+        });
+    }
+
+    /// This gateway's busy and queued requests per version, for the others' autoscaler.
+    fn load(&self) -> String {
+        let table = self.routes.load();
+        let mut load = BTreeMap::new();
+        for svc in table.services() {
+            for v in &svc.versions {
+                let busy: u32 = v.replicas.replicas().iter().map(|r| r.in_flight()).sum();
+                let queued = v.replicas.queued();
+                if busy + queued > 0 {
+                    load.insert(format!("{}/{}", svc.name, v.name), (busy, queued));
+                }
+            }
+        }
+        serde_json::to_string(&load).unwrap_or_default()
+    }
+
+    /// Apply this gateway's Lease (server-side apply: no read first); true when it landed.
+    async fn write(&mut self, said: &Said) -> bool {
+        let started = Instant::now();
+        let s = &self.coord.settings;
+        let annotations = BTreeMap::from([
+            (PEER.to_string(), self.peer.clone()),
+            (VIEW.to_string(), said.view.clone()),
+            (RELEASED.to_string(), said.released.clone()),
+            (LOAD.to_string(), self.load()),
+        ]);
+        let lease = Lease {
+            metadata: ObjectMeta {
+                name: Some(self.name.clone()),
+                namespace: Some(s.namespace.clone()),
+                labels: Some(BTreeMap::from([(GROUP_LABEL.to_string(), s.group.clone())])),
+                annotations: Some(annotations),
+                ..Default::default()
+            },
+            spec: Some(LeaseSpec {
+                holder_identity: Some(s.identity.clone()),
+                lease_duration_seconds: Some(
+                    i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX),
+                ),
+                renew_time: Some(MicroTime(Timestamp::now())),
+                ..Default::default()
+            }),
+        };
+        let params = PatchParams::apply("scoregate-coordination").force();
+        match self
+            .api
+            .patch(&self.name, &params, &Patch::Apply(&lease))
+            .await
+        {
+            Ok(_) => {
+                tracing::debug!(lease = %self.name, view = %said.view, released = %said.released, "member Lease written");
+                self.said = Some(said.clone());
+                self.written = Some(started);
+                true
+            }
+            Err(e) => {
+                self.coord.metrics.lease_errors.inc();
+                tracing::warn!(error = %e, lease = %self.name, "cannot write the member Lease");
+                false
+            }
+        }
+    }
+
+    /// Delete this gateway's Lease: the others take its slots at once.
+    async fn leave(&mut self) {
+        match self.api.delete(&self.name, &DeleteParams::default()).await {
+            Ok(_) => tracing::info!(lease = %self.name, "left the gateway group"),
+            Err(e) => {
+                tracing::warn!(error = %e, lease = %self.name, "cannot delete the member Lease; the others take its slots when it expires")
+            }
+        }
+    }
+
+    /// Delete member Leases nobody renewed for [`FORGET_AFTER`] (gateways gone for good).
+    async fn forget_stale(&mut self) {
+        let gone: Vec<String> = self
+            .seen
+            .iter()
+            .filter(|(_, s)| s.stale(FORGET_AFTER))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in gone {
+            self.seen.remove(&id);
+            let name = lease_name(&self.coord.settings.group, &id);
+            if let Err(e) = self.api.delete(&name, &DeleteParams::default()).await {
+                tracing::debug!(error = %e, lease = %name, "stale member Lease");
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lease_names_are_dns_safe() {
+        assert_eq!(lease_name("scoregate", "gw-0"), "scoregate-gw-gw-0");
+        assert_eq!(
+            lease_name("scoregate", "Azureml_FE.pod/1"),
+            "scoregate-gw-azureml-fe.pod-1"
+        );
+        assert!(lease_name("g", &"x".repeat(400)).len() <= 253);
+    }
+
+    #[test]
+    fn view_ids_name_the_member_list() {
+        let a = view_id(&["a".into(), "b".into()]);
+        assert_eq!(a, view_id(&["a".into(), "b".into()]));
+        assert_ne!(a, view_id(&["a".into(), "c".into()]));
+        assert_eq!(a.len(), 16);
+    }
+}

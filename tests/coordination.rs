@@ -1,0 +1,632 @@
+//! Several gateways acting as one (README "Running several gateway replicas"): three
+//! `scoregate serve` processes on loopback, members of one group through Leases on the real
+//! kube-apiserver, in front of one model replica that records how many requests it runs at once
+//! and every request id it was sent.
+//! - limit 1 and limit 4: the model never runs more than its limit, whatever gateway the
+//!   clients use; the queue deadline still answers 503 when the model is saturated; throughput
+//!   is within 10 % of one gateway alone (the model's time bounds both);
+//! - a request on the peer port without a valid proof is refused;
+//! - the gateway owning the slot is killed: its share returns to the others within the Lease
+//!   duration (measured), and no request reaches the model twice;
+//! - the autoscaler's leader sums the members' load: three gateways each carrying a third of a
+//!   load recommend what one carrying all of it does, and only the leader patches the scale.
+#![cfg(feature = "peer-tests")]
+
+mod common;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const LEASE_MS: u64 = 2000;
+const MODEL_TIME: Duration = Duration::from_millis(20);
+
+struct Running(Arc<AtomicU32>);
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A model replica that records its concurrency and the request ids it was sent.
+struct Model {
+    backend: Backend,
+    now: Arc<AtomicU32>,
+    max: Arc<AtomicU32>,
+    ids: Arc<Mutex<HashMap<String, u32>>>,
+}
+
+impl Model {
+    async fn start(time: Duration) -> Model {
+        let now = Arc::new(AtomicU32::new(0));
+        let max = Arc::new(AtomicU32::new(0));
+        let ids = Arc::new(Mutex::new(HashMap::new()));
+        let (n, m, i) = (now.clone(), max.clone(), ids.clone());
+        let backend = Backend::start(move |req: http::Request<hyper::body::Incoming>, _| {
+            let (n, m, i) = (n.clone(), m.clone(), i.clone());
+            async move {
+                let id = req
+                    .headers()
+                    .get("x-ms-request-id")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                *i.lock().expect("ids").entry(id).or_insert(0) += 1;
+                let running = n.fetch_add(1, Ordering::SeqCst) + 1;
+                m.fetch_max(running, Ordering::SeqCst);
+                // Counted down however the request ends (hyper drops the handler of a
+                // connection that closed).
+                let _running = Running(n);
+                tokio::time::sleep(time).await;
+                json_response(r#"{"result":[1]}"#)
+            }
+        })
+        .await;
+        Model {
+            backend,
+            now,
+            max,
+            ids,
+        }
+    }
+
+    fn max(&self) -> u32 {
+        self.max.load(Ordering::SeqCst)
+    }
+
+    fn reset_max(&self) {
+        self.max
+            .store(self.now.load(Ordering::SeqCst), Ordering::SeqCst);
+    }
+
+    /// Request ids the model was sent more than once.
+    fn twice(&self) -> Vec<(String, u32)> {
+        self.ids
+            .lock()
+            .expect("ids")
+            .iter()
+            .filter(|(id, n)| **n > 1 && !id.is_empty())
+            .map(|(id, n)| (id.clone(), *n))
+            .collect()
+    }
+}
+
+struct Setup<'a> {
+    tb: &'a Testbed,
+    key_file: &'a std::path::Path,
+    group: &'a str,
+    model: SocketAddr,
+    limit: u32,
+    wait_ms: u64,
+    /// Extra TOML after the version (autoscale).
+    extra: &'a str,
+}
+
+impl Setup<'_> {
+    fn toml(&self, identity: &str) -> String {
+        format!(
+            r#"
+[listen]
+http = "127.0.0.1:0"
+admin = "127.0.0.1:0"
+peer = "127.0.0.1:0"
+
+[kubernetes]
+kubeconfig = {kc:?}
+lease_namespace = "default"
+lease_name = "{group}-autoscaler"
+lease_duration_ms = {LEASE_MS}
+identity = "{identity}"
+autoscale_refresh_ms = 200
+
+[coordination]
+group = "{group}"
+peer_key_file = {key:?}
+lease_duration_ms = {LEASE_MS}
+
+[[services]]
+name = "iris"
+primary_key = "{KEY}"
+replica_max_concurrent_requests = {limit}
+max_request_wait_time = {wait}
+
+[[services.versions]]
+name = "blue"
+replicas = ["{model}"]
+{extra}
+"#,
+            kc = self.tb.kubeconfig.display().to_string(),
+            key = self.key_file.display().to_string(),
+            group = self.group,
+            limit = self.limit,
+            wait = self.wait_ms,
+            model = self.model,
+            extra = self.extra,
+        )
+    }
+
+    /// `n` gateways, each coordinated with `n` members.
+    async fn start(&self, n: usize) -> Vec<ServeProcess> {
+        let gws: Vec<ServeProcess> = (0..n)
+            .map(|i| {
+                ServeProcess::start(
+                    &self.toml(&format!("{}-{i}", self.group)),
+                    "scoregate=info,scoregate::coordination=debug",
+                    &[],
+                )
+            })
+            .collect();
+        for gw in &gws {
+            wait_series(gw, "scoregate_coordination_members", n as u64).await;
+            wait_series(
+                gw,
+                r#"scoregate_coordination_state{state="coordinated"}"#,
+                1,
+            )
+            .await;
+        }
+        gws
+    }
+}
+
+async fn metrics(gw: &ServeProcess) -> String {
+    let url = format!("http://{}/metrics", gw.admin.expect("admin"));
+    match reqwest::get(url).await {
+        Ok(r) => r.text().await.unwrap_or_default(),
+        Err(_) => String::new(),
+    }
+}
+
+async fn wait_series(gw: &ServeProcess, series: &str, want: u64) {
+    let t = Instant::now();
+    loop {
+        let m = metrics(gw).await;
+        if series_value(&m, series) == Some(want) {
+            return;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(30),
+            "{series} is not {want} after 30 s:\n{m}\n{}",
+            gw.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+fn share(m: &str) -> u64 {
+    series_value(
+        m,
+        r#"scoregate_coordination_share_slots{service="iris",version="blue"}"#,
+    )
+    .unwrap_or(0)
+}
+
+/// What a load run saw.
+#[derive(Debug, Default)]
+struct Tally {
+    ok: u64,
+    codes: BTreeMap<String, u64>,
+    /// (time since the start, status) of every answer.
+    answers: Vec<(Duration, u16)>,
+}
+
+/// `clients` closed-loop clients, spread round-robin over `urls`, for `time`; every request
+/// carries an id of its own.
+async fn load(urls: &[String], clients: usize, time: Duration, tag: &str) -> Tally {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .expect("client");
+    let start = Instant::now();
+    let tally = Arc::new(Mutex::new(Tally::default()));
+    let tasks: Vec<_> = (0..clients)
+        .map(|c| {
+            let url = urls[c % urls.len()].clone();
+            let (http, tally, tag) = (http.clone(), tally.clone(), tag.to_string());
+            tokio::spawn(async move {
+                let mut n = 0u64;
+                while start.elapsed() < time {
+                    n += 1;
+                    let r = http
+                        .post(&url)
+                        .bearer_auth(KEY)
+                        .header("x-ms-request-id", format!("{tag}-{c}-{n}"))
+                        .body(r#"{"data":[[1,2,3,4]]}"#)
+                        .send()
+                        .await;
+                    let (status, code) = match r {
+                        Ok(r) => {
+                            let status = r.status().as_u16();
+                            let body: serde_json::Value = r.json().await.unwrap_or_default();
+                            let code = body["error"]["code"].as_str().unwrap_or("").to_string();
+                            (status, code)
+                        }
+                        Err(_) => (0, "transport".to_string()),
+                    };
+                    {
+                        let mut t = tally.lock().expect("tally");
+                        t.answers.push((start.elapsed(), status));
+                        if status == 200 {
+                            t.ok += 1;
+                        } else {
+                            *t.codes.entry(format!("{status} {code}")).or_insert(0) += 1;
+                        }
+                    }
+                    if status != 200 {
+                        // An error answer comes fast: do not spin on it.
+                        tokio::time::sleep(Duration::from_millis(5)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("client");
+    }
+    Arc::try_unwrap(tally)
+        .map(|m| m.into_inner().expect("tally"))
+        .unwrap_or_default()
+}
+
+fn score_urls(gws: &[ServeProcess]) -> Vec<String> {
+    gws.iter()
+        .map(|g| format!("http://{}/api/v1/service/iris/score", g.http.expect("http")))
+        .collect()
+}
+
+fn key_file(dir: &std::path::Path) -> std::path::PathBuf {
+    let path = dir.join("peer.key");
+    let key: Vec<u8> = (0..32).map(|_| fastrand::u8(..)).collect();
+    std::fs::write(&path, key).expect("peer key");
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn three_gateways_hold_the_replica_limit_together() {
+    let tb = Testbed::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    for (limit, clients) in [(1u32, 6usize), (4, 12)] {
+        let model = Model::start(MODEL_TIME).await;
+        let setup = |group: &'static str| Setup {
+            tb: &tb,
+            key_file: &key,
+            group,
+            model: model.backend.addr,
+            limit,
+            wait_ms: 1000,
+            extra: "",
+        };
+        let run = Duration::from_secs(4);
+
+        // One gateway alone: the baseline.
+        let (single_group, trio_group) = if limit == 1 {
+            ("alone-1", "trio-1")
+        } else {
+            ("alone-4", "trio-4")
+        };
+        let alone = setup(single_group).start(1).await;
+        let base = load(&score_urls(&alone), clients, run, single_group).await;
+        drop(alone);
+        assert!(base.codes.is_empty(), "limit {limit} alone: {base:?}");
+        assert!(
+            model.max() <= limit,
+            "alone: model ran {} at once",
+            model.max()
+        );
+
+        // Three gateways, the clients spread over them.
+        let trio = setup(trio_group).start(3).await;
+        let shares: Vec<u64> = {
+            let mut v = Vec::new();
+            for g in &trio {
+                v.push(share(&metrics(g).await));
+            }
+            v
+        };
+        assert_eq!(
+            shares.iter().sum::<u64>(),
+            u64::from(limit),
+            "the shares partition the limit: {shares:?}\n{}\n{}\n{}",
+            trio[0].log(),
+            trio[1].log(),
+            trio[2].log()
+        );
+        model.reset_max();
+        let urls = score_urls(&trio);
+        let three = load(&urls, clients, run, trio_group).await;
+        let max = model.max();
+        println!(
+            "limit {limit}: shares {shares:?}; one gateway {} ok in {run:?}, three gateways {} ok ({:.2}x); model ran at most {max} at once",
+            base.ok,
+            three.ok,
+            three.ok as f64 / base.ok as f64
+        );
+        assert!(three.codes.is_empty(), "limit {limit}, three: {three:?}");
+        assert!(max <= limit, "limit {limit}: the model ran {max} at once");
+        assert!(
+            three.ok as f64 >= 0.9 * base.ok as f64,
+            "limit {limit}: three gateways {} vs one {}",
+            three.ok,
+            base.ok
+        );
+        if limit == 1 {
+            // Two of the three own no slot: their requests went to the owner.
+            let mut sent = 0;
+            let mut received = 0;
+            for g in &trio {
+                let m = metrics(g).await;
+                sent += series_value(
+                    &m,
+                    r#"scoregate_coordination_handed_over_total{direction="sent",service="iris"}"#,
+                )
+                .unwrap_or(0);
+                received += series_value(
+                    &m,
+                    r#"scoregate_coordination_handed_over_total{direction="received",service="iris"}"#,
+                )
+                .unwrap_or(0);
+            }
+            assert!(
+                sent > 0 && sent == received,
+                "sent {sent}, received {received}"
+            );
+            // The peer port serves only requests with a valid proof.
+            let peer = trio[0].peer.expect("peer port");
+            let http = reqwest::Client::new();
+            for proof in [None, Some("trio-1-1 1 AAAA"), Some("x")] {
+                let mut req = http
+                    .post(format!("http://{peer}/api/v1/service/iris/score"))
+                    .body("{}");
+                if let Some(p) = proof {
+                    req = req.header("x-scoregate-peer", p);
+                }
+                let r = req.send().await.expect("peer port");
+                expect_error(r, 401, "peer_unauthorized").await;
+            }
+        }
+
+        // Saturated: the queue deadline still answers 503 (reason: the replicas).
+        model.reset_max();
+        let clients = 60 * limit as usize;
+        let burst = load(
+            &urls,
+            clients,
+            Duration::from_millis(2500),
+            &format!("{trio_group}-b"),
+        )
+        .await;
+        let saturated = burst
+            .codes
+            .get("503 replicas_saturated")
+            .copied()
+            .unwrap_or(0);
+        println!(
+            "limit {limit}, {clients} clients: {} ok, {:?}",
+            burst.ok, burst.codes
+        );
+        assert!(saturated > 0, "no queue-deadline 503: {:?}", burst.codes);
+        assert!(
+            burst.codes.keys().all(|c| c == "503 replicas_saturated"),
+            "{:?}",
+            burst.codes
+        );
+        assert!(
+            model.max() <= limit,
+            "saturated: the model ran {} at once",
+            model.max()
+        );
+        assert_eq!(
+            model.twice(),
+            Vec::new(),
+            "requests sent to the model twice"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_killed_gateways_share_returns_within_the_lease() {
+    let tb = Testbed::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let model = Model::start(MODEL_TIME).await;
+    let setup = Setup {
+        tb: &tb,
+        key_file: &key,
+        group: "kill",
+        model: model.backend.addr,
+        limit: 1,
+        wait_ms: 1000,
+        extra: "",
+    };
+    let mut gws = setup.start(3).await;
+    let mut owner = None;
+    for (i, g) in gws.iter().enumerate() {
+        if share(&metrics(g).await) == 1 {
+            owner = Some(i);
+        }
+    }
+    let owner = owner.expect("one gateway owns the slot");
+    let mut victim = gws.remove(owner);
+    let urls = score_urls(&gws);
+    let clients = tokio::spawn(async move { load(&urls, 4, Duration::from_secs(9), "k").await });
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let killed = Instant::now();
+    victim.child.kill().expect("kill the owner");
+    let _ = victim.child.wait();
+    // The slot moves to one of the two others once the owner's Lease expired.
+    let returned = loop {
+        let mut total = 0;
+        for g in &gws {
+            total += share(&metrics(g).await);
+        }
+        if total == 1 {
+            break killed.elapsed();
+        }
+        assert!(
+            killed.elapsed() < Duration::from_secs(15),
+            "the share did not return"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let tally = clients.await.expect("load");
+    let kill_at = Duration::from_secs(2);
+    let first_ok_after = tally
+        .answers
+        .iter()
+        .filter(|(t, s)| *t > kill_at + returned && *s == 200)
+        .map(|(t, _)| *t)
+        .min()
+        .expect("answers after the share returned");
+    let failed_after = tally
+        .answers
+        .iter()
+        .filter(|(t, s)| *t > kill_at + returned + Duration::from_millis(500) && *s != 200)
+        .count();
+    println!(
+        "owner killed: share back after {returned:?} (Lease {LEASE_MS} ms); first 200 after it at {:?}; {} ok, {:?} before the share returned",
+        first_ok_after.saturating_sub(kill_at),
+        tally.ok,
+        tally.codes
+    );
+    assert!(
+        returned <= Duration::from_millis(LEASE_MS + 1500),
+        "share returned after {returned:?}"
+    );
+    assert_eq!(
+        failed_after, 0,
+        "failures after the share returned: {:?}",
+        tally.codes
+    );
+    for code in tally.codes.keys() {
+        assert!(
+            code.starts_with("503 ") || code.starts_with("502 "),
+            "unexpected answer {code}"
+        );
+    }
+    assert!(model.max() <= 1, "the model ran {} at once", model.max());
+    assert_eq!(
+        model.twice(),
+        Vec::new(),
+        "requests sent to the model twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_autoscaler_leader_sums_the_members_load() {
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+    use kube::api::{Api, ObjectMeta, PostParams};
+
+    let tb = Testbed::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let client = tb.client().await;
+    let deployments: Api<Deployment> = Api::namespaced(client, "default");
+    let deployment = |name: &str| {
+        let labels = std::collections::BTreeMap::from([("app".to_string(), name.to_string())]);
+        Deployment {
+            metadata: ObjectMeta {
+                name: Some(name.into()),
+                ..Default::default()
+            },
+            spec: Some(DeploymentSpec {
+                replicas: Some(1),
+                selector: LabelSelector {
+                    match_labels: Some(labels.clone()),
+                    ..Default::default()
+                },
+                template: PodTemplateSpec {
+                    metadata: Some(ObjectMeta {
+                        labels: Some(labels),
+                        ..Default::default()
+                    }),
+                    spec: Some(PodSpec {
+                        containers: vec![Container {
+                            name: "model".into(),
+                            image: Some("scoring:1".into()),
+                            ..Default::default()
+                        }],
+                        ..Default::default()
+                    }),
+                },
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    };
+    // 18 clients on a replica of limit 4 whose answers take 200 ms: busy + queued = 18, so
+    // ceil(18 / (0.7 × 4)) = 7 replicas.
+    let model = Model::start(Duration::from_millis(200)).await;
+    let mut seen = Vec::new();
+    for (group, n) in [("as-alone", 1usize), ("as-trio", 3)] {
+        deployments
+            .create(&PostParams::default(), &deployment(group))
+            .await
+            .expect("create the Deployment");
+        let extra = format!(
+            "\n[services.versions.autoscale]\ndeployment = \"{group}\"\nnamespace = \"default\"\nmax_replicas = 10\nscale_down_window_ms = 30000\n"
+        );
+        let setup = Setup {
+            tb: &tb,
+            key_file: &key,
+            group,
+            model: model.backend.addr,
+            limit: 4,
+            wait_ms: 10_000,
+            extra: &extra,
+        };
+        let gws = setup.start(n).await;
+        let urls = score_urls(&gws);
+        let clients =
+            tokio::spawn(async move { load(&urls, 18, Duration::from_secs(8), group).await });
+        let t = Instant::now();
+        let replicas = loop {
+            let d = deployments.get(group).await.expect("get");
+            let r = d.spec.and_then(|s| s.replicas).unwrap_or(0);
+            if r >= 7 || t.elapsed() > Duration::from_secs(7) {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let tally = clients.await.expect("load");
+        let mut desired = Vec::new();
+        let mut patched = Vec::new();
+        for g in &gws {
+            let m = metrics(g).await;
+            desired.push(
+                series_value(
+                    &m,
+                    r#"scoregate_autoscale_desired_replicas{service="iris",version="blue"}"#,
+                )
+                .unwrap_or(0),
+            );
+            patched.push(
+                series_value(
+                    &m,
+                    r#"scoregate_autoscale_scale_total{service="iris",version="blue"}"#,
+                )
+                .unwrap_or(0),
+            );
+        }
+        println!(
+            "{n} gateway(s): Deployment scaled to {replicas}; desired per gateway {desired:?}; scale patches per gateway {patched:?}; {} ok {:?}",
+            tally.ok, tally.codes
+        );
+        assert!(tally.codes.is_empty(), "{:?}", tally.codes);
+        assert_eq!(
+            patched.iter().filter(|p| **p > 0).count(),
+            1,
+            "one gateway, the leader, patches the scale: {patched:?}"
+        );
+        seen.push(replicas);
+    }
+    assert_eq!(seen, vec![7, 7], "one gateway and three compute the same");
+    assert!(model.max() <= 4, "the model ran {} at once", model.max());
+}
