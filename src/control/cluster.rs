@@ -238,6 +238,47 @@ pub fn describe(obj: &Value) -> String {
     }
 }
 
+/// Create the peer key Secret when it does not exist yet (32 random bytes); an existing key is
+/// kept, so replicas old and new keep proving hand-overs to each other during a rollout.
+pub async fn ensure_peer_secret(
+    c: &Cluster,
+    a: &Attachment,
+    env: &Env,
+) -> Result<(), ControlError> {
+    use k8s_openapi::api::core::v1::Secret;
+    let api: Api<Secret> = Api::namespaced(c.client.clone(), &a.namespace);
+    let name = render::PEER_SECRET;
+    let what = format!("reading Secret {}/{name}", a.namespace);
+    if api
+        .get_metadata_opt(name)
+        .await
+        .map_err(ControlError::kube(what))?
+        .is_some()
+    {
+        return Ok(());
+    }
+    let mut key = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut key)
+        .map_err(|_| ControlError::Refused("no random bytes for the peer key".to_string()))?;
+    let secret: Secret = serde_json::from_value(render::peer_secret(a, &key))
+        .map_err(|e| ControlError::Refused(format!("peer key Secret: {e}")))?;
+    match api.create(&PostParams::default(), &secret).await {
+        Ok(_) => {
+            env.step(format_args!(
+                "created Secret {}/{name} (the key the gateway replicas prove hand-overs with)",
+                a.namespace
+            ));
+            Ok(())
+        }
+        // Created by a concurrent attach: theirs stays.
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(()),
+        Err(e) => Err(ControlError::kube(format!(
+            "creating Secret {}/{name}",
+            a.namespace
+        ))(e)),
+    }
+}
+
 async fn apply_one(c: &Cluster, obj: &Value) -> Result<(), ControlError> {
     let (ar, namespaced) = resource(obj);
     let name = obj["metadata"]["name"].as_str().unwrap_or_default();

@@ -108,6 +108,7 @@ async fn check_capacity(c: &Cluster, purpose: Purpose) -> Result<String, Control
 /// The objects that must stay (the Secret of a custom mode stays even when not re-rendered).
 fn keep_set(a: &Attachment, objects: &[Value]) -> BTreeSet<String> {
     let mut keep: BTreeSet<String> = objects.iter().map(cluster::describe).collect();
+    keep.insert(format!("Secret/{}/{}", a.namespace, render::PEER_SECRET));
     if matches!(a.tls, TlsMode::Custom { .. }) {
         keep.insert(format!("Secret/{}/{}", a.namespace, render::TLS_SECRET));
     }
@@ -173,6 +174,7 @@ async fn apply_phase(
         objects.len(),
         render::MANAGER
     ));
+    cluster::ensure_peer_secret(c, a, env).await?;
     let applied = cluster::apply_all(c, &objects, env).await?;
     let removed = cluster::prune(c, &a.compute, &a.namespace, &keep_set(a, &objects), env).await?;
     cluster::write_marker(c, a).await?;

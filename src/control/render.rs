@@ -12,9 +12,9 @@ use k8s_openapi::api::core::v1::{
     Affinity, Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort,
     EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction, Lifecycle, LifecycleHandler,
     Namespace, ObjectFieldSelector, PodAffinityTerm, PodAntiAffinity, PodSecurityContext, PodSpec,
-    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecurityContext, Service,
-    ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume, VolumeMount,
-    WeightedPodAffinityTerm,
+    PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource,
+    SecurityContext, Service, ServiceAccount, ServicePort, ServiceSpec, SleepAction, Volume,
+    VolumeMount, WeightedPodAffinityTerm,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{
@@ -36,6 +36,10 @@ pub const INTERNAL_SERVICE: &str = "scoregate-internal";
 pub const CONFIG_MAP: &str = "scoregate-config";
 pub const SERVICES_CONFIG_MAP: &str = "scoregate-services";
 pub const TLS_SECRET: &str = "scoregate-tls";
+/// The key the gateways prove hand-overs with (32 random bytes, created once per attachment).
+pub const PEER_SECRET: &str = "scoregate-peer";
+/// Where the gateway reads it (a Secret volume).
+pub const PEER_KEY_PATH: &str = "/etc/scoregate/peer/key";
 pub const DISCOVERY_ROLE: &str = "scoregate-discovery";
 pub const AUTOSCALER_ROLE: &str = "scoregate-autoscaler";
 /// The marker: one ConfigMap per cluster, in kube-system, naming the attachment.
@@ -46,6 +50,8 @@ pub const ADMIN_PORT: u16 = 9100;
 pub const PRESTOP_SECONDS: u32 = 5;
 pub const TLS_PORT: u16 = 8443;
 pub const HTTP_PORT: u16 = 8080;
+/// Requests handed over between the gateway replicas (pod network only, no Service).
+pub const PEER_PORT: u16 = 8444;
 pub const ANNOTATION_INTERNAL: &str = "service.beta.kubernetes.io/azure-load-balancer-internal";
 pub const ANNOTATION_SUBNET: &str =
     "service.beta.kubernetes.io/azure-load-balancer-internal-subnet";
@@ -96,7 +102,9 @@ pub fn gateway_config(a: &Attachment) -> String {
     if a.tls != TlsMode::Disabled {
         s += &format!("tls = \"0.0.0.0:{TLS_PORT}\"\n");
     }
-    s += &format!("http = \"0.0.0.0:{HTTP_PORT}\"\nadmin = \"0.0.0.0:{ADMIN_PORT}\"\n");
+    s += &format!(
+        "http = \"0.0.0.0:{HTTP_PORT}\"\nadmin = \"0.0.0.0:{ADMIN_PORT}\"\npeer = \"0.0.0.0:{PEER_PORT}\"\n"
+    );
     match &a.tls {
         TlsMode::Custom { cname } => {
             s += &format!(
@@ -116,7 +124,20 @@ pub fn gateway_config(a: &Attachment) -> String {
         "\n[kubernetes]\ndiscovery = true\nconfig_namespace = \"{ns}\"\nservices_configmap = \"{SERVICES_CONFIG_MAP}\"\nlease_namespace = \"{ns}\"\n",
         ns = a.namespace
     );
+    // The replicas share every model replica's limit (members: Leases; address: $POD_IP).
+    s += &format!("\n[coordination]\ngroup = \"{GATEWAY}\"\npeer_key_file = \"{PEER_KEY_PATH}\"\n");
     s
+}
+
+/// The peer key Secret (created once, never re-rendered: a new key mid-rollout would split the
+/// replicas).
+pub fn peer_secret(a: &Attachment, key: &[u8]) -> Value {
+    value(Secret {
+        metadata: meta(a, PEER_SECRET, true),
+        type_: Some("Opaque".into()),
+        data: Some(BTreeMap::from([("key".into(), ByteString(key.to_vec()))])),
+        ..Secret::default()
+    })
 }
 
 /// Every object, in apply order. The TLS Secret is rendered only with its data (`pem`).
@@ -283,11 +304,15 @@ fn role(a: &Attachment) -> Value {
             &["get", "list", "watch"],
         ));
     }
+    // The autoscaler's Lease, and the member Leases of the replicas (watched, applied,
+    // deleted on leaving).
     rules.push(rule(
         "coordination.k8s.io",
         "leases",
         None,
-        &["get", "create", "update"],
+        &[
+            "get", "list", "watch", "create", "update", "patch", "delete",
+        ],
     ));
     value(Role {
         metadata: meta(a, GATEWAY, true),
@@ -339,20 +364,41 @@ fn deployment(a: &Attachment) -> Value {
     }
     ports.push(container_port("http", HTTP_PORT));
     ports.push(container_port("admin", ADMIN_PORT));
-    let mut mounts = vec![VolumeMount {
-        name: "config".into(),
-        mount_path: "/etc/scoregate".into(),
-        read_only: Some(true),
-        ..VolumeMount::default()
-    }];
-    let mut volumes = vec![Volume {
-        name: "config".into(),
-        config_map: Some(ConfigMapVolumeSource {
-            name: CONFIG_MAP.into(),
-            ..ConfigMapVolumeSource::default()
-        }),
-        ..Volume::default()
-    }];
+    ports.push(container_port("peer", PEER_PORT));
+    let mut mounts = vec![
+        VolumeMount {
+            name: "config".into(),
+            mount_path: "/etc/scoregate".into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+        VolumeMount {
+            name: "peer".into(),
+            mount_path: "/etc/scoregate/peer".into(),
+            read_only: Some(true),
+            ..VolumeMount::default()
+        },
+    ];
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource {
+                name: CONFIG_MAP.into(),
+                ..ConfigMapVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "peer".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(PEER_SECRET.into()),
+                // Readable by the gateway's group only (fsGroup below).
+                default_mode: Some(0o440),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+    ];
     if matches!(a.tls, TlsMode::Auto { .. }) {
         mounts.push(VolumeMount {
             name: "state".into(),
@@ -376,6 +422,8 @@ fn deployment(a: &Attachment) -> Value {
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
+            // The address the other replicas hand requests to.
+            field_env("POD_IP", "status.podIP"),
         ]),
         ports: Some(ports),
         // Terminating, the pod leaves the Service's endpoints while it still serves:
@@ -422,6 +470,7 @@ fn deployment(a: &Attachment) -> Value {
             run_as_non_root: Some(true),
             run_as_user: Some(10001),
             run_as_group: Some(10001),
+            fs_group: Some(10001),
             seccomp_profile: Some(SeccompProfile {
                 type_: "RuntimeDefault".into(),
                 ..SeccompProfile::default()
@@ -577,8 +626,16 @@ mod tests {
             },
             TlsMode::Disabled,
         ] {
+            let key = dir.path().join("peer.key");
+            std::fs::write(&key, [7u8; 32]).expect("key");
             let text = gateway_config(&sample(tls.clone()))
-                .replace("/var/lib/scoregate/acme", &dir.path().display().to_string());
+                .replace("/var/lib/scoregate/acme", &dir.path().display().to_string())
+                .replace(PEER_KEY_PATH, &key.display().to_string())
+                // In the pod the address is $POD_IP.
+                .replace(
+                    "[coordination]\n",
+                    "[coordination]\nadvertise_ip = \"10.0.0.5\"\n",
+                );
             if let Err(e) = crate::config::from_toml(&text, dir.path()) {
                 panic!("{tls:?}: {e}\n{text}");
             }
