@@ -515,6 +515,59 @@ async fn a_killed_gateways_share_returns_within_the_lease() {
         Vec::new(),
         "requests sent to the model twice"
     );
+
+    // Drained instead (SIGTERM): the owner leaves the group once nothing is in flight there,
+    // and the other gateway takes the slot at once, with no failed request.
+    let mut owner = None;
+    for (i, g) in gws.iter().enumerate() {
+        if share(&metrics(g).await) == 1 {
+            owner = Some(i);
+        }
+    }
+    let owner = owner.expect("one of the two owns the slot");
+    let mut leaving = gws.remove(owner);
+    let urls = score_urls(&gws);
+    let clients = tokio::spawn(async move { load(&urls, 4, Duration::from_secs(5), "d").await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let drained = Instant::now();
+    leaving.signal("TERM");
+    let moved = loop {
+        if share(&metrics(&gws[0]).await) == 1 {
+            break drained.elapsed();
+        }
+        assert!(
+            drained.elapsed() < Duration::from_secs(10),
+            "the share did not move:\n{}",
+            leaving.log()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    let tally = clients.await.expect("load");
+    assert_eq!(
+        leaving.wait_exit(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        leaving.log()
+    );
+    println!(
+        "owner drained: share moved after {moved:?}; {} ok, {:?}",
+        tally.ok, tally.codes
+    );
+    assert!(
+        tally.codes.is_empty(),
+        "failed during the drain: {:?}",
+        tally.codes
+    );
+    assert!(
+        moved < Duration::from_millis(LEASE_MS),
+        "a drained gateway's share moves before its Lease would expire: {moved:?}"
+    );
+    assert!(model.max() <= 1, "the model ran {} at once", model.max());
+    assert_eq!(
+        model.twice(),
+        Vec::new(),
+        "requests sent to the model twice"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

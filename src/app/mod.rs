@@ -224,18 +224,27 @@ pub async fn run(app: App, listeners: Listeners, shutdown: impl Future<Output = 
         app.admin.set_ready(false);
         stop.cancel();
     };
+    // The peer port serves on while the gateway drains: requests handed over before the
+    // others saw it leave still arrive. It closes once the member Lease is gone.
+    let peer_stop = CancellationToken::new();
+    let leaving = async {
+        stop.cancelled().await;
+        if let Some(c) = &app.coordinator {
+            c.leave(app.limits.shutdown_grace).await;
+        }
+        peer_stop.cancel();
+    };
     let serving = crate::server::serve(
         app.server.clone(),
-        listeners.tls,
-        listeners.http,
-        listeners.peer,
+        crate::server::Serving {
+            tls: listeners.tls,
+            http: listeners.http,
+            peer: listeners.peer,
+            peer_stop: peer_stop.clone(),
+        },
         stop.clone(),
     );
-    tokio::join!(serving, stopper);
-    // After the drain: the others take this gateway's slots at once.
-    if let Some(c) = &app.coordinator {
-        c.leave().await;
-    }
+    tokio::join!(serving, stopper, leaving);
     if let Some(a) = admin {
         a.abort();
     }

@@ -27,6 +27,7 @@ const PEER: &str = "scoregate.io/peer";
 const VIEW: &str = "scoregate.io/view";
 const RELEASED: &str = "scoregate.io/released";
 const LOAD: &str = "scoregate.io/load";
+const LEAVING: &str = "scoregate.io/leaving";
 /// How often the view is looked at (local work only; the API is written on change or renewal).
 const TICK: Duration = Duration::from_millis(100);
 /// A member Lease not renewed for this long is deleted by whichever gateway sees it.
@@ -41,6 +42,8 @@ struct Seen {
     load: HashMap<(String, String), (u32, u32)>,
     renew: Option<Timestamp>,
     duration: Duration,
+    /// It drains: no hand-overs to it, but its slots are its own until its Lease is gone.
+    leaving: bool,
     /// When its renewal (or anything it says) last changed, by this gateway's clock: a member
     /// is live for its duration after that (clock skew between nodes does not matter).
     observed: Instant,
@@ -74,6 +77,7 @@ impl Seen {
                 load,
                 renew: spec.renew_time.as_ref().map(|t| t.0),
                 duration,
+                leaving: a.get(LEAVING).is_some_and(|v| v == "true"),
                 observed: Instant::now(),
             },
         ))
@@ -118,6 +122,7 @@ fn view_id(ids: &[String]) -> String {
 struct Said {
     view: String,
     released: String,
+    leaving: bool,
 }
 
 struct Loop {
@@ -136,6 +141,8 @@ struct Loop {
     written: Option<Instant>,
     fallback: bool,
     retry_at: Instant,
+    /// Draining: the Lease says so; deleted once [`Loop::drained`].
+    leaving: bool,
 }
 
 pub async fn run(
@@ -161,12 +168,13 @@ pub async fn run(
         written: None,
         fallback: false,
         retry_at: Instant::now(),
+        leaving: false,
     };
     // The Lease first, then the list: of two gateways starting together, at least one sees
     // the other before it settles alone.
     let first = Said {
         view: view_id(&lp.view),
-        released: String::new(),
+        ..Said::default()
     };
     loop {
         if lp.write(&first).await {
@@ -223,10 +231,14 @@ pub async fn run(
                     lp.step().await;
                 }
             }
-            _ = leave.cancelled() => {
-                lp.leave().await;
-                return;
+            _ = leave.cancelled(), if !lp.leaving => {
+                tracing::info!("draining: leaving the gateway group once nothing is in flight here");
+                lp.leaving = true;
             }
+        }
+        if lp.leaving && lp.drained() {
+            lp.leave().await;
+            return;
         }
     }
 }
@@ -250,10 +262,11 @@ impl Loop {
     async fn step(&mut self) {
         let now = Instant::now();
         let me = self.coord.id().to_string();
+        let live = |s: &Seen| now.duration_since(s.observed) < s.duration;
         let mut ids: Vec<String> = self
             .seen
             .iter()
-            .filter(|(id, s)| **id != me && now.duration_since(s.observed) < s.duration)
+            .filter(|(id, s)| **id != me && live(s) && !s.leaving)
             .map(|(id, _)| id.clone())
             .chain([me.clone()])
             .collect();
@@ -269,6 +282,7 @@ impl Loop {
         let mut want = Said {
             view: id.clone(),
             released: String::new(),
+            leaving: self.leaving,
         };
         // Released: the Lease already says this view (so a raise anywhere comes after it) and
         // every request in flight here fits this gateway's share of it.
@@ -304,11 +318,13 @@ impl Loop {
             self.within_limits();
         }
         if !self.settled && !self.fallback && self.said.as_ref().is_some_and(|s| s.view == id) {
-            let others_released = self.view.iter().filter(|m| **m != me).all(|m| {
-                self.seen
-                    .get(m)
-                    .is_some_and(|s| s.view == id && s.released == id)
-            });
+            // Every other live Lease, a leaving one too (its slots are its own until it is
+            // gone).
+            let others_released = self
+                .seen
+                .iter()
+                .filter(|(m, s)| **m != me && live(s))
+                .all(|(_, s)| s.view == id && s.released == id);
             if others_released {
                 self.settled = true;
                 self.store_view();
@@ -427,6 +443,7 @@ impl Loop {
             (VIEW.to_string(), said.view.clone()),
             (RELEASED.to_string(), said.released.clone()),
             (LOAD.to_string(), self.load()),
+            (LEAVING.to_string(), said.leaving.to_string()),
         ]);
         let lease = Lease {
             metadata: ObjectMeta {
@@ -463,6 +480,20 @@ impl Loop {
                 false
             }
         }
+    }
+
+    /// Leaving, the Lease says so (a tick ago at least, so hand-overs sent before the others saw
+    /// it have arrived) and nothing is in flight or queued here.
+    fn drained(&self) -> bool {
+        if !self.said.as_ref().is_some_and(|s| s.leaving)
+            || self.written.is_none_or(|w| w.elapsed() < 2 * TICK)
+        {
+            return false;
+        }
+        let table = self.routes.load();
+        table.services().flat_map(|s| s.versions.iter()).all(|v| {
+            v.replicas.queued() == 0 && v.replicas.replicas().iter().all(|r| r.in_flight() == 0)
+        })
     }
 
     /// Delete this gateway's Lease: the others take its slots at once.

@@ -54,8 +54,11 @@ pub struct Coordinator {
     peers: Arc<ReplicaSet>,
     pub metrics: CoordinationMetrics,
     ready: tokio::sync::watch::Sender<bool>,
-    /// Stops the membership loop (after the drain); the loop then deletes the Lease.
+    /// Set when the gateway drains: its Lease says it is leaving (the others stop handing
+    /// requests to it) and the loop deletes the Lease once nothing is in flight or queued here.
     leave: CancellationToken,
+    /// Cancelled once the Lease is gone (or the loop ended).
+    left: CancellationToken,
     running: Mutex<Option<tokio::task::JoinHandle<()>>>,
 }
 
@@ -100,6 +103,7 @@ impl Coordinator {
             metrics,
             ready: tokio::sync::watch::channel(false).0,
             leave: CancellationToken::new(),
+            left: CancellationToken::new(),
             running: Mutex::new(None),
         })
     }
@@ -207,25 +211,35 @@ impl Coordinator {
         routes: crate::routing::RouteHandle,
         peer_port: u16,
     ) {
-        let task = tokio::spawn(membership::run(
-            client,
-            self.clone(),
-            routes,
-            peer_port,
-            self.leave.clone(),
-        ));
+        let left = self.left.clone();
+        let run = membership::run(client, self.clone(), routes, peer_port, self.leave.clone());
+        let task = tokio::spawn(async move {
+            run.await;
+            left.cancel();
+        });
         if let Ok(mut r) = self.running.lock() {
             *r = Some(task);
         }
     }
 
-    /// Leave the group after the drain: stop renewing and delete the Lease, so the others take
-    /// this gateway's slots at once instead of after the Lease duration.
-    pub async fn leave(&self) {
+    /// Leave the group as the gateway drains: the Lease says so at once (the others stop
+    /// handing requests here; they still may not take this gateway's slots), and it is deleted
+    /// once nothing is in flight or queued here (then the others take the slots at once instead
+    /// of after the Lease duration). Resolves when the Lease is gone, within `within`.
+    pub async fn leave(&self, within: std::time::Duration) {
         self.leave.cancel();
-        let task = self.running.lock().ok().and_then(|mut r| r.take());
-        if let Some(task) = task {
-            let _ = tokio::time::timeout(std::time::Duration::from_secs(3), task).await;
+        let started = self.running.lock().is_ok_and(|r| r.is_some());
+        if !started {
+            return;
+        }
+        if tokio::time::timeout(within, self.left.cancelled())
+            .await
+            .is_err()
+        {
+            tracing::warn!("the drain ended with requests still in flight; the member Lease expires on its own");
+            if let Some(task) = self.running.lock().ok().and_then(|mut r| r.take()) {
+                task.abort();
+            }
         }
     }
 }

@@ -93,15 +93,24 @@ impl Server {
     }
 }
 
+/// The serving listeners: TLS and plain HTTP close when `stop` (of [`serve`]) is cancelled,
+/// the peer port when `peer_stop` is (after the gateway left its group).
+pub struct Serving {
+    pub tls: Option<TcpListener>,
+    pub http: Option<TcpListener>,
+    pub peer: Option<TcpListener>,
+    pub peer_stop: CancellationToken,
+}
+
 /// Accept on the listeners until `stop` turns true, then drain: in-flight requests finish
 /// within `limits.shutdown_grace`, then the remaining connections close.
-pub async fn serve(
-    server: Arc<Server>,
-    tls: Option<TcpListener>,
-    http: Option<TcpListener>,
-    peer: Option<TcpListener>,
-    stop: CancellationToken,
-) {
+pub async fn serve(server: Arc<Server>, listeners: Serving, stop: CancellationToken) {
+    let Serving {
+        tls,
+        http,
+        peer,
+        peer_stop,
+    } = listeners;
     let graceful = GracefulShutdown::new();
     let conn_limit = Arc::new(Semaphore::new(server.limits.max_connections));
     let builder = Arc::new(conn_builder(&server.limits));
@@ -125,7 +134,7 @@ pub async fn serve(
     // with its proof (checked by the proxy).
     let peer_loop = async {
         if let Some(l) = peer {
-            ctx.accept_loop(l, None, true, stop.clone()).await;
+            ctx.accept_loop(l, None, true, peer_stop).await;
         }
     };
     let announce = async {
