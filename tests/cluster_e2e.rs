@@ -201,6 +201,42 @@ fn scale(tb: &Testbed, ns: &str, deploy: &str, n: usize) {
 }
 
 /// The name of the first Pod in `ns`.
+/// Each running gateway pod's `/metrics`, through the API server's pod proxy.
+fn gateway_metrics(tb: &Testbed) -> Vec<(String, String)> {
+    let names = kubectl_in(
+        tb,
+        &[
+            "-n",
+            "scoregate",
+            "get",
+            "pods",
+            "--field-selector=status.phase=Running",
+            "-o",
+            "jsonpath={.items[*].metadata.name}",
+        ],
+    );
+    names
+        .split_whitespace()
+        .map(|pod| {
+            // A pod that just went away answers nothing: an empty exposition.
+            let out = std::process::Command::new(kubectl())
+                .arg("--kubeconfig")
+                .arg(&tb.kubeconfig)
+                .args([
+                    "get",
+                    "--raw",
+                    &format!("/api/v1/namespaces/scoregate/pods/{pod}:9100/proxy/metrics"),
+                ])
+                .output()
+                .expect("kubectl runs");
+            (
+                pod.to_string(),
+                String::from_utf8_lossy(&out.stdout).into_owned(),
+            )
+        })
+        .collect()
+}
+
 fn first_pod(tb: &Testbed, ns: &str) -> String {
     kubectl_in(
         tb,
@@ -485,6 +521,61 @@ async fn attach_score_rotate_roll_and_detach_on_a_real_cluster() {
     })
     .await;
     assert_eq!(failed, 0, "{errors:?}");
+    // The three act as one: each counts three members and is coordinated, the model's one
+    // replica's limit (1) is owned by exactly one, and the others handed requests to it.
+    let mut coordination = Vec::new();
+    wait_until(
+        "three gateway pods, each coordinated with three members",
+        Duration::from_secs(60),
+        || {
+            coordination = gateway_metrics(&tb);
+            coordination.len() == 3
+                && coordination.iter().all(|(_, m)| {
+                    series_value(m, "scoregate_coordination_members") == Some(3)
+                        && series_value(m, r#"scoregate_coordination_state{state="coordinated"}"#)
+                            == Some(1)
+                })
+        },
+    );
+    let mut shares = 0;
+    let mut sent = 0;
+    let mut received = 0;
+    for (pod, m) in &coordination {
+        assert_eq!(
+            series_value(m, "scoregate_coordination_members"),
+            Some(3),
+            "{pod}"
+        );
+        assert_eq!(
+            series_value(m, r#"scoregate_coordination_state{state="coordinated"}"#),
+            Some(1),
+            "{pod}"
+        );
+        shares += series_value(
+            m,
+            r#"scoregate_coordination_share_slots{service="iris",version="blue"}"#,
+        )
+        .unwrap_or(0);
+        let handed = |d: &str| {
+            series_value(
+                m,
+                &format!(
+                    r#"scoregate_coordination_handed_over_total{{direction="{d}",service="iris"}}"#
+                ),
+            )
+            .unwrap_or(0)
+        };
+        sent += handed("sent");
+        received += handed("received");
+    }
+    println!(
+        "gateway pods: shares of the model's limit {shares}, hand-overs sent {sent}, received {received}"
+    );
+    assert_eq!(
+        shares, 1,
+        "one model replica of limit 1: one slot over the three pods"
+    );
+    assert!(sent > 0 && received > 0, "sent {sent}, received {received}");
 
     // Faults, measured: a gateway pod deleted, a model pod killed, under load.
     under_load("fault: a gateway pod deleted", &ca.ca_pem, node, async {

@@ -683,3 +683,58 @@ async fn the_autoscaler_leader_sums_the_members_load() {
     assert_eq!(seen, vec![7, 7], "one gateway and three compute the same");
     assert!(model.max() <= 4, "the model ran {} at once", model.max());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn without_the_api_server_each_gateway_falls_back_to_a_safe_share() {
+    let tb = Testbed::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let model = Model::start(MODEL_TIME).await;
+    let setup = Setup {
+        tb: &tb,
+        key_file: &key,
+        group: "outage",
+        model: model.backend.addr,
+        limit: 4,
+        wait_ms: 1000,
+        extra: "",
+    };
+    let gws = setup.start(3).await;
+    let urls = score_urls(&gws);
+    let clients = tokio::spawn(async move { load(&urls, 12, Duration::from_secs(12), "o").await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    tb.stop_apiserver();
+    let stopped = Instant::now();
+    // Once its own Lease lapsed, each gateway uses ⌊4 / 3⌋ = 1 slot and says so.
+    for g in &gws {
+        wait_series(g, r#"scoregate_coordination_state{state="fallback"}"#, 1).await;
+        assert_eq!(share(&metrics(g).await), 1, "{}", g.log());
+    }
+    let fell_back = stopped.elapsed();
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    tb.start_apiserver();
+    let restarted = Instant::now();
+    for g in &gws {
+        wait_series(g, r#"scoregate_coordination_state{state="coordinated"}"#, 1).await;
+    }
+    let back = restarted.elapsed();
+    let tally = clients.await.expect("load");
+    let mut shares = Vec::new();
+    for g in &gws {
+        shares.push(share(&metrics(g).await));
+    }
+    println!(
+        "API server stopped: fallback after {fell_back:?}; restarted: coordinated again after {back:?}, shares {shares:?}; {} ok, {:?}; the model ran at most {} at once",
+        tally.ok,
+        tally.codes,
+        model.max()
+    );
+    assert_eq!(shares.iter().sum::<u64>(), 4, "{shares:?}");
+    assert!(tally.ok > 0);
+    assert!(model.max() <= 4, "the model ran {} at once", model.max());
+    assert_eq!(
+        model.twice(),
+        Vec::new(),
+        "requests sent to the model twice"
+    );
+}

@@ -143,6 +143,13 @@ struct Loop {
     retry_at: Instant,
     /// Draining: the Lease says so; deleted once [`Loop::drained`].
     leaving: bool,
+    /// When a Lease write first failed since the last success.
+    write_blind: Option<Instant>,
+    /// When the watch first failed since it last listed.
+    watch_blind: Option<Instant>,
+    /// Since when this gateway may have missed renewals (the earlier of the two, kept until
+    /// both recovered): nobody expires for not being seen after it.
+    blind_since: Option<Instant>,
 }
 
 pub async fn run(
@@ -169,6 +176,9 @@ pub async fn run(
         fallback: false,
         retry_at: Instant::now(),
         leaving: false,
+        write_blind: None,
+        watch_blind: None,
+        blind_since: None,
     };
     // The Lease first, then the list: of two gateways starting together, at least one sees
     // the other before it settles alone.
@@ -216,6 +226,7 @@ pub async fn run(
                         lp.seen.insert(id, seen);
                     }
                     listed = true;
+                    lp.watch_blind = None;
                 }
                 Some(Ok(Event::Apply(l))) => lp.observe(&l),
                 Some(Ok(Event::Delete(l))) => {
@@ -223,7 +234,11 @@ pub async fn run(
                         lp.seen.remove(&id);
                     }
                 }
-                Some(Err(e)) => tracing::debug!(error = %e, "member Lease watch"),
+                Some(Err(e)) => {
+                    // Renewals may have been missed: nobody expires for not being seen now.
+                    tracing::debug!(error = %e, "member Lease watch");
+                    lp.watch_blind.get_or_insert_with(Instant::now);
+                }
                 None => return,
             },
             _ = tick.tick() => {
@@ -262,7 +277,28 @@ impl Loop {
     async fn step(&mut self) {
         let now = Instant::now();
         let me = self.coord.id().to_string();
-        let live = |s: &Seen| now.duration_since(s.observed) < s.duration;
+        // While this gateway cannot write its Lease or watch the others it may miss their
+        // renewals: the members stay those that were live when it went blind (its fallback
+        // share is ⌊L / members⌋ of the group as it was, never the whole limit of a group of
+        // one), and once it sees again they count as renewed then.
+        let blind = match (self.write_blind, self.watch_blind) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        };
+        match (blind, self.blind_since) {
+            (Some(b), since) => self.blind_since = Some(since.map_or(b, |s| s.min(b))),
+            (None, Some(since)) => {
+                self.blind_since = None;
+                for s in self.seen.values_mut() {
+                    if since.saturating_duration_since(s.observed) < s.duration {
+                        s.observed = now;
+                    }
+                }
+            }
+            (None, None) => {}
+        }
+        let horizon = self.blind_since.map_or(now, |b| b.min(now));
+        let live = |s: &Seen| horizon.saturating_duration_since(s.observed) < s.duration;
         let mut ids: Vec<String> = self
             .seen
             .iter()
@@ -302,6 +338,7 @@ impl Loop {
                 self.fallback = false;
                 self.settled = false;
                 self.store_view();
+                return;
             }
         }
         let lapsed = self
@@ -469,12 +506,14 @@ impl Loop {
             .await
         {
             Ok(_) => {
+                self.write_blind = None;
                 tracing::debug!(lease = %self.name, view = %said.view, released = %said.released, "member Lease written");
                 self.said = Some(said.clone());
                 self.written = Some(started);
                 true
             }
             Err(e) => {
+                self.write_blind.get_or_insert(started);
                 self.coord.metrics.lease_errors.inc();
                 tracing::warn!(error = %e, lease = %self.name, "cannot write the member Lease");
                 false
