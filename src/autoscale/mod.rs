@@ -1,5 +1,7 @@
 //! Replica autoscaling as Azure ML's router does it (behaviours.md §2.6): per service version,
-//! utilization = (busy + queued) / (replicas × `replica_max_concurrent_requests`); the desired
+//! utilization = (busy + queued) / (replicas × `replica_max_concurrent_requests`), busy and
+//! queued summed over every gateway of a `[coordination]` group (the others' as their member
+//! Leases last said); the desired
 //! replica count is `ceil((busy + queued) / (target × max concurrent))` clamped to min..=max,
 //! refreshed every second. Scale-up is immediate; scale-down follows the highest recommendation
 //! of the last `scale_down_window` (about a minute), so it happens only once load stayed low.

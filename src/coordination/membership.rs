@@ -228,10 +228,20 @@ pub async fn run(
                     listed = true;
                     lp.watch_blind = None;
                 }
-                Some(Ok(Event::Apply(l))) => lp.observe(&l),
+                // A member's change is acted on at once (a settle waits for one write and one
+                // event per member, not for ticks).
+                Some(Ok(Event::Apply(l))) => {
+                    lp.observe(&l);
+                    if listed {
+                        lp.step().await;
+                    }
+                }
                 Some(Ok(Event::Delete(l))) => {
                     if let Some(id) = l.spec.as_ref().and_then(|s| s.holder_identity.clone()) {
                         lp.seen.remove(&id);
+                    }
+                    if listed {
+                        lp.step().await;
                     }
                 }
                 Some(Err(e)) => {
@@ -320,11 +330,9 @@ impl Loop {
             released: String::new(),
             leaving: self.leaving,
         };
-        // Released: the Lease already says this view (so a raise anywhere comes after it) and
-        // every request in flight here fits this gateway's share of it.
-        let published = self.said.as_ref().is_some_and(|s| s.view == id);
-        let within = self.within_limits();
-        if published && within {
+        // Released: every request in flight here fits this gateway's share of the view (the
+        // same write says the view, so a raise anywhere comes after this Lease says it).
+        if self.within_limits() {
             want.released = id.clone();
         }
         let due = self
