@@ -117,7 +117,7 @@ impl GatewayError {
                 ..
             } => "gateway_saturated",
             GatewayError::Overloaded {
-                saturated: Saturated::Replicas,
+                saturated: Saturated::Replicas | Saturated::Moved,
                 ..
             } => "replicas_saturated",
             GatewayError::Overloaded {
@@ -160,7 +160,7 @@ impl GatewayError {
         if let GatewayError::Overloaded { saturated, .. } = self {
             error["saturated"] = match saturated {
                 Saturated::Gateway => "gateway",
-                Saturated::Replicas | Saturated::NoReplicas => "replicas",
+                Saturated::Replicas | Saturated::NoReplicas | Saturated::Moved => "replicas",
             }
             .into();
         }

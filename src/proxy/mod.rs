@@ -173,24 +173,33 @@ impl Gateway {
             _ => None,
         };
         let (lease, hop) = match handed {
-            Some((lease, proof)) => {
-                let pin = head
-                    .header(&headers::MODEL_DEPLOYMENT)
-                    .is_none()
-                    .then(|| v.header.clone())
-                    .flatten();
-                (lease, Some(Box::new(Hop { proof, pin })))
-            }
+            Some((lease, proof)) => (lease, Some(hop(&head, v, proof))),
             None => {
                 m.queued.inc();
-                let acquired = v.replicas.acquire().await;
+                let acquired = match &self.coordination {
+                    Some(_) if !conn.peer => v.replicas.acquire_or_moved().await,
+                    _ => v.replicas.acquire().await,
+                };
                 m.queued.dec();
-                match acquired {
-                    Ok((lease, waited)) => {
+                // The share went to another gateway while the request waited: it goes there.
+                let moved = match (&acquired, &self.coordination) {
+                    (Err(Saturated::Moved), Some(c)) => {
+                        c.hand_over(&v.replicas, &service.name, &rid, None)
+                    }
+                    _ => None,
+                };
+                match (acquired, moved) {
+                    (_, Some((lease, proof))) => {
+                        if let Some(c) = &self.coordination {
+                            c.metrics.handed(&service.name, "sent");
+                        }
+                        (lease, Some(hop(&head, v, proof)))
+                    }
+                    (Ok((lease, waited)), None) => {
                         m.queue_wait.observe(waited.as_secs_f64());
                         (lease, None)
                     }
-                    Err(saturated) => {
+                    (Err(saturated), None) => {
                         drain(body, &head).await;
                         let e = overloaded(&service, saturated);
                         m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
@@ -496,6 +505,17 @@ pub(crate) fn report(lease: &Lease, outcome: Outcome, service: &Service, version
     }
 }
 
+/// What a request handed to another gateway carries: the proof, and the version rolled here
+/// when the client pinned none.
+fn hop(head: &ClientHead, v: &crate::routing::Version, proof: HeaderValue) -> Box<Hop> {
+    let pin = head
+        .header(&headers::MODEL_DEPLOYMENT)
+        .is_none()
+        .then(|| v.header.clone())
+        .flatten();
+    Box::new(Hop { proof, pin })
+}
+
 /// Other replicas tried, at most, for a request whose replica could not be reached.
 const MAX_REROUTES: u32 = 2;
 
@@ -534,7 +554,7 @@ fn overloaded(service: &Service, saturated: Saturated) -> GatewayError {
     let detail = match saturated {
         Saturated::Gateway => "the gateway's queue for this service is full".to_string(),
         Saturated::NoReplicas => "the version has no ready replica".to_string(),
-        Saturated::Replicas => format!(
+        Saturated::Replicas | Saturated::Moved => format!(
             "no replica was free within max_request_wait_time ({} ms)",
             service.settings.max_request_wait_time.as_millis()
         ),

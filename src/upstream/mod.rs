@@ -154,6 +154,9 @@ pub enum Saturated {
     Replicas,
     /// The version has no ready replica at all (discovery found none).
     NoReplicas,
+    /// While the request waited, this gateway's share of the version went to other gateways
+    /// (a member joined): it is theirs to serve now.
+    Moved,
 }
 
 /// The replicas of one version and the queue in front of them. The replica list can change
@@ -174,6 +177,8 @@ pub struct ReplicaSet {
     /// The epoch of `shares` the replicas' limits follow.
     applied: AtomicU64,
     update_lock: Mutex<()>,
+    /// Wakes the waiters when this gateway's share of the version drops to nothing.
+    moved: tokio::sync::Notify,
     queued: AtomicU32,
     max_queued: u32,
     max_wait: Duration,
@@ -266,6 +271,7 @@ impl ReplicaSet {
             shares: shares.clone(),
             applied: AtomicU64::new(epoch),
             update_lock: Mutex::new(()),
+            moved: tokio::sync::Notify::new(),
             queued: AtomicU32::new(0),
             max_queued: settings.max_queued_requests,
             max_wait: settings.max_request_wait_time,
@@ -352,14 +358,19 @@ impl ReplicaSet {
         };
         let (epoch, view) = self.shares.load();
         let mut plan = Resize::default();
+        let (mut before, mut after) = (0u32, 0u32);
         for r in self.replicas.load().iter() {
             let from = r.limit();
             let to = view.limit(r.addr, self.limit, Some(from));
             r.limit.store(to, Ordering::Release);
             plan.replica(r.in_flight(), from, to);
+            (before, after) = (before + from, after + to);
         }
         self.apply(plan);
         self.applied.store(epoch, Ordering::Release);
+        if before > 0 && after == 0 {
+            self.moved.notify_waiters();
+        }
     }
 
     /// Move the permits as `plan` says (caller holds `update_lock`).
@@ -433,11 +444,26 @@ impl ReplicaSet {
         self.acquire_avoiding(None).await
     }
 
+    /// [`ReplicaSet::acquire`] that gives up with [`Saturated::Moved`] when this gateway's share
+    /// of the version drops to nothing while the request waits (it can be handed to the
+    /// gateway that has it now instead of waiting out its deadline here).
+    pub async fn acquire_or_moved(self: &Arc<Self>) -> Result<(Lease, Duration), Saturated> {
+        self.acquire_inner(None, true).await
+    }
+
     /// [`ReplicaSet::acquire`], on another replica than `avoid` when there is another (a request
     /// that could not reach `avoid` goes elsewhere).
     pub async fn acquire_avoiding(
         self: &Arc<Self>,
         avoid: Option<SocketAddr>,
+    ) -> Result<(Lease, Duration), Saturated> {
+        self.acquire_inner(avoid, false).await
+    }
+
+    async fn acquire_inner(
+        self: &Arc<Self>,
+        avoid: Option<SocketAddr>,
+        wake_on_move: bool,
     ) -> Result<(Lease, Duration), Saturated> {
         if self.replicas.load().is_empty() {
             return Err(Saturated::NoReplicas);
@@ -460,10 +486,19 @@ impl ReplicaSet {
                     let _waiting = Waiting(&self.queued);
                     let since = *start.get_or_insert_with(Instant::now);
                     let remaining = self.max_wait.saturating_sub(since.elapsed());
-                    match tokio::time::timeout(remaining, self.slots.clone().acquire_owned()).await
-                    {
-                        Ok(Ok(p)) => p,
-                        _ => return Err(Saturated::Replicas),
+                    let moved = async {
+                        if wake_on_move {
+                            self.moved.notified().await;
+                        } else {
+                            std::future::pending::<()>().await;
+                        }
+                    };
+                    tokio::select! {
+                        r = tokio::time::timeout(remaining, self.slots.clone().acquire_owned()) => match r {
+                            Ok(Ok(p)) => p,
+                            _ => return Err(Saturated::Replicas),
+                        },
+                        () = moved => return Err(Saturated::Moved),
                     }
                 }
             };
@@ -647,6 +682,45 @@ mod tests {
             held.push(rs.acquire().await.expect("within the share"));
         }
         assert_eq!(rs.acquire().await.err(), Some(Saturated::Replicas));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_waiter_learns_at_once_that_the_share_moved_away() {
+        let addr = SocketAddr::from(([127, 0, 0, 1], 7001));
+        let me: Arc<[String]> = vec!["a".to_string()].into();
+        let shares = Shares::new(ShareView::Members {
+            members: me,
+            me: 0,
+            settled: true,
+        });
+        let settings = ServiceSettings {
+            replica_max_concurrent_requests: 1,
+            max_request_wait_time: Duration::from_secs(10),
+            ..ServiceSettings::default()
+        };
+        let rs = ReplicaSet::new(&[addr], Protocol::Http1, &settings, &shares);
+        let (held, _) = rs.acquire().await.expect("the one slot");
+        let waiter = {
+            let rs = rs.clone();
+            tokio::spawn(async move { rs.acquire_or_moved().await.map(|_| ()) })
+        };
+        tokio::task::yield_now().await;
+        // A member joins and owns the one slot: this gateway's share drops to nothing.
+        let two: Arc<[String]> = vec!["a".to_string(), "b".to_string()].into();
+        let mine = shares::share_of(addr, 1, &two, 0);
+        let me = if mine == 0 { 0 } else { 1 };
+        shares.store(ShareView::Members {
+            members: two,
+            me,
+            settled: false,
+        });
+        rs.reshare();
+        let got = tokio::time::timeout(Duration::from_millis(1), waiter)
+            .await
+            .expect("woken at once, not after max_request_wait_time")
+            .expect("task");
+        assert_eq!(got, Err(Saturated::Moved));
+        drop(held);
     }
 
     #[tokio::test(start_paused = true)]
