@@ -522,7 +522,12 @@ async fn attach_score_rotate_roll_and_detach_on_a_real_cluster() {
     .await;
     assert_eq!(failed, 0, "{errors:?}");
     // The three act as one: each counts three members and is coordinated, the model's one
-    // replica's limit (1) is owned by exactly one, and the others handed requests to it.
+    // replica's limit (1) is owned by exactly one, and the others hand their requests to it.
+    let (_, failed, errors) = under_load("three gateways as one", &ca.ca_pem, node, async {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    })
+    .await;
+    assert_eq!(failed, 0, "{errors:?}");
     let mut coordination = Vec::new();
     wait_until(
         "three gateway pods, each coordinated with three members",
