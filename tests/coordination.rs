@@ -738,3 +738,63 @@ async fn without_the_api_server_each_gateway_falls_back_to_a_safe_share() {
         "requests sent to the model twice"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn members_joining_and_leaving_under_load_fail_no_request() {
+    let tb = Testbed::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let model = Model::start(Duration::from_millis(2)).await;
+    let setup = Setup {
+        tb: &tb,
+        key_file: &key,
+        group: "roll",
+        model: model.backend.addr,
+        limit: 1,
+        wait_ms: 500,
+        extra: "",
+    };
+    let mut gws = setup.start(3).await;
+    // The clients use the first gateway only; the two others are replaced one at a time (a new
+    // one joins, then an old one drains), as a rolling restart does.
+    let urls = score_urls(&gws[..1]);
+    let clients = tokio::spawn(async move { load(&urls, 8, Duration::from_secs(14), "r").await });
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    for round in 0..4 {
+        let toml = setup.toml(&format!("roll-new-{round}"));
+        let fresh = ServeProcess::start(&toml, "scoregate=info,scoregate::coordination=debug", &[]);
+        wait_series(
+            &fresh,
+            r#"scoregate_coordination_state{state="coordinated"}"#,
+            1,
+        )
+        .await;
+        gws.push(fresh);
+        let mut old = gws.remove(1);
+        old.signal("TERM");
+        assert_eq!(
+            old.wait_exit(Duration::from_secs(10)),
+            Some(0),
+            "{}",
+            old.log()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let tally = clients.await.expect("load");
+    println!(
+        "4 members replaced under load: {} ok, {:?}",
+        tally.ok, tally.codes
+    );
+    if !tally.codes.is_empty() {
+        for g in &gws {
+            println!("{}", g.log());
+        }
+    }
+    assert!(tally.codes.is_empty(), "{:?}", tally.codes);
+    assert!(model.max() <= 1, "the model ran {} at once", model.max());
+    assert_eq!(
+        model.twice(),
+        Vec::new(),
+        "requests sent to the model twice"
+    );
+}

@@ -30,6 +30,10 @@ const LOAD: &str = "scoregate.io/load";
 const LEAVING: &str = "scoregate.io/leaving";
 /// How often the view is looked at (local work only; the API is written on change or renewal).
 const TICK: Duration = Duration::from_millis(100);
+/// How long hand-overs sent before the others saw this gateway leave may take to arrive (they
+/// act on a Lease change at once), and how often a leaving gateway looks whether it is done.
+const LEAVING_GRACE: Duration = Duration::from_millis(50);
+const LEAVING_POLL: Duration = Duration::from_millis(5);
 /// A member Lease not renewed for this long is deleted by whichever gateway sees it.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
@@ -256,6 +260,8 @@ pub async fn run(
                     lp.step().await;
                 }
             }
+            // Leaving: look every few milliseconds whether the last request here ended.
+            _ = tokio::time::sleep(LEAVING_POLL), if lp.leaving => {}
             _ = leave.cancelled(), if !lp.leaving => {
                 tracing::info!("draining: leaving the gateway group once nothing is in flight here");
                 lp.leaving = true;
@@ -383,6 +389,9 @@ impl Loop {
 
     /// The current view into the shares (and the state metric).
     fn store_view(&self) {
+        // The members first: a request woken because its share moved away is handed over by
+        // the members it then reads.
+        self.publish_members(self.coord.id());
         let me = self.coord.id();
         let members: Arc<[String]> = self.view.clone().into();
         let idx = members.iter().position(|m| m == me).unwrap_or(0);
@@ -529,11 +538,11 @@ impl Loop {
         }
     }
 
-    /// Leaving, the Lease says so (a tick ago at least, so hand-overs sent before the others saw
-    /// it have arrived) and nothing is in flight or queued here.
+    /// Leaving, the Lease says so (for [`LEAVING_GRACE`] at least, so hand-overs sent before the
+    /// others saw it have arrived) and nothing is in flight or queued here.
     fn drained(&self) -> bool {
         if !self.said.as_ref().is_some_and(|s| s.leaving)
-            || self.written.is_none_or(|w| w.elapsed() < 2 * TICK)
+            || self.written.is_none_or(|w| w.elapsed() < LEAVING_GRACE)
         {
             return false;
         }

@@ -139,7 +139,7 @@ impl Coordinator {
     }
 
     /// A slot at another member that owns part of `set`'s replicas (other than the one at
-    /// `avoid`), to hand a request to, and the proof it carries. `None`: no other member owns
+    /// `avoid`), to hand a request to for its `hops`-th hand-over, and the proof it carries. `None`: no other member owns
     /// any, or none can take it now.
     pub fn hand_over(
         &self,
@@ -147,7 +147,11 @@ impl Coordinator {
         service: &str,
         request_id: &HeaderValue,
         avoid: Option<SocketAddr>,
+        hops: u8,
     ) -> Option<(Lease, HeaderValue)> {
+        if hops > proof::MAX_HOPS {
+            return None;
+        }
         let members = self.members.load();
         let n = members.ids.len();
         if n < 2 {
@@ -190,7 +194,7 @@ impl Coordinator {
             .map(|i| (first + i) % n)
             .filter(|i| weights[*i] > 0)
             .find_map(|i| self.peers.try_acquire_on(members.peers[i]?))?;
-        let proof = self.keys.sign(self.id(), request_id, service)?;
+        let proof = self.keys.sign(self.id(), hops, request_id, service)?;
         Some((lease, proof))
     }
 
@@ -200,7 +204,7 @@ impl Coordinator {
         proof: Option<&[u8]>,
         request_id: &HeaderValue,
         service: &str,
-    ) -> Result<String, ProofError> {
+    ) -> Result<(String, u8), ProofError> {
         self.keys.verify(proof, request_id, service)
     }
 

@@ -30,6 +30,7 @@ pub use head::{Answer, AnswerHeaders};
 
 use crate::acme::Challenges;
 use crate::coordination::Coordinator;
+use crate::coordination::proof::MAX_HOPS;
 use crate::metrics::Metrics;
 use crate::request::forward::{Forward, Hop, PEER_PROOF};
 use crate::request::headers;
@@ -132,19 +133,24 @@ impl Gateway {
             }
         };
         // On the peer port: another gateway of the group authenticated the client and hands the
-        // request over with its proof; it is served here and never handed on again.
+        // request over with its proof; it is served here, and handed on again only if the share
+        // it waits for moves away (`hops` so far, at most `MAX_HOPS`).
+        let mut hops = 0u8;
         if conn.peer {
             let proof = self.coordination.as_ref().map_or(
                 Err(crate::coordination::ProofError::Missing),
                 |c| c.verify(head.header(&PEER_PROOF), &rid, &service.name),
             );
-            if let Err(e) = proof {
-                drain(body, &head).await;
-                if let Some(c) = &self.coordination {
-                    c.metrics.handed(&service.name, "refused");
+            match proof {
+                Ok((_, h)) => hops = h,
+                Err(e) => {
+                    drain(body, &head).await;
+                    if let Some(c) = &self.coordination {
+                        c.metrics.handed(&service.name, "refused");
+                    }
+                    let e = GatewayError::PeerUnauthorized(e);
+                    return self.fail(e, &rid, Some(&service), None, conn, start);
                 }
-                let e = GatewayError::PeerUnauthorized(e);
-                return self.fail(e, &rid, Some(&service), None, conn, start);
             }
         }
         let version = match self.admit(&head, &service, endpoint, conn.peer) {
@@ -160,7 +166,7 @@ impl Gateway {
         // has one (once: that gateway queues it under its own deadline).
         let handed = match &self.coordination {
             Some(c) if !conn.peer && v.replicas.local_capacity() == 0 => {
-                let hop = c.hand_over(&v.replicas, &service.name, &rid, None);
+                let hop = c.hand_over(&v.replicas, &service.name, &rid, None, 1);
                 if hop.is_some() {
                     c.metrics.handed(&service.name, "sent");
                 }
@@ -173,18 +179,18 @@ impl Gateway {
             _ => None,
         };
         let (lease, hop) = match handed {
-            Some((lease, proof)) => (lease, Some(hop(&head, v, proof))),
+            Some((lease, proof)) => (lease, Some(hop(&head, v, proof, 1))),
             None => {
                 m.queued.inc();
                 let acquired = match &self.coordination {
-                    Some(_) if !conn.peer => v.replicas.acquire_or_moved().await,
+                    Some(_) if hops < MAX_HOPS => v.replicas.acquire_or_moved().await,
                     _ => v.replicas.acquire().await,
                 };
                 m.queued.dec();
                 // The share went to another gateway while the request waited: it goes there.
                 let moved = match (&acquired, &self.coordination) {
                     (Err(Saturated::Moved), Some(c)) => {
-                        c.hand_over(&v.replicas, &service.name, &rid, None)
+                        c.hand_over(&v.replicas, &service.name, &rid, None, hops + 1)
                     }
                     _ => None,
                 };
@@ -193,7 +199,7 @@ impl Gateway {
                         if let Some(c) = &self.coordination {
                             c.metrics.handed(&service.name, "sent");
                         }
-                        (lease, Some(hop(&head, v, proof)))
+                        (lease, Some(hop(&head, v, proof, hops + 1)))
                     }
                     (Ok((lease, waited)), None) => {
                         m.queue_wait.observe(waited.as_secs_f64());
@@ -234,8 +240,9 @@ impl Gateway {
                     let failed = lease.replica.addr;
                     let next = (rerouted < MAX_REROUTES)
                         .then(|| {
+                            let n = request.forward.hop.as_ref().map_or(1, |h| h.hops);
                             self.coordination.as_ref().and_then(|c| {
-                                c.hand_over(&v.replicas, &service.name, &rid, Some(failed))
+                                c.hand_over(&v.replicas, &service.name, &rid, Some(failed), n)
                             })
                         })
                         .flatten();
@@ -507,13 +514,13 @@ pub(crate) fn report(lease: &Lease, outcome: Outcome, service: &Service, version
 
 /// What a request handed to another gateway carries: the proof, and the version rolled here
 /// when the client pinned none.
-fn hop(head: &ClientHead, v: &crate::routing::Version, proof: HeaderValue) -> Box<Hop> {
+fn hop(head: &ClientHead, v: &crate::routing::Version, proof: HeaderValue, hops: u8) -> Box<Hop> {
     let pin = head
         .header(&headers::MODEL_DEPLOYMENT)
         .is_none()
         .then(|| v.header.clone())
         .flatten();
-    Box::new(Hop { proof, pin })
+    Box::new(Hop { proof, pin, hops })
 }
 
 /// Other replicas tried, at most, for a request whose replica could not be reached.

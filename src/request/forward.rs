@@ -41,6 +41,8 @@ pub struct Forward {
 pub struct Hop {
     pub proof: HeaderValue,
     pub pin: Option<HeaderValue>,
+    /// The request's hand-overs with this one.
+    pub hops: u8,
 }
 
 /// The header carrying a forwarded request's proof (a client's is never passed on).
