@@ -286,8 +286,17 @@ fn spawn_kube_watchers(
                 tokio::spawn(watch);
             }
         }
-        if let Some(c) = &coordinator {
-            c.start(client.clone(), routes.clone(), peer_port);
+        // A gateway joins its group (and may own slots) only once it knows the services and
+        // their replicas: a request handed to it before would find no route.
+        if let Some(c) = coordinator.clone() {
+            let (client, routes, sources) = (client.clone(), routes.clone(), sources.clone());
+            let (overrides, discovered) = (kube.services_configmap.is_some(), kube.discovery);
+            tokio::spawn(async move {
+                sources
+                    .loaded(overrides, discovered, Duration::from_secs(10))
+                    .await;
+                c.start(client, routes, peer_port);
+            });
         }
         let scaler = crate::autoscale::Scaler {
             client: client.clone(),

@@ -37,6 +37,8 @@ pub struct RouteSources {
     key_watch: Mutex<Option<KeyWatch>>,
     routes: RouteHandle,
     metrics: Metrics,
+    /// Whether the services ConfigMap and the EndpointSlices have been read once.
+    loaded: tokio::sync::watch::Sender<(bool, bool)>,
 }
 
 // Keys never reach a log line, not even through `{:?}`.
@@ -77,7 +79,19 @@ impl RouteSources {
             key_watch: Mutex::new(None),
             routes,
             metrics,
+            loaded: tokio::sync::watch::channel((false, false)).0,
         }
+    }
+
+    /// Resolves once the services ConfigMap (`overrides`) and the EndpointSlices
+    /// (`discovered`), those asked for, have been read once, or after `within`.
+    pub async fn loaded(&self, overrides: bool, discovered: bool, within: std::time::Duration) {
+        let mut rx = self.loaded.subscribe();
+        let _ = tokio::time::timeout(
+            within,
+            rx.wait_for(|(o, d)| (*o || !overrides) && (*d || !discovered)),
+        )
+        .await;
     }
 
     pub fn metrics(&self) -> &Metrics {
@@ -98,6 +112,7 @@ impl RouteSources {
             *o = services;
         }
         self.rebuild();
+        self.loaded.send_modify(|l| l.0 = true);
     }
 
     pub fn set_discovered(self: &Arc<Self>, discovered: Discovered) {
@@ -105,6 +120,7 @@ impl RouteSources {
             *d = discovered;
         }
         self.rebuild();
+        self.loaded.send_modify(|l| l.1 = true);
     }
 
     /// Keys read from the Secret `name`.
