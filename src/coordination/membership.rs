@@ -18,16 +18,17 @@ use kube::runtime::watcher::{self, Event};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use super::member_lease::{Seen, lease_name, view_id};
 use super::{Coordinator, Members, State};
 use crate::routing::RouteHandle;
 use crate::upstream::ShareView;
 
 pub const GROUP_LABEL: &str = "scoregate.io/group";
-const PEER: &str = "scoregate.io/peer";
-const VIEW: &str = "scoregate.io/view";
-const RELEASED: &str = "scoregate.io/released";
-const LOAD: &str = "scoregate.io/load";
-const LEAVING: &str = "scoregate.io/leaving";
+pub(super) const PEER: &str = "scoregate.io/peer";
+pub(super) const VIEW: &str = "scoregate.io/view";
+pub(super) const RELEASED: &str = "scoregate.io/released";
+pub(super) const LOAD: &str = "scoregate.io/load";
+pub(super) const LEAVING: &str = "scoregate.io/leaving";
 /// How often the view is looked at (local work only; the API is written on change or renewal).
 const TICK: Duration = Duration::from_millis(100);
 /// How long hand-overs sent before the others saw this gateway leave may take to arrive (they
@@ -36,90 +37,6 @@ const LEAVING_GRACE: Duration = Duration::from_millis(50);
 const LEAVING_POLL: Duration = Duration::from_millis(5);
 /// A member Lease not renewed for this long is deleted by whichever gateway sees it.
 const FORGET_AFTER: Duration = Duration::from_secs(600);
-
-/// What this gateway last saw of another member's Lease.
-#[derive(Debug)]
-struct Seen {
-    peer: Option<SocketAddr>,
-    view: String,
-    released: String,
-    load: HashMap<(String, String), (u32, u32)>,
-    renew: Option<Timestamp>,
-    duration: Duration,
-    /// It drains: no hand-overs to it, but its slots are its own until its Lease is gone.
-    leaving: bool,
-    /// When its renewal (or anything it says) last changed, by this gateway's clock: a member
-    /// is live for its duration after that (clock skew between nodes does not matter).
-    observed: Instant,
-}
-
-impl Seen {
-    fn from_lease(lease: &Lease, default_duration: Duration) -> Option<(String, Seen)> {
-        let spec = lease.spec.as_ref()?;
-        let id = spec.holder_identity.clone()?;
-        let a = lease.metadata.annotations.clone().unwrap_or_default();
-        let load = a
-            .get(LOAD)
-            .and_then(|l| serde_json::from_str::<BTreeMap<String, (u32, u32)>>(l).ok())
-            .unwrap_or_default()
-            .into_iter()
-            .filter_map(|(k, v)| {
-                let (s, ver) = k.split_once('/')?;
-                Some(((s.to_string(), ver.to_string()), v))
-            })
-            .collect();
-        let duration = spec
-            .lease_duration_seconds
-            .and_then(|s| u64::try_from(s).ok())
-            .map_or(default_duration, Duration::from_secs);
-        Some((
-            id,
-            Seen {
-                peer: a.get(PEER).and_then(|p| p.parse().ok()),
-                view: a.get(VIEW).cloned().unwrap_or_default(),
-                released: a.get(RELEASED).cloned().unwrap_or_default(),
-                load,
-                renew: spec.renew_time.as_ref().map(|t| t.0),
-                duration,
-                leaving: a.get(LEAVING).is_some_and(|v| v == "true"),
-                observed: Instant::now(),
-            },
-        ))
-    }
-
-    /// Whether it was renewed more than its duration ago by the wall clock (a Lease left by a
-    /// gateway that is gone, seen for the first time).
-    fn stale(&self, after: Duration) -> bool {
-        self.renew.is_none_or(|t| {
-            let age = Timestamp::now().duration_since(t);
-            age.as_secs() > i64::try_from(after.as_secs()).unwrap_or(i64::MAX)
-        })
-    }
-}
-
-/// A Lease name from the group and the identity: lower-case, DNS-safe, at most 253 characters.
-pub fn lease_name(group: &str, identity: &str) -> String {
-    let id: String = identity
-        .chars()
-        .map(|c| {
-            let c = c.to_ascii_lowercase();
-            if c.is_ascii_alphanumeric() || c == '-' || c == '.' {
-                c
-            } else {
-                '-'
-            }
-        })
-        .collect();
-    let mut name = format!("{group}-gw-{}", id.trim_matches(|c| c == '-' || c == '.'));
-    name.truncate(253);
-    name.trim_end_matches(['-', '.']).to_string()
-}
-
-/// A short id of a member list (the same on every gateway for the same members).
-fn view_id(ids: &[String]) -> String {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, ids.join("\n").as_bytes());
-    d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect()
-}
 
 /// What this gateway's Lease says besides its renewal.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
@@ -577,28 +494,5 @@ impl Loop {
                 tracing::debug!(error = %e, lease = %name, "stale member Lease");
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn lease_names_are_dns_safe() {
-        assert_eq!(lease_name("scoregate", "gw-0"), "scoregate-gw-gw-0");
-        assert_eq!(
-            lease_name("scoregate", "Azureml_FE.pod/1"),
-            "scoregate-gw-azureml-fe.pod-1"
-        );
-        assert!(lease_name("g", &"x".repeat(400)).len() <= 253);
-    }
-
-    #[test]
-    fn view_ids_name_the_member_list() {
-        let a = view_id(&["a".into(), "b".into()]);
-        assert_eq!(a, view_id(&["a".into(), "b".into()]));
-        assert_ne!(a, view_id(&["a".into(), "c".into()]));
-        assert_eq!(a.len(), 16);
     }
 }

@@ -10,6 +10,7 @@
 //! that lands on a gateway with no share of its version goes, once, to a gateway that has one,
 //! over that gateway's peer port with a proof under the attachment's key ([`proof`]).
 
+mod member_lease;
 pub mod membership;
 mod metrics;
 pub mod proof;
