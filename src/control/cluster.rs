@@ -248,15 +248,7 @@ pub async fn ensure_peer_secret(
     use k8s_openapi::api::core::v1::Secret;
     let api: Api<Secret> = Api::namespaced(c.client.clone(), &a.namespace);
     let name = render::PEER_SECRET;
-    let what = format!("reading Secret {}/{name}", a.namespace);
-    if api
-        .get_metadata_opt(name)
-        .await
-        .map_err(ControlError::kube(what))?
-        .is_some()
-    {
-        return Ok(());
-    }
+    // Created, never replaced: an existing key (409) stays.
     let mut key = [0u8; 32];
     aws_lc_rs::rand::fill(&mut key)
         .map_err(|_| ControlError::Refused("no random bytes for the peer key".to_string()))?;

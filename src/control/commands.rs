@@ -174,8 +174,10 @@ async fn apply_phase(
         objects.len(),
         render::MANAGER
     ));
-    cluster::ensure_peer_secret(c, a, env).await?;
     let applied = cluster::apply_all(c, &objects, env).await?;
+    // After the objects (the gateway pods wait for it to mount): an operator whose apply fails
+    // hears about that first.
+    cluster::ensure_peer_secret(c, a, env).await?;
     let removed = cluster::prune(c, &a.compute, &a.namespace, &keep_set(a, &objects), env).await?;
     cluster::write_marker(c, a).await?;
     Ok((applied, removed))
