@@ -597,8 +597,8 @@ async fn attach_score_rotate_roll_and_detach_on_a_real_cluster() {
         "gateway pods: shares of the model's limit {shares}, hand-overs sent {sent}, received {received}"
     );
     assert_eq!(
-        shares, 1,
-        "one model replica of limit 1: one slot over the three pods"
+        shares, 2,
+        "two model replicas of limit 1: two slots over the three pods"
     );
     assert!(sent > 0 && received > 0, "sent {sent}, received {received}");
 
