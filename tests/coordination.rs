@@ -84,6 +84,12 @@ impl Model {
             .store(self.now.load(Ordering::SeqCst), Ordering::SeqCst);
     }
 
+    /// It never ran more than `limit` requests at once and was never sent a request twice.
+    fn assert_within(&self, limit: u32) {
+        assert!(self.max() <= limit, "the model ran {} at once", self.max());
+        assert_eq!(self.twice(), Vec::new(), "requests sent to the model twice");
+    }
+
     /// Request ids the model was sent more than once.
     fn twice(&self) -> Vec<(String, u32)> {
         self.ids
@@ -416,16 +422,7 @@ async fn three_gateways_hold_the_replica_limit_together() {
             "{:?}",
             burst.codes
         );
-        assert!(
-            model.max() <= limit,
-            "saturated: the model ran {} at once",
-            model.max()
-        );
-        assert_eq!(
-            model.twice(),
-            Vec::new(),
-            "requests sent to the model twice"
-        );
+        model.assert_within(limit);
     }
 }
 
@@ -509,12 +506,7 @@ async fn a_killed_gateways_share_returns_within_the_lease() {
             "unexpected answer {code}"
         );
     }
-    assert!(model.max() <= 1, "the model ran {} at once", model.max());
-    assert_eq!(
-        model.twice(),
-        Vec::new(),
-        "requests sent to the model twice"
-    );
+    model.assert_within(1);
 
     // Drained instead (SIGTERM): the owner leaves the group once nothing is in flight there,
     // and the other gateway takes the slot at once, with no failed request.
@@ -562,65 +554,26 @@ async fn a_killed_gateways_share_returns_within_the_lease() {
         moved < Duration::from_millis(LEASE_MS),
         "a drained gateway's share moves before its Lease would expire: {moved:?}"
     );
-    assert!(model.max() <= 1, "the model ran {} at once", model.max());
-    assert_eq!(
-        model.twice(),
-        Vec::new(),
-        "requests sent to the model twice"
-    );
+    model.assert_within(1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn the_autoscaler_leader_sums_the_members_load() {
-    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
-    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
-    use kube::api::{Api, ObjectMeta, PostParams};
+    use k8s_openapi::api::apps::v1::Deployment;
+    use kube::api::{Api, PostParams};
 
     let tb = Testbed::start();
     let dir = tempfile::tempdir().expect("tempdir");
     let key = key_file(dir.path());
     let client = tb.client().await;
     let deployments: Api<Deployment> = Api::namespaced(client, "default");
-    let deployment = |name: &str| {
-        let labels = std::collections::BTreeMap::from([("app".to_string(), name.to_string())]);
-        Deployment {
-            metadata: ObjectMeta {
-                name: Some(name.into()),
-                ..Default::default()
-            },
-            spec: Some(DeploymentSpec {
-                replicas: Some(1),
-                selector: LabelSelector {
-                    match_labels: Some(labels.clone()),
-                    ..Default::default()
-                },
-                template: PodTemplateSpec {
-                    metadata: Some(ObjectMeta {
-                        labels: Some(labels),
-                        ..Default::default()
-                    }),
-                    spec: Some(PodSpec {
-                        containers: vec![Container {
-                            name: "model".into(),
-                            image: Some("scoring:1".into()),
-                            ..Default::default()
-                        }],
-                        ..Default::default()
-                    }),
-                },
-                ..Default::default()
-            }),
-            ..Default::default()
-        }
-    };
     // 18 clients on a replica of limit 4 whose answers take 200 ms: busy + queued = 18, so
     // ceil(18 / (0.7 × 4)) = 7 replicas.
     let model = Model::start(Duration::from_millis(200)).await;
     let mut seen = Vec::new();
     for (group, n) in [("as-alone", 1usize), ("as-trio", 3)] {
         deployments
-            .create(&PostParams::default(), &deployment(group))
+            .create(&PostParams::default(), &deployment("default", group))
             .await
             .expect("create the Deployment");
         let extra = format!(
@@ -731,12 +684,7 @@ async fn without_the_api_server_each_gateway_falls_back_to_a_safe_share() {
     );
     assert_eq!(shares.iter().sum::<u64>(), 4, "{shares:?}");
     assert!(tally.ok > 0);
-    assert!(model.max() <= 4, "the model ran {} at once", model.max());
-    assert_eq!(
-        model.twice(),
-        Vec::new(),
-        "requests sent to the model twice"
-    );
+    model.assert_within(4);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -791,10 +739,5 @@ async fn members_joining_and_leaving_under_load_fail_no_request() {
         }
     }
     assert!(tally.codes.is_empty(), "{:?}", tally.codes);
-    assert!(model.max() <= 1, "the model ran {} at once", model.max());
-    assert_eq!(
-        model.twice(),
-        Vec::new(),
-        "requests sent to the model twice"
-    );
+    model.assert_within(1);
 }

@@ -6,56 +6,19 @@
 
 mod common;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::*;
-use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::{
     CrossVersionObjectReference, HorizontalPodAutoscaler, HorizontalPodAutoscalerSpec,
 };
 use k8s_openapi::api::coordination::v1::Lease;
-use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::api::{Api, ObjectMeta, PostParams};
 
 const NS: &str = "models";
-
-fn deployment(name: &str) -> Deployment {
-    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
-    Deployment {
-        metadata: ObjectMeta {
-            name: Some(name.into()),
-            namespace: Some(NS.into()),
-            ..Default::default()
-        },
-        spec: Some(DeploymentSpec {
-            replicas: Some(1),
-            selector: LabelSelector {
-                match_labels: Some(labels.clone()),
-                ..Default::default()
-            },
-            template: PodTemplateSpec {
-                metadata: Some(ObjectMeta {
-                    labels: Some(labels),
-                    ..Default::default()
-                }),
-                spec: Some(PodSpec {
-                    containers: vec![Container {
-                        name: "model".into(),
-                        image: Some("scoring:1".into()),
-                        ..Default::default()
-                    }],
-                    ..Default::default()
-                }),
-            },
-            ..Default::default()
-        }),
-        ..Default::default()
-    }
-}
 
 fn gateway_toml(
     tb: &Testbed,
@@ -153,7 +116,7 @@ async fn load_scales_up_at_once_down_after_the_window_with_one_leader() {
     let kube = tb.client().await;
     let deployments: Api<Deployment> = Api::namespaced(kube.clone(), NS);
     deployments
-        .create(&PostParams::default(), &deployment("iris-blue"))
+        .create(&PostParams::default(), &deployment(NS, "iris-blue"))
         .await
         .expect("deployment");
     let leases: Api<Lease> = Api::namespaced(kube.clone(), NS);
@@ -272,7 +235,7 @@ async fn a_reload_that_adds_or_changes_autoscaling_takes_effect() {
     let kube = tb.client().await;
     let deployments: Api<Deployment> = Api::namespaced(kube.clone(), NS);
     deployments
-        .create(&PostParams::default(), &deployment("iris-green"))
+        .create(&PostParams::default(), &deployment(NS, "iris-green"))
         .await
         .expect("deployment");
     let leases: Api<Lease> = Api::namespaced(kube.clone(), NS);

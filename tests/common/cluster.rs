@@ -312,3 +312,43 @@ pub fn scoregate(args: &[&str]) -> CliOut {
         stderr: String::from_utf8_lossy(&o.stderr).into_owned(),
     }
 }
+
+/// A Deployment `name` in `namespace` (one replica of a placeholder image) for the autoscaler to
+/// scale: the API server keeps its scale; no pod has to run.
+pub fn deployment(namespace: &str, name: &str) -> k8s_openapi::api::apps::v1::Deployment {
+    use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
+    use k8s_openapi::api::core::v1::{Container, PodSpec, PodTemplateSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+    use std::collections::BTreeMap;
+    let labels = BTreeMap::from([("app".to_string(), name.to_string())]);
+    Deployment {
+        metadata: ObjectMeta {
+            name: Some(name.into()),
+            namespace: Some(namespace.into()),
+            ..Default::default()
+        },
+        spec: Some(DeploymentSpec {
+            replicas: Some(1),
+            selector: LabelSelector {
+                match_labels: Some(labels.clone()),
+                ..Default::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels),
+                    ..Default::default()
+                }),
+                spec: Some(PodSpec {
+                    containers: vec![Container {
+                        name: "model".into(),
+                        image: Some("scoring:1".into()),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                }),
+            },
+            ..Default::default()
+        }),
+        ..Default::default()
+    }
+}
