@@ -60,8 +60,8 @@ fn bench(c: &mut Criterion) {
 
     c.bench_function("route_lookup_and_version_pick", |b| {
         b.iter(|| {
-            let (name, _) = parse_path(black_box("/api/v1/service/iris/score")).expect("path");
-            let svc = table.get(name).expect("service");
+            let route = parse_path(black_box("/api/v1/service/iris/score")).expect("path");
+            let svc = table.get(route.service).expect("service");
             black_box(svc.pick_version(None, black_box(42)).expect("version"))
         })
     });
@@ -133,7 +133,7 @@ fn bench(c: &mut Criterion) {
     if let request::Take::Request { head, body, .. } = &taken {
         let rid = headers::new_request_id();
         let f = forward::Forward {
-            path: Some("/score"),
+            path: Some("/score".into()),
             client: "10.1.2.3".parse().expect("ip"),
             tls: true,
             drop_authorization: true,

@@ -68,6 +68,20 @@ if ((${#pip_need[@]})); then
 fi
 export SCOREGATE_KUBECTL="$scripts_dir/kubectl"
 
+# The inference peers (tests/peers/requirements.txt: KServe's model server, Triton's HTTP and
+# gRPC clients, the OpenAI client) in a virtualenv of their own, kept between runs.
+peers_venv="${SCOREGATE_INFERENCE_VENV:-$HOME/.cache/scoregate/inference-peers}"
+if ! "$peers_venv/bin/python" -c 'import kserve, tritonclient.http, tritonclient.grpc, openai' 2>/dev/null; then
+  echo "installing the inference peers into $peers_venv"
+  if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
+  fi
+  rm -rf "$peers_venv"
+  python3 -m venv "$peers_venv"
+  "$peers_venv/bin/pip" install -q --disable-pip-version-check -r tests/peers/requirements.txt
+fi
+export SCOREGATE_INFERENCE_PYTHON="$peers_venv/bin/python"
+
 stage "hadolint (Dockerfile)"
 "$scripts_dir/hadolint" Dockerfile
 

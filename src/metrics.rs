@@ -37,6 +37,8 @@ pub struct Metrics {
     retries: IntCounterVec,
     h2_abuse: IntCounterVec,
     tls_handshakes: IntCounterVec,
+    /// Requests for a service, by the protocol they came in.
+    pub protocols: ProtocolMetrics,
     pub connections_open: IntGauge,
     pub certs: CertMetrics,
     pub acme: AcmeMetrics,
@@ -314,6 +316,33 @@ impl VersionMetrics {
     }
 }
 
+/// `scoregate_requests_by_protocol_total{protocol}`, each series resolved once and exported
+/// from the start.
+#[derive(Debug, Clone)]
+pub struct ProtocolMetrics {
+    /// Azure ML's `/api/v1/service/<name>/...`.
+    pub azureml: IntCounter,
+    /// The Open Inference Protocol's REST API, `/v2/models/<name>/...`.
+    pub v2: IntCounter,
+}
+
+impl ProtocolMetrics {
+    fn new(registry: &Registry) -> Result<Self, prometheus::Error> {
+        let family = IntCounterVec::new(
+            Opts::new(
+                "scoregate_requests_by_protocol_total",
+                "Requests for a service by the protocol they came in: azureml (/api/v1/service/<name>/...), v2 (Open Inference Protocol REST, /v2/models/<name>/...).",
+            ),
+            &["protocol"],
+        )?;
+        registry.register(Box::new(family.clone()))?;
+        Ok(ProtocolMetrics {
+            azureml: family.with_label_values(&["azureml"]),
+            v2: family.with_label_values(&["v2"]),
+        })
+    }
+}
+
 /// TLS handshake counters, resolved once.
 #[derive(Debug, Clone)]
 pub struct HandshakeMetrics {
@@ -397,6 +426,7 @@ impl Metrics {
                 ),
                 &["version", "result"],
             )?,
+            protocols: ProtocolMetrics::new(&registry)?,
             connections_open: IntGauge::new(
                 "scoregate_connections_open",
                 "Client connections currently open on the serving listeners.",

@@ -13,6 +13,8 @@ struct Demo {
     port: u16,
     admin: String,
     ca: String,
+    /// The ready-to-paste Open Inference Protocol (v2) curl line it printed.
+    v2_curl: String,
     _dir: tempfile::TempDir,
 }
 
@@ -46,7 +48,7 @@ fn start_demo_in(dir: tempfile::TempDir) -> Demo {
         .expect("spawn scoregate demo");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut port, mut admin, mut ca, mut curl_line) = (None, None, None, None);
+    let (mut port, mut admin, mut ca, mut curl_line, mut v2_curl) = (None, None, None, None, None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
@@ -67,9 +69,11 @@ fn start_demo_in(dir: tempfile::TempDir) -> Demo {
             });
         } else if let Some(c) = t.strip_prefix("CA to trust") {
             ca = Some(c.trim().to_string());
+        } else if t.starts_with("curl ") && t.contains("/v2/") {
+            v2_curl = Some(t.to_string());
+            break;
         } else if t.starts_with("curl ") {
             curl_line = Some(t.to_string());
-            break;
         }
     }
     let curl_line = curl_line.expect("a ready-to-paste curl line");
@@ -81,6 +85,7 @@ fn start_demo_in(dir: tempfile::TempDir) -> Demo {
         port: port.expect("scoring URL printed"),
         admin: admin.expect("admin address printed"),
         ca: ca.expect("CA path printed"),
+        v2_curl: v2_curl.expect("a ready-to-paste v2 curl line"),
         _dir: dir,
     }
 }
@@ -122,6 +127,23 @@ fn demo_scores_with_curl_and_drains_on_sigterm() {
     );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["predictions"][0]["label"], "virginica");
+    // The printed v2 line, pasted into a shell as it is.
+    let out = Command::new("sh")
+        .args(["-c", &format!("{} -sS --max-time 30", demo.v2_curl)])
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("v2 json");
+    assert_eq!(v["outputs"][0]["name"], "p_virginica", "{v}");
+    assert_eq!(
+        v["outputs"][0]["data"],
+        serde_json::json!([0.0, 0.9054]),
+        "{v}"
+    );
     let ready = curl(&[
         "-o",
         "/dev/null",

@@ -49,61 +49,6 @@ openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \
 # The backend: nginx on core 1, answering every request with the same ~200-byte JSON.
 start_backend "$W"
 
-start_target() { # name port [cert prefix] -> pid in TARGET_PID, serving pid in SERVING_PID
-  local name=$1 port=$2 c=${3:-} d="$W/$1"
-
-  mkdir -p "$d"
-  case $name in
-    nginx)
-      cat >"$d/nginx.conf" <<CONF
-worker_processes 1; daemon off; pid $d/nginx.pid; error_log stderr error;
-events { worker_connections 8192; }
-http { access_log off; keepalive_requests 1000000;
-  upstream be { server 127.0.0.1:$BACKEND; keepalive 128; keepalive_requests 1000000; }
-  server { listen 127.0.0.1:$port ssl http2;
-    ssl_certificate $W/${c}cert.pem; ssl_certificate_key $W/${c}key.pem; ssl_protocols TLSv1.2 TLSv1.3;
-    location / { proxy_pass http://be; proxy_http_version 1.1; proxy_set_header Connection ""; } } }
-CONF
-      taskset -c 0 nginx -c "$d/nginx.conf" -p "$d" & ;;
-    haproxy|haproxy-busy)
-      cat "$W/${c}cert.pem" "$W/${c}key.pem" >"$d/both.pem"
-      cat >"$d/haproxy.cfg" <<CONF
-global
-  nbthread 1
-$([ "$name" = haproxy-busy ] && echo "  busy-polling")
-  maxconn 8192
-  ssl-default-bind-options ssl-min-ver TLSv1.2
-defaults
-  mode http
-  timeout connect 5s
-  timeout client 60s
-  timeout server 60s
-  option http-keep-alive
-frontend fe
-  bind 127.0.0.1:$port ssl crt $d/both.pem alpn h2,http/1.1
-  default_backend be
-backend be
-  http-reuse always
-  server s1 127.0.0.1:$BACKEND
-CONF
-      taskset -c 0 haproxy -f "$d/haproxy.cfg" -db & ;;
-    scoregate|scoregate-busy)
-      scoregate_toml "$port" "$W/${c}cert.pem" "$W/${c}key.pem" "$BACKEND" "$KEY" >"$d/scoregate.toml"
-      if [ "$name" = scoregate-busy ]; then
-        printf '[runtime]\nbusy_poll_us = %s\n' "$BUSY_POLL_US" >>"$d/scoregate.toml"
-      fi
-      RUST_LOG=warn,rustls=error TOKIO_WORKER_THREADS=1 taskset -c 0 "$ROOT/target/release/scoregate" serve --config "$d/scoregate.toml" & ;;
-  esac
-  TARGET_PID=$!
-  PIDS+=("$TARGET_PID")
-  wait_port "$port"
-  SERVING_PID=$TARGET_PID
-  if [ "$name" = nginx ]; then # the worker serves; the master only supervises
-    for _ in $(seq 1 50); do SERVING_PID=$(pgrep -P "$TARGET_PID" | head -1) && [ -n "$SERVING_PID" ] && break; sleep 0.05; done
-  fi
-}
-stop_target() { kill "$TARGET_PID" 2>/dev/null || true; wait "$TARGET_PID" 2>/dev/null || true; }
-rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 
 URL_PATH=/api/v1/service/iris/score

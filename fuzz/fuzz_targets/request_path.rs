@@ -19,12 +19,33 @@ fuzz_target!(|data: &[u8]| {
     let mut lines = data.split(|b| *b == b'\n');
     let path = lines.next().unwrap_or_default();
     if let Ok(path) = std::str::from_utf8(path) {
-        if let Some((name, endpoint)) = parse_path(path) {
+        if let Some(route) = parse_path(path) {
+            let name = route.service;
             assert!(
                 !name.is_empty() && !name.contains('/'),
                 "{path:?} -> {name:?}"
             );
-            assert!(endpoint.upstream_path().starts_with('/'));
+            assert!(
+                route
+                    .version
+                    .is_none_or(|v| !v.is_empty() && !v.contains('/')),
+                "{path:?} -> {route:?}"
+            );
+            // The replica's path is the client's, or one that starts at the root and names
+            // the same model (a v2 path less its version segment).
+            match route.upstream_path() {
+                Some(p) => {
+                    assert!(p.starts_with('/'), "{path:?} -> {p:?}");
+                    if route.endpoint.is_v2() {
+                        let rest = p.strip_prefix("/v2/models/").and_then(|r| r.strip_prefix(name));
+                        assert!(
+                            matches!(rest, Some("" | "/ready" | "/infer")),
+                            "{path:?} -> {p:?}"
+                        );
+                    }
+                }
+                None => assert!(route.endpoint.is_v2() && route.version.is_none()),
+            }
         }
     }
     let mut map = HeaderMap::new();
@@ -101,7 +122,7 @@ fn raw_forward(data: &[u8]) {
     };
     let rid = HeaderValue::from_static("rid-1");
     let forward = Forward {
-        path: Some("/score"),
+        path: Some("/score".into()),
         client: std::net::Ipv4Addr::new(10, 1, 2, 3).into(),
         tls: true,
         drop_authorization: true,

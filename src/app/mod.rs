@@ -97,6 +97,13 @@ impl App {
             }),
             _ => None,
         };
+        let admin = Arc::new(AdminState::new(
+            metrics.clone(),
+            routes.clone(),
+            certs.clone(),
+            config.limits.clone(),
+        ));
+        let ready = admin.clone();
         let gateway = Arc::new(
             Gateway::new(
                 routes.clone(),
@@ -105,14 +112,9 @@ impl App {
                 challenges,
                 config.access_log,
             )
-            .with_coordination(coordinator.clone()),
+            .with_coordination(coordinator.clone())
+            .with_readiness(crate::proxy::Readiness(Arc::new(move || ready.is_ready()))),
         );
-        let admin = Arc::new(AdminState::new(
-            metrics.clone(),
-            routes.clone(),
-            certs.clone(),
-            config.limits.clone(),
-        ));
         let sources = Arc::new(crate::discovery::RouteSources::new(
             config.services.clone(),
             routes.clone(),

@@ -4,6 +4,7 @@
 //! ready-to-paste `curl` line is printed.
 
 pub mod model;
+pub mod v2;
 
 use std::future::Future;
 use std::io::Write;
@@ -193,8 +194,12 @@ replicas = [{replicas}]
          \n  key           {key}\
          \n  CA to trust   {ca}\
          \n  admin         http://{admin}/metrics  /readyz  /config  /certificates\
+         \n  v2 (OIP)      https://localhost:{port}/v2/models/{SERVICE}/infer\
          \n\ntry:\n  curl --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
-         -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}' {url}\n",
+         -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}' {url}\
+         \n  curl --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+         -d '{{\"inputs\": [{{\"name\": \"measurements\", \"shape\": [2, 4], \"datatype\": \"FP32\", \
+         \"data\": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]}}]}}' https://localhost:{port}/v2/models/{SERVICE}/infer\n",
         ca = ca.display(),
     );
     let _ = out.flush();

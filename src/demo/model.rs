@@ -1,5 +1,6 @@
 //! The demo's scoring replica: a real (small) model behind the same contract as an Azure ML
-//! scoring container — `POST /score` with `{"data": [[...], ...]}`, `GET /swagger.json`.
+//! scoring container — `POST /score` with `{"data": [[...], ...]}`, `GET /swagger.json` — and
+//! the Open Inference Protocol's REST API ([`super::v2`]).
 //! The model is a fixed binary logistic regression over the four iris measurements
 //! (sepal length, sepal width, petal length, petal width, in cm) that tells Iris virginica apart.
 
@@ -82,6 +83,45 @@ async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
             }
         }
         (&Method::GET, "/swagger.json") => json(StatusCode::OK, SWAGGER.to_string()),
+        (&Method::GET, "/v2/health/live" | "/v2/health/ready") => {
+            json(StatusCode::OK, r#"{"live":true,"ready":true}"#.to_string())
+        }
+        (m, path) if super::v2::call(path).is_some() => {
+            let call = super::v2::call(path);
+            match (m, call) {
+                (&Method::GET, Some(super::v2::Call::Metadata(name))) => {
+                    json(StatusCode::OK, super::v2::metadata(name).to_string())
+                }
+                (&Method::GET, Some(super::v2::Call::Ready(name))) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "name": name, "ready": true }).to_string(),
+                ),
+                (&Method::POST, Some(super::v2::Call::Infer(name))) => {
+                    let name = name.to_string();
+                    let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {
+                        Ok(b) => b.to_bytes(),
+                        Err(e) => {
+                            return json(
+                                StatusCode::BAD_REQUEST,
+                                serde_json::json!({"error": format!("cannot read body: {e}")})
+                                    .to_string(),
+                            );
+                        }
+                    };
+                    match super::v2::infer(&name, &body) {
+                        Ok(v) => json(StatusCode::OK, v.to_string()),
+                        Err(m) => json(
+                            StatusCode::BAD_REQUEST,
+                            serde_json::json!({ "error": m }).to_string(),
+                        ),
+                    }
+                }
+                _ => json(
+                    StatusCode::METHOD_NOT_ALLOWED,
+                    r#"{"error":"method not allowed"}"#.to_string(),
+                ),
+            }
+        }
         (&Method::GET, "/") => json(StatusCode::OK, r#"{"status":"healthy"}"#.to_string()),
         _ => json(
             StatusCode::NOT_FOUND,

@@ -9,6 +9,27 @@ use http_body_util::Full;
 use crate::auth::AuthError;
 use crate::upstream::{ClientBodyError, Failure, Saturated, UpstreamError};
 
+/// The shape of the gateway's own error bodies, by the protocol the request came in.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Shape {
+    /// `{"error": {"code", "message", "request_id"}}`.
+    AzureMl,
+    /// The Open Inference Protocol's `{"error": "<message>"}`, with `code` and `request_id`
+    /// beside it (what v2 clients print is the message).
+    V2,
+}
+
+impl Shape {
+    /// The shape for a request path.
+    pub fn of(path: &str) -> Self {
+        if path == "/v2" || path.starts_with("/v2/") {
+            Shape::V2
+        } else {
+            Shape::AzureMl
+        }
+    }
+}
+
 /// Whose failure an error is (as pingora's `ErrorSource`): only a replica's counts against it
 /// (outlier ejection) and is logged as a failure of the service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -24,13 +45,19 @@ pub enum Side {
 #[derive(Debug, thiserror::Error)]
 pub enum GatewayError {
     #[error(
-        "no such endpoint; scoring URIs are /api/v1/service/<name>/score and /api/v1/service/<name>/swagger.json"
+        "no such endpoint; scoring URIs are /api/v1/service/<name>/score and /api/v1/service/<name>/swagger.json, Open Inference Protocol (v2) URIs /v2/models/<name>[/versions/<version>][/ready|/infer] and /v2/health/live|ready"
     )]
     NotFound,
     #[error("service {0:?} does not exist")]
     UnknownService(String),
-    #[error("service {service:?} has no version {version:?} (header azureml-model-deployment)")]
+    #[error(
+        "service {service:?} has no version {version:?} (named by the azureml-model-deployment header or a v2 path's /versions/<version>)"
+    )]
     UnknownVersion { service: String, version: String },
+    #[error(
+        "the path names version {path:?} and the azureml-model-deployment header {header:?}; send one, or the same in both"
+    )]
+    VersionConflict { path: String, header: String },
     #[error("method not allowed; use {allow}")]
     MethodNotAllowed { allow: &'static str },
     #[error("{0}")]
@@ -74,6 +101,7 @@ impl GatewayError {
             GatewayError::NotFound
             | GatewayError::UnknownService(_)
             | GatewayError::UnknownVersion { .. }
+            | GatewayError::VersionConflict { .. }
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::Unauthorized(_)
             | GatewayError::PeerUnauthorized(_)
@@ -97,7 +125,8 @@ impl GatewayError {
             GatewayError::Overloaded { .. } => StatusCode::SERVICE_UNAVAILABLE,
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::ClientBody(ClientBodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
-            GatewayError::ClientBody(ClientBodyError::Failed { .. }) => StatusCode::BAD_REQUEST,
+            GatewayError::ClientBody(ClientBodyError::Failed { .. })
+            | GatewayError::VersionConflict { .. } => StatusCode::BAD_REQUEST,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -108,6 +137,7 @@ impl GatewayError {
             GatewayError::NotFound => "not_found",
             GatewayError::UnknownService(_) => "service_not_found",
             GatewayError::UnknownVersion { .. } => "version_not_found",
+            GatewayError::VersionConflict { .. } => "version_conflict",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::Unauthorized(e) => e.reason(),
             GatewayError::PeerUnauthorized(_) => "peer_unauthorized",
@@ -135,7 +165,7 @@ impl GatewayError {
     }
 
     /// The JSON error response. Upstream addresses stay in the logs, not in the client's body.
-    pub fn to_response(&self, request_id: &HeaderValue) -> Response<Full<Bytes>> {
+    pub fn to_response(&self, request_id: &HeaderValue, shape: Shape) -> Response<Full<Bytes>> {
         let message = match self {
             GatewayError::Upstream(UpstreamError::Closed { .. }) => {
                 "the scoring replica closed the connection before replying".to_string()
@@ -164,7 +194,20 @@ impl GatewayError {
             }
             .into();
         }
-        let body = serde_json::json!({ "error": error }).to_string();
+        let body = match shape {
+            Shape::AzureMl => serde_json::json!({ "error": error }),
+            Shape::V2 => {
+                // {"error": "<message>", "code": ..., "request_id": ...[, "saturated": ...]}
+                let mut v2 = error;
+                if let Some(o) = v2.as_object_mut()
+                    && let Some(m) = o.remove("message")
+                {
+                    o.insert("error".into(), m);
+                }
+                v2
+            }
+        }
+        .to_string();
         let mut resp = Response::new(Full::new(Bytes::from(body)));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();

@@ -27,7 +27,7 @@ pub use crate::request::{ClientBody, ClientHead};
 use body::Completion;
 use refusal::{drain, overloaded};
 pub use body::{ProxyBody, TrackedBody};
-use error::{GatewayError, Side};
+use error::{GatewayError, Shape, Side};
 pub use head::{Answer, AnswerHeaders};
 
 use crate::acme::Challenges;
@@ -37,6 +37,17 @@ use crate::metrics::Metrics;
 use crate::request::forward::{Forward, Hop, PEER_PROOF};
 use crate::request::headers;
 use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
+
+/// Whether the gateway is ready (serving, not draining, certificates delivered): what
+/// `/v2/health/ready` answers.
+#[derive(Clone)]
+pub struct Readiness(pub Arc<dyn Fn() -> bool + Send + Sync>);
+
+impl std::fmt::Debug for Readiness {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Readiness")
+    }
+}
 use crate::upstream::{Failure, Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated};
 
 /// Who is on the other end of a client connection.
@@ -58,7 +69,10 @@ pub struct Gateway {
     access_log: bool,
     /// Set when several gateways act as one (`[coordination]`).
     coordination: Option<Arc<Coordinator>>,
+    /// `None`: always ready (a gateway without the admin state, in tests).
+    ready: Option<Readiness>,
 }
+
 
 impl Gateway {
     pub fn new(
@@ -75,7 +89,14 @@ impl Gateway {
             challenges,
             access_log,
             coordination: None,
+            ready: None,
         }
+    }
+
+    /// What `/v2/health/ready` reports.
+    pub fn with_readiness(mut self, ready: Readiness) -> Self {
+        self.ready = Some(ready);
+        self
     }
 
     /// Share replica limits with the other gateways of the group and hand requests to them.
@@ -117,21 +138,35 @@ impl Gateway {
                 .insert(headers::REQUEST_ID, headers::unindexed(&rid));
             return Answer::from_response(r);
         }
+        let shape = Shape::of(head.uri().path());
+        if let Some(answer) = self.v2_server(&head, &rid) {
+            return match answer {
+                Ok(r) => Answer::from_response(r),
+                Err(e) => {
+                    drain(body, &head).await;
+                    self.fail(e, &rid, None, None, conn, start, shape)
+                }
+            };
+        }
         let found = parse_path(head.uri().path())
             .ok_or(GatewayError::NotFound)
-            .and_then(|(name, endpoint)| {
+            .and_then(|route| {
                 self.routes
                     .load()
-                    .get(name)
+                    .get(route.service)
                     .cloned()
-                    .map(|s| (s, endpoint))
-                    .ok_or_else(|| GatewayError::UnknownService(name.to_string()))
+                    .map(|s| (s, route.endpoint, route.version))
+                    .ok_or_else(|| GatewayError::UnknownService(route.service.to_string()))
             });
-        let (service, endpoint) = match found {
-            Ok(s) => s,
+        let (service, endpoint, path_version) = match found {
+            Ok(s) => {
+                let p = &self.metrics.protocols;
+                if s.1.is_v2() { &p.v2 } else { &p.azureml }.inc();
+                s
+            }
             Err(e) => {
                 drain(body, &head).await;
-                return self.fail(e, &rid, None, None, conn, start);
+                return self.fail(e, &rid, None, None, conn, start, shape);
             }
         };
         // On the peer port: another gateway of the group authenticated the client and hands the
@@ -151,15 +186,15 @@ impl Gateway {
                         c.metrics.handed(&service.name, "refused");
                     }
                     let e = GatewayError::PeerUnauthorized(e);
-                    return self.fail(e, &rid, Some(&service), None, conn, start);
+                    return self.fail(e, &rid, Some(&service), None, conn, start, shape);
                 }
             }
         }
-        let version = match self.admit(&head, &service, endpoint, conn.peer) {
+        let version = match self.admit(&head, &service, endpoint, path_version, conn.peer) {
             Ok(v) => v,
             Err(e) => {
                 drain(body, &head).await;
-                return self.fail(e, &rid, Some(&service), None, conn, start);
+                return self.fail(e, &rid, Some(&service), None, conn, start, shape);
             }
         };
         let m = &service.versions[version].metrics;
@@ -211,7 +246,7 @@ impl Gateway {
                         drain(body, &head).await;
                         let e = overloaded(&service, saturated);
                         m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
-                        return self.fail(e, &rid, Some(&service), Some(version), conn, start);
+                        return self.fail(e, &rid, Some(&service), Some(version), conn, start, shape);
                     }
                 }
             }
@@ -263,7 +298,7 @@ impl Gateway {
                             tracing::warn!(request_id = rid.to_str().unwrap_or_default(), gateway = %failed, error = %error, "no gateway with a share of the version could be reached");
                             let e = overloaded(&service, Saturated::Replicas);
                             m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
-                            return self.fail(e, &rid, Some(&service), Some(version), conn, start);
+                            return self.fail(e, &rid, Some(&service), Some(version), conn, start, shape);
                         }
                     }
                 }
@@ -287,7 +322,7 @@ impl Gateway {
                             v.metrics.in_flight.dec();
                             let e = GatewayError::Upstream(error);
                             m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
-                            return self.fail(e, &rid, Some(&service), Some(version), conn, start);
+                            return self.fail(e, &rid, Some(&service), Some(version), conn, start, shape);
                         }
                     }
                 }
@@ -307,12 +342,14 @@ impl Gateway {
             Ok(answer) => answer,
             Err(e) => {
                 m.observe(e.status().as_u16(), start.elapsed().as_secs_f64());
-                self.fail(e, &rid, Some(&service), Some(version), conn, start)
+                self.fail(e, &rid, Some(&service), Some(version), conn, start, shape)
             }
         }
     }
 
-    /// The gateway's own answer for `e`: counted, logged (and in the access log when it is on).
+    /// The gateway's own answer for `e` (in the request's protocol's `shape`): counted, logged
+    /// (and in the access log when it is on).
+    #[allow(clippy::too_many_arguments)]
     fn fail(
         &self,
         e: GatewayError,
@@ -321,9 +358,10 @@ impl Gateway {
         version: Option<usize>,
         conn: ConnInfo,
         start: Instant,
+        shape: Shape,
     ) -> Answer {
         let name = service.map(|s| s.name.as_str()).unwrap_or("");
-        let response = e.to_response(rid);
+        let response = e.to_response(rid, shape);
         if self.access_log {
             let version = service
                 .zip(version)
@@ -355,19 +393,22 @@ impl Gateway {
         head: &ClientHead,
         service: &Service,
         endpoint: Endpoint,
+        path_version: Option<&str>,
         handed_over: bool,
     ) -> Result<usize, GatewayError> {
-        match (endpoint, head.method()) {
-            (Endpoint::Score, &Method::POST)
-            | (Endpoint::Swagger, &Method::GET | &Method::HEAD) => {}
-            (Endpoint::Score, _) => return Err(GatewayError::MethodNotAllowed { allow: "POST" }),
-            (Endpoint::Swagger, _) => {
-                return Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" });
-            }
+        let method_ok = match head.method() {
+            &Method::POST => endpoint.allow() == "POST",
+            &Method::GET | &Method::HEAD => endpoint.allow() == "GET, HEAD",
+            _ => false,
+        };
+        if !method_ok {
+            return Err(GatewayError::MethodNotAllowed {
+                allow: endpoint.allow(),
+            });
         }
         // Azure ML serves swagger.json without a key; scoring needs one (checked by the gateway
-        // that handed a request over).
-        if endpoint == Endpoint::Score && !handed_over {
+        // that handed a request over). The same for v2: metadata and readiness without, infer with.
+        if endpoint.needs_key() && !handed_over {
             service
                 .auth
                 .check(head.header(&header::AUTHORIZATION))
@@ -381,15 +422,71 @@ impl Gateway {
                 limit: self.max_body_bytes,
             });
         }
-        let pin = head
+        let header_pin = head
             .header(&headers::MODEL_DEPLOYMENT)
             .and_then(|v| std::str::from_utf8(v).ok());
+        let pin = match (path_version, header_pin) {
+            (Some(p), Some(h)) if p != h => {
+                return Err(GatewayError::VersionConflict {
+                    path: p.to_string(),
+                    header: h.to_string(),
+                });
+            }
+            (p, h) => p.or(h),
+        };
         service
             .pick_version(pin, fastrand::u8(..100))
             .map_err(|e| GatewayError::UnknownVersion {
                 service: service.name.clone(),
                 version: e.0,
             })
+    }
+
+    /// The Open Inference Protocol's server endpoints, answered by the gateway itself:
+    /// `GET /v2` (server metadata), `/v2/health/live` and `/v2/health/ready`. `None`: not one.
+    fn v2_server(
+        &self,
+        head: &ClientHead,
+        rid: &HeaderValue,
+    ) -> Option<Result<Response<ProxyBody>, GatewayError>> {
+        let (status, body) = match head.uri().path() {
+            "/v2" => (
+                http::StatusCode::OK,
+                serde_json::json!({
+                    "name": "scoregate",
+                    "version": env!("CARGO_PKG_VERSION"),
+                    "extensions": [],
+                }),
+            ),
+            "/v2/health/live" => (http::StatusCode::OK, serde_json::json!({ "live": true })),
+            "/v2/health/ready" => {
+                let ready = self.ready.as_ref().is_none_or(|r| (r.0)());
+                let status = if ready {
+                    http::StatusCode::OK
+                } else {
+                    http::StatusCode::SERVICE_UNAVAILABLE
+                };
+                (status, serde_json::json!({ "ready": ready }))
+            }
+            _ => return None,
+        };
+        if !matches!(head.method(), &Method::GET | &Method::HEAD) {
+            return Some(Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" }));
+        }
+        let body = if head.method() == Method::HEAD {
+            bytes::Bytes::new()
+        } else {
+            bytes::Bytes::from(body.to_string())
+        };
+        let mut r = Response::new(Either::Right(http_body_util::Full::new(body)));
+        *r.status_mut() = status;
+        let h = r.headers_mut();
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        h.insert(headers::REQUEST_ID, headers::unindexed(rid));
+        Some(Ok(r))
     }
 
     /// The replica's answer (sent within `scoring_timeout_ms` at `sent`), streamed back; or why
@@ -479,13 +576,17 @@ impl Gateway {
         service: &Service,
         rid: &HeaderValue,
     ) -> Outgoing {
-        let path = parse_path(head.uri().path()).map_or("/", |(_, e)| e.upstream_path());
+        // The replica's path: Azure ML's endpoints map to the container's, a v2 path goes as it
+        // came (less a version segment).
+        let path = parse_path(head.uri().path())
+            .map(|r| r.upstream_path())
+            .unwrap_or(Some("/".into()));
         let replayable = crate::upstream::replayable(head.method(), |h| head.header(h).is_some());
         Outgoing {
             head,
             body,
             forward: Forward {
-                path: Some(path),
+                path,
                 client: conn.remote.ip(),
                 tls: conn.tls,
                 drop_authorization: service.auth.consumes_header(),
@@ -527,3 +628,51 @@ fn hop(head: &ClientHead, v: &crate::routing::Version, proof: HeaderValue, hops:
 
 /// Other replicas tried, at most, for a request whose replica could not be reached.
 const MAX_REROUTES: u32 = 2;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, method: Method) -> ClientHead {
+        let (parts, ()) = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .body(())
+            .expect("request")
+            .into_parts();
+        ClientHead::Parsed(parts)
+    }
+
+    fn gateway(ready: bool) -> Gateway {
+        let metrics = Metrics::new().expect("metrics");
+        let routes = RouteHandle::new(crate::routing::RouteTable::default());
+        Gateway::new(routes, metrics, 1024, None, false)
+            .with_readiness(Readiness(Arc::new(move || ready)))
+    }
+
+    /// `/v2/health/ready` is the gateway's readiness; live stays 200; other paths are not the
+    /// gateway's own.
+    #[test]
+    fn v2_server_endpoints_follow_readiness() {
+        let rid = HeaderValue::from_static("r");
+        for (ready, status) in [(true, 200), (false, 503)] {
+            let g = gateway(ready);
+            let r = g
+                .v2_server(&get("/v2/health/ready", Method::GET), &rid)
+                .expect("the gateway's own")
+                .expect("GET is allowed");
+            assert_eq!(r.status(), status);
+            let live = g
+                .v2_server(&get("/v2/health/live", Method::GET), &rid)
+                .expect("own")
+                .expect("allowed");
+            assert_eq!(live.status(), 200);
+        }
+        let g = gateway(true);
+        assert!(g.v2_server(&get("/v2/models/iris", Method::GET), &rid).is_none());
+        assert!(matches!(
+            g.v2_server(&get("/v2", Method::POST), &rid),
+            Some(Err(GatewayError::MethodNotAllowed { .. }))
+        ));
+    }
+}

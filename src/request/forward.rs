@@ -22,7 +22,7 @@ pub type UpstreamBody = Limited<ClientBody>;
 pub struct Forward {
     /// The replica's path for the endpoint (the query is the client's); `None`: the client's
     /// path (a request handed to another gateway).
-    pub path: Option<&'static str>,
+    pub path: Option<std::borrow::Cow<'static, str>>,
     pub client: IpAddr,
     pub tls: bool,
     /// The gateway's key is in `Authorization`: it is not forwarded.
@@ -59,8 +59,8 @@ pub fn into_request(
 ) -> Request<UpstreamBody> {
     let mut parts = head.into_parts();
     let query = parts.uri.query().map(|q| format!("?{q}"));
-    let path: std::borrow::Cow<'static, str> = match f.path {
-        Some(p) => p.into(),
+    let path: std::borrow::Cow<'static, str> = match &f.path {
+        Some(p) => p.clone(),
         None => parts.uri.path().to_string().into(),
     };
     let pq = || format!("{path}{}", query.as_deref().unwrap_or(""));
@@ -84,8 +84,8 @@ pub fn into_request(
         Protocol::Http1 => {
             parts.version = http::Version::HTTP_11;
             // The common case (no query) allocates nothing.
-            parts.uri = match (&query, f.path) {
-                (None, Some(p)) => Uri::from_static(p),
+            parts.uri = match (&query, &f.path) {
+                (None, Some(std::borrow::Cow::Borrowed(p))) => Uri::from_static(p),
                 _ => Uri::try_from(pq()).unwrap_or_else(|_| Uri::from_static("/")),
             };
             if !parts.headers.contains_key(header::HOST) {
@@ -123,7 +123,7 @@ pub fn encode_http1(
 ) -> BytesMut {
     let body_len = body.map_or(0, Bytes::len);
     let query = req.uri.query();
-    let path = f.path.unwrap_or(req.uri.path());
+    let path = f.path.as_deref().unwrap_or(req.uri.path());
     let mut ip = [0u8; 64];
     let ip = put_ip(f.client, &mut ip);
     let mut out = BytesMut::with_capacity(
@@ -232,7 +232,7 @@ mod tests {
 
     fn forward(rid: &HeaderValue, drop_authorization: bool) -> Forward {
         Forward {
-            path: Some("/score"),
+            path: Some("/score".into()),
             client: "10.1.2.3".parse().expect("ip"),
             tls: true,
             drop_authorization,

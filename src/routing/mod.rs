@@ -18,34 +18,111 @@ pub type Discovered = HashMap<(String, String), Vec<std::net::SocketAddr>>;
 /// The scoring URI prefix (Azure ML's).
 pub const PREFIX: &str = "/api/v1/service/";
 
+/// The Open Inference Protocol (v2) model URI prefix.
+pub const V2_MODELS: &str = "/v2/models/";
+
 /// What a request asks of a service.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Endpoint {
-    /// `POST .../score`, forwarded to the replica's `/score`.
+    /// `POST /api/v1/service/<name>/score`, forwarded to the replica's `/score`.
     Score,
     /// `GET .../swagger.json`, forwarded to the replica's `/swagger.json`.
     Swagger,
+    /// Open Inference Protocol v2: `GET /v2/models/<name>[/versions/<v>]` (model metadata).
+    V2Metadata,
+    /// `GET /v2/models/<name>[/versions/<v>]/ready`.
+    V2Ready,
+    /// `POST /v2/models/<name>[/versions/<v>]/infer`.
+    V2Infer,
 }
 
 impl Endpoint {
-    pub fn upstream_path(self) -> &'static str {
+    /// An Open Inference Protocol (v2) endpoint: its errors are answered in that protocol's
+    /// shape (`{"error": "<message>"}`).
+    pub fn is_v2(self) -> bool {
+        matches!(self, Endpoint::V2Metadata | Endpoint::V2Ready | Endpoint::V2Infer)
+    }
+
+    /// The methods it takes, as an `Allow` header says them.
+    pub fn allow(self) -> &'static str {
         match self {
-            Endpoint::Score => "/score",
-            Endpoint::Swagger => "/swagger.json",
+            Endpoint::Score | Endpoint::V2Infer => "POST",
+            Endpoint::Swagger | Endpoint::V2Metadata | Endpoint::V2Ready => "GET, HEAD",
         }
+    }
+
+    /// Whether it needs the service's key. Scoring and inference do; the description of a
+    /// service (`swagger.json`, as Azure ML serves it, and its v2 analogues, model metadata and
+    /// readiness) does not.
+    pub fn needs_key(self) -> bool {
+        matches!(self, Endpoint::Score | Endpoint::V2Infer)
     }
 }
 
-/// Split `/api/v1/service/<name>/<score|swagger.json>` into its service name and endpoint.
-pub fn parse_path(path: &str) -> Option<(&str, Endpoint)> {
-    let rest = path.strip_prefix(PREFIX)?;
-    let (name, tail) = rest.split_once('/')?;
-    let endpoint = match tail {
-        "score" => Endpoint::Score,
-        "swagger.json" => Endpoint::Swagger,
-        _ => return None,
+/// A request's route: the service, what it asks of it, and the version its path names (v2's
+/// `/versions/<v>`; Azure ML's paths name none).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Route<'a> {
+    pub service: &'a str,
+    pub endpoint: Endpoint,
+    pub version: Option<&'a str>,
+}
+
+impl Route<'_> {
+    /// The path the replica is sent (the query stays the client's): Azure ML's endpoints map
+    /// to the scoring container's `/score` and `/swagger.json`; a v2 path goes as it came, less
+    /// the version segment (the version picks the replicas; the replica serves the model under
+    /// its name). `None`: the client's path as it is.
+    pub fn upstream_path(&self) -> Option<std::borrow::Cow<'static, str>> {
+        let suffix = match self.endpoint {
+            Endpoint::Score => return Some("/score".into()),
+            Endpoint::Swagger => return Some("/swagger.json".into()),
+            Endpoint::V2Metadata => "",
+            Endpoint::V2Ready => "/ready",
+            Endpoint::V2Infer => "/infer",
+        };
+        self.version
+            .map(|_| format!("{V2_MODELS}{}{suffix}", self.service).into())
+    }
+}
+
+/// The route of a path: `/api/v1/service/<name>/<score|swagger.json>` or
+/// `/v2/models/<name>[/versions/<v>][/ready|/infer]`. Names and versions are one non-empty
+/// segment each.
+pub fn parse_path(path: &str) -> Option<Route<'_>> {
+    if let Some(rest) = path.strip_prefix(PREFIX) {
+        let (name, tail) = rest.split_once('/')?;
+        let endpoint = match tail {
+            "score" => Endpoint::Score,
+            "swagger.json" => Endpoint::Swagger,
+            _ => return None,
+        };
+        return (!name.is_empty()).then_some(Route {
+            service: name,
+            endpoint,
+            version: None,
+        });
+    }
+    let rest = path.strip_prefix(V2_MODELS)?;
+    let mut parts = rest.split('/');
+    let service = parts.next().filter(|n| !n.is_empty())?;
+    let mut next = parts.next();
+    let mut version = None;
+    if next == Some("versions") {
+        version = Some(parts.next().filter(|v| !v.is_empty())?);
+        next = parts.next();
+    }
+    let endpoint = match next {
+        None => Endpoint::V2Metadata,
+        Some("ready") => Endpoint::V2Ready,
+        Some("infer") => Endpoint::V2Infer,
+        Some(_) => return None,
     };
-    (!name.is_empty()).then_some((name, endpoint))
+    parts.next().is_none().then_some(Route {
+        service,
+        endpoint,
+        version,
+    })
 }
 
 #[derive(Debug)]
@@ -291,19 +368,72 @@ impl RouteHandle {
 mod tests {
     use super::*;
 
+    fn route(path: &str) -> Option<(&str, Endpoint, Option<&str>)> {
+        parse_path(path).map(|r| (r.service, r.endpoint, r.version))
+    }
+
     #[test]
     fn parses_scoring_paths_only() {
         assert_eq!(
-            parse_path("/api/v1/service/iris/score"),
-            Some(("iris", Endpoint::Score))
+            route("/api/v1/service/iris/score"),
+            Some(("iris", Endpoint::Score, None))
         );
         assert_eq!(
-            parse_path("/api/v1/service/iris/swagger.json"),
-            Some(("iris", Endpoint::Swagger))
+            route("/api/v1/service/iris/swagger.json"),
+            Some(("iris", Endpoint::Swagger, None))
         );
-        assert_eq!(parse_path("/api/v1/service//score"), None);
-        assert_eq!(parse_path("/api/v1/service/iris/other"), None);
-        assert_eq!(parse_path("/api/v1/service/iris"), None);
-        assert_eq!(parse_path("/score"), None);
+        assert_eq!(route("/api/v1/service//score"), None);
+        assert_eq!(route("/api/v1/service/iris/other"), None);
+        assert_eq!(route("/api/v1/service/iris"), None);
+        assert_eq!(route("/score"), None);
+    }
+
+    #[test]
+    fn parses_v2_model_paths() {
+        use Endpoint::*;
+        assert_eq!(route("/v2/models/iris"), Some(("iris", V2Metadata, None)));
+        assert_eq!(route("/v2/models/iris/ready"), Some(("iris", V2Ready, None)));
+        assert_eq!(route("/v2/models/iris/infer"), Some(("iris", V2Infer, None)));
+        assert_eq!(
+            route("/v2/models/iris/versions/blue"),
+            Some(("iris", V2Metadata, Some("blue")))
+        );
+        assert_eq!(
+            route("/v2/models/iris/versions/blue/infer"),
+            Some(("iris", V2Infer, Some("blue")))
+        );
+        assert_eq!(
+            route("/v2/models/iris/versions/blue/ready"),
+            Some(("iris", V2Ready, Some("blue")))
+        );
+        for bad in [
+            "/v2/models/",
+            "/v2/models//infer",
+            "/v2/models/iris/",
+            "/v2/models/iris/versions",
+            "/v2/models/iris/versions/",
+            "/v2/models/iris/versions//infer",
+            "/v2/models/iris/infer/",
+            "/v2/models/iris/infer/more",
+            "/v2/models/iris/explain",
+            "/v2/health/ready",
+        ] {
+            assert_eq!(route(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn v2_upstream_path_drops_only_the_version() {
+        let up = |p: &str| parse_path(p).and_then(|r| r.upstream_path()).map(|c| c.into_owned());
+        assert_eq!(up("/api/v1/service/iris/score").as_deref(), Some("/score"));
+        assert_eq!(up("/v2/models/iris/infer"), None);
+        assert_eq!(
+            up("/v2/models/iris/versions/blue/infer").as_deref(),
+            Some("/v2/models/iris/infer")
+        );
+        assert_eq!(
+            up("/v2/models/iris/versions/blue").as_deref(),
+            Some("/v2/models/iris")
+        );
     }
 }

@@ -57,7 +57,7 @@ impl Outgoing {
             head: ClientHead::Raw(head),
             body: ClientBody::Whole(body),
             forward: Forward {
-                path: Some("/score"),
+                path: Some("/score".into()),
                 client: std::net::Ipv4Addr::LOCALHOST.into(),
                 tls: false,
                 drop_authorization: false,

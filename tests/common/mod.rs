@@ -465,6 +465,9 @@ pub use process::*;
 mod logs;
 #[allow(unused_imports)]
 pub use logs::*;
+mod peers;
+#[allow(unused_imports)]
+pub use peers::*;
 
 /// A development CA and two `localhost` leaf pairs, the first written to `cert.pem`/`key.pem` in
 /// a temp dir: for tests that rotate certificates by rewriting the files.
