@@ -29,6 +29,7 @@ pub struct Metrics {
     pub registry: Registry,
     request_duration: HistogramVec,
     upstream_duration: HistogramVec,
+    first_byte: HistogramVec,
     queue_wait: HistogramVec,
     in_flight: IntGaugeVec,
     queued: IntGaugeVec,
@@ -270,6 +271,8 @@ pub struct VersionMetrics {
     /// Lazily resolved so that only codes that happened are exported.
     by_code: Vec<(u16, OnceLock<Histogram>)>,
     pub upstream: Histogram,
+    /// Time to the first byte of a streamed body.
+    pub first_byte: Histogram,
     pub queue_wait: Histogram,
     pub in_flight: IntGauge,
     pub queued: IntGauge,
@@ -324,6 +327,8 @@ pub struct ProtocolMetrics {
     pub azureml: IntCounter,
     /// The Open Inference Protocol's REST API, `/v2/models/<name>/...`.
     pub v2: IntCounter,
+    /// OpenAI-compatible `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
+    pub openai: IntCounter,
 }
 
 impl ProtocolMetrics {
@@ -331,7 +336,7 @@ impl ProtocolMetrics {
         let family = IntCounterVec::new(
             Opts::new(
                 "scoregate_requests_by_protocol_total",
-                "Requests for a service by the protocol they came in: azureml (/api/v1/service/<name>/...), v2 (Open Inference Protocol REST, /v2/models/<name>/...).",
+                "Requests for a service by the protocol they came in: azureml (/api/v1/service/<name>/...), v2 (Open Inference Protocol REST, /v2/models/<name>/...), openai (/v1/chat/completions, /v1/completions, /v1/embeddings, routed by the body's model).",
             ),
             &["protocol"],
         )?;
@@ -339,7 +344,17 @@ impl ProtocolMetrics {
         Ok(ProtocolMetrics {
             azureml: family.with_label_values(&["azureml"]),
             v2: family.with_label_values(&["v2"]),
+            openai: family.with_label_values(&["openai"]),
         })
+    }
+
+    /// The counter of a protocol label ([`crate::routing::Endpoint::protocol`]).
+    pub fn of(&self, protocol: &str) -> &IntCounter {
+        match protocol {
+            "v2" => &self.v2,
+            "openai" => &self.openai,
+            _ => &self.azureml,
+        }
     }
 }
 
@@ -370,6 +385,11 @@ impl Metrics {
             upstream_duration: hist(
                 "scoregate_upstream_duration_seconds",
                 "Time the scoring replica took to return response headers (model time).",
+                &["service", "version"],
+            )?,
+            first_byte: hist(
+                "scoregate_stream_first_byte_seconds",
+                "Time from sending a request to a replica to the first byte of its streamed response body (server-sent events, chunked or large answers; small ones are read whole and not counted).",
                 &["service", "version"],
             )?,
             queue_wait: hist(
@@ -439,6 +459,7 @@ impl Metrics {
         };
         m.registry.register(Box::new(m.request_duration.clone()))?;
         m.registry.register(Box::new(m.upstream_duration.clone()))?;
+        m.registry.register(Box::new(m.first_byte.clone()))?;
         m.registry.register(Box::new(m.queue_wait.clone()))?;
         m.registry.register(Box::new(m.in_flight.clone()))?;
         m.registry.register(Box::new(m.queued.clone()))?;
@@ -468,6 +489,7 @@ impl Metrics {
             family: self.request_duration.clone(),
             by_code: COMMON_CODES.iter().map(|c| (*c, OnceLock::new())).collect(),
             upstream: self.upstream_duration.with_label_values(&sv),
+            first_byte: self.first_byte.with_label_values(&sv),
             queue_wait: self.queue_wait.with_label_values(&sv),
             in_flight: self.in_flight.with_label_values(&sv),
             queued: self.queued.with_label_values(&sv),

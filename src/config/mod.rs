@@ -131,8 +131,13 @@ pub struct ServiceConfig {
 /// Per-service limits, with Azure ML's defaults.
 #[derive(Debug, Clone, Copy, serde::Serialize)]
 pub struct ServiceSettings {
+    /// Bounds the wait for the replica's response head, and for the first byte of a streamed
+    /// body.
     #[serde(rename = "scoring_timeout_ms", with = "millis")]
     pub scoring_timeout: Duration,
+    /// Bounds the gap between two chunks of a streamed body (server-sent events, chunked).
+    #[serde(rename = "stream_idle_timeout_ms", with = "millis")]
+    pub stream_idle_timeout: Duration,
     pub replica_max_concurrent_requests: u32,
     #[serde(rename = "max_request_wait_time_ms", with = "millis")]
     pub max_request_wait_time: Duration,
@@ -147,6 +152,7 @@ impl Default for ServiceSettings {
     fn default() -> Self {
         ServiceSettings {
             scoring_timeout: Duration::from_millis(60_000),
+            stream_idle_timeout: Duration::from_millis(60_000),
             replica_max_concurrent_requests: 1,
             max_request_wait_time: Duration::from_millis(500),
             max_queued_requests: 1_000,

@@ -174,6 +174,8 @@ pub struct RawService {
     pub auth_secret: Option<String>,
     pub token: Option<RawToken>,
     pub scoring_timeout_ms: Option<u64>,
+    /// Longest gap between two chunks of a streamed answer (server-sent events).
+    pub stream_idle_timeout_ms: Option<u64>,
     pub replica_max_concurrent_requests: Option<u64>,
     /// Milliseconds a request may wait for a free replica (Azure's name and unit).
     pub max_request_wait_time: Option<u64>,

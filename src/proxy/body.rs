@@ -1,15 +1,19 @@
 //! The response body streamed back from a replica. It holds the replica slot and the pooled
 //! connection until the body has been sent in full (the replica is busy until then), then
-//! returns the connection to the pool and records the request's duration.
+//! returns the connection to the pool and records the request's duration. A streamed body
+//! (server-sent events, chunked, large) is paced: its first byte must come within
+//! `scoring_timeout_ms` of the request's send, and no gap between two of its chunks may exceed
+//! `stream_idle_timeout_ms`; a stalled stream is cut off (the client sees it end early).
 
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body_util::{Either, Full};
 use hyper::body::{Body, Frame, SizeHint};
+use std::future::Future;
 
 use crate::routing::Service;
 use crate::upstream::{Lease, Outcome, ResponseBody};
@@ -60,10 +64,66 @@ impl Completion {
     }
 }
 
+/// The clocks of a streamed body (none for a body read whole).
+#[derive(Debug)]
+pub(crate) struct Pacing {
+    /// When the request was sent: time to first byte is measured from it.
+    pub sent: Instant,
+    /// The first byte's deadline: the send plus `scoring_timeout_ms`.
+    pub first_by: tokio::time::Instant,
+    /// `stream_idle_timeout_ms`.
+    pub idle: Duration,
+    pub first_byte: prometheus::Histogram,
+    /// When the last data arrived; `None` before the first.
+    last: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Pacing {
+    pub fn new(
+        sent: Instant,
+        scoring_timeout: Duration,
+        idle: Duration,
+        first_byte: prometheus::Histogram,
+    ) -> Box<Self> {
+        Box::new(Pacing {
+            sent,
+            first_by: tokio::time::Instant::from_std(sent) + scoring_timeout,
+            idle,
+            first_byte,
+            last: None,
+            timer: None,
+        })
+    }
+
+    fn data(&mut self) {
+        if self.last.is_none() {
+            self.first_byte.observe(self.sent.elapsed().as_secs_f64());
+        }
+        self.last = Some(tokio::time::Instant::now());
+    }
+
+    /// With the body pending: whether its deadline has passed (else the timer's waker is set).
+    fn expired(&mut self, cx: &mut Context<'_>) -> Option<&'static str> {
+        let (deadline, what) = match self.last {
+            None => (self.first_by, "no body byte within scoring_timeout_ms"),
+            Some(t) => (t + self.idle, "no chunk within stream_idle_timeout_ms"),
+        };
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        if timer.deadline() != deadline {
+            timer.as_mut().reset(deadline);
+        }
+        timer.as_mut().poll(cx).is_ready().then_some(what)
+    }
+}
+
 #[derive(Debug)]
 pub struct TrackedBody {
     inner: ResponseBody,
     done: Option<Completion>,
+    pacing: Option<Box<Pacing>>,
 }
 
 impl TrackedBody {
@@ -71,7 +131,14 @@ impl TrackedBody {
         TrackedBody {
             inner,
             done: Some(done),
+            pacing: None,
         }
+    }
+
+    /// Pace a streamed body.
+    pub(crate) fn paced(mut self, pacing: Box<Pacing>) -> Self {
+        self.pacing = Some(pacing);
+        self
     }
 
     fn finish(&mut self, end: End) {
@@ -91,6 +158,25 @@ impl Body for TrackedBody {
     ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         let this = self.get_mut();
         let polled = Pin::new(&mut this.inner).poll_frame(cx);
+        if let Some(p) = this.pacing.as_mut() {
+            match &polled {
+                Poll::Ready(Some(Ok(f))) if f.data_ref().is_some_and(|d| !d.is_empty()) => {
+                    p.data();
+                }
+                Poll::Pending => {
+                    if let Some(what) = p.expired(cx) {
+                        if let Some(d) = &this.done {
+                            let v = &d.service.versions[d.version];
+                            tracing::warn!(service = d.service.name.as_str(), version = v.name.as_str(), replica = %d.lease.replica.addr, "streamed answer cut off: {what}");
+                        }
+                        this.pacing = None;
+                        this.finish(End::Broken);
+                        return Poll::Ready(Some(Err(what.into())));
+                    }
+                }
+                _ => {}
+            }
+        }
         if let Poll::Ready(Some(Ok(frame))) = &polled
             && let Some(a) = this.done.as_mut().and_then(|d| d.access.as_mut())
         {

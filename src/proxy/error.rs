@@ -58,6 +58,9 @@ pub enum GatewayError {
         "the path names version {path:?} and the azureml-model-deployment header {header:?}; send one, or the same in both"
     )]
     VersionConflict { path: String, header: String },
+    /// An OpenAI-compatible request whose body names no model (the service).
+    #[error("{0}")]
+    OpenAiModel(&'static str),
     #[error("method not allowed; use {allow}")]
     MethodNotAllowed { allow: &'static str },
     #[error("{0}")]
@@ -102,6 +105,7 @@ impl GatewayError {
             | GatewayError::UnknownService(_)
             | GatewayError::UnknownVersion { .. }
             | GatewayError::VersionConflict { .. }
+            | GatewayError::OpenAiModel(_)
             | GatewayError::MethodNotAllowed { .. }
             | GatewayError::Unauthorized(_)
             | GatewayError::PeerUnauthorized(_)
@@ -126,7 +130,8 @@ impl GatewayError {
             GatewayError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             GatewayError::ClientBody(ClientBodyError::TooLarge) => StatusCode::PAYLOAD_TOO_LARGE,
             GatewayError::ClientBody(ClientBodyError::Failed { .. })
-            | GatewayError::VersionConflict { .. } => StatusCode::BAD_REQUEST,
+            | GatewayError::VersionConflict { .. }
+            | GatewayError::OpenAiModel(_) => StatusCode::BAD_REQUEST,
             GatewayError::Upstream(_) => StatusCode::BAD_GATEWAY,
         }
     }
@@ -138,6 +143,7 @@ impl GatewayError {
             GatewayError::UnknownService(_) => "service_not_found",
             GatewayError::UnknownVersion { .. } => "version_not_found",
             GatewayError::VersionConflict { .. } => "version_conflict",
+            GatewayError::OpenAiModel(_) => "model_missing",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::Unauthorized(e) => e.reason(),
             GatewayError::PeerUnauthorized(_) => "peer_unauthorized",

@@ -12,7 +12,9 @@
 
 mod access;
 mod body;
+mod openai;
 mod refusal;
+mod v2;
 pub mod error;
 pub mod head;
 
@@ -148,27 +150,41 @@ impl Gateway {
                 }
             };
         }
-        let found = parse_path(head.uri().path())
-            .ok_or(GatewayError::NotFound)
-            .and_then(|route| {
-                self.routes
-                    .load()
-                    .get(route.service)
-                    .cloned()
-                    .map(|s| (s, route.endpoint, route.version))
-                    .ok_or_else(|| GatewayError::UnknownService(route.service.to_string()))
-            });
-        let (service, endpoint, path_version) = match found {
-            Ok(s) => {
-                let p = &self.metrics.protocols;
-                if s.1.is_v2() { &p.v2 } else { &p.azureml }.inc();
-                s
-            }
-            Err(e) => {
+        let Some(route) = parse_path(head.uri().path()) else {
+            drain(body, &head).await;
+            return self.fail(GatewayError::NotFound, &rid, None, None, conn, start, shape);
+        };
+        let (endpoint, path_version) = (route.endpoint, route.version);
+        // OpenAI-compatible: the body names the service; it is read (within the limit) first.
+        let (body, body_model) = if endpoint.routes_by_body() {
+            if head.method() != Method::POST {
                 drain(body, &head).await;
+                let e = GatewayError::MethodNotAllowed { allow: "POST" };
+                return self.fail(e, &rid, None, None, conn, start, shape);
+            }
+            let auth = head.header(&header::AUTHORIZATION);
+            if let Err(e) = openai::precheck(&self.routes.load(), auth) {
+                drain(body, &head).await;
+                let e = GatewayError::Unauthorized(e);
+                return self.fail(e, &rid, None, None, conn, start, shape);
+            }
+            match openai::read_model(body, self.max_body_bytes).await {
+                Ok((model, bytes)) => (ClientBody::Whole(Some(bytes)), Some(model)),
+                Err(e) => return self.fail(e, &rid, None, None, conn, start, shape),
+            }
+        } else {
+            (body, None)
+        };
+        let name = body_model.as_deref().unwrap_or(route.service);
+        let service = match self.routes.load().get(name).cloned() {
+            Some(s) => s,
+            None => {
+                drain(body, &head).await;
+                let e = GatewayError::UnknownService(name.to_string());
                 return self.fail(e, &rid, None, None, conn, start, shape);
             }
         };
+        self.metrics.protocols.of(endpoint.protocol()).inc();
         // On the peer port: another gateway of the group authenticated the client and hands the
         // request over with its proof; it is served here, and handed on again only if the share
         // it waits for moves away (`hops` so far, at most `MAX_HOPS`).
@@ -442,53 +458,6 @@ impl Gateway {
             })
     }
 
-    /// The Open Inference Protocol's server endpoints, answered by the gateway itself:
-    /// `GET /v2` (server metadata), `/v2/health/live` and `/v2/health/ready`. `None`: not one.
-    fn v2_server(
-        &self,
-        head: &ClientHead,
-        rid: &HeaderValue,
-    ) -> Option<Result<Response<ProxyBody>, GatewayError>> {
-        let (status, body) = match head.uri().path() {
-            "/v2" => (
-                http::StatusCode::OK,
-                serde_json::json!({
-                    "name": "scoregate",
-                    "version": env!("CARGO_PKG_VERSION"),
-                    "extensions": [],
-                }),
-            ),
-            "/v2/health/live" => (http::StatusCode::OK, serde_json::json!({ "live": true })),
-            "/v2/health/ready" => {
-                let ready = self.ready.as_ref().is_none_or(|r| (r.0)());
-                let status = if ready {
-                    http::StatusCode::OK
-                } else {
-                    http::StatusCode::SERVICE_UNAVAILABLE
-                };
-                (status, serde_json::json!({ "ready": ready }))
-            }
-            _ => return None,
-        };
-        if !matches!(head.method(), &Method::GET | &Method::HEAD) {
-            return Some(Err(GatewayError::MethodNotAllowed { allow: "GET, HEAD" }));
-        }
-        let body = if head.method() == Method::HEAD {
-            bytes::Bytes::new()
-        } else {
-            bytes::Bytes::from(body.to_string())
-        };
-        let mut r = Response::new(Either::Right(http_body_util::Full::new(body)));
-        *r.status_mut() = status;
-        let h = r.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        h.insert(headers::REQUEST_ID, headers::unindexed(rid));
-        Some(Ok(r))
-    }
-
     /// The replica's answer (sent within `scoring_timeout_ms` at `sent`), streamed back; or why
     /// there is none.
     #[allow(clippy::too_many_arguments)]
@@ -559,10 +528,22 @@ impl Gateway {
             start,
             access,
         };
+        // A body not read whole streams: paced (first byte, gaps between chunks).
+        let streamed = !matches!(body, crate::upstream::ResponseBody::Whole(_));
+        let mut body = TrackedBody::new(body, done);
+        if streamed {
+            let s = &service.settings;
+            body = body.paced(body::Pacing::new(
+                sent,
+                s.scoring_timeout,
+                s.stream_idle_timeout,
+                v.metrics.first_byte.clone(),
+            ));
+        }
         Ok(Answer {
             status,
             headers,
-            body: Either::Left(TrackedBody::new(body, done)),
+            body: Either::Left(body),
         })
     }
 
@@ -629,50 +610,3 @@ fn hop(head: &ClientHead, v: &crate::routing::Version, proof: HeaderValue, hops:
 /// Other replicas tried, at most, for a request whose replica could not be reached.
 const MAX_REROUTES: u32 = 2;
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn get(path: &str, method: Method) -> ClientHead {
-        let (parts, ()) = http::Request::builder()
-            .method(method)
-            .uri(path)
-            .body(())
-            .expect("request")
-            .into_parts();
-        ClientHead::Parsed(parts)
-    }
-
-    fn gateway(ready: bool) -> Gateway {
-        let metrics = Metrics::new().expect("metrics");
-        let routes = RouteHandle::new(crate::routing::RouteTable::default());
-        Gateway::new(routes, metrics, 1024, None, false)
-            .with_readiness(Readiness(Arc::new(move || ready)))
-    }
-
-    /// `/v2/health/ready` is the gateway's readiness; live stays 200; other paths are not the
-    /// gateway's own.
-    #[test]
-    fn v2_server_endpoints_follow_readiness() {
-        let rid = HeaderValue::from_static("r");
-        for (ready, status) in [(true, 200), (false, 503)] {
-            let g = gateway(ready);
-            let r = g
-                .v2_server(&get("/v2/health/ready", Method::GET), &rid)
-                .expect("the gateway's own")
-                .expect("GET is allowed");
-            assert_eq!(r.status(), status);
-            let live = g
-                .v2_server(&get("/v2/health/live", Method::GET), &rid)
-                .expect("own")
-                .expect("allowed");
-            assert_eq!(live.status(), 200);
-        }
-        let g = gateway(true);
-        assert!(g.v2_server(&get("/v2/models/iris", Method::GET), &rid).is_none());
-        assert!(matches!(
-            g.v2_server(&get("/v2", Method::POST), &rid),
-            Some(Err(GatewayError::MethodNotAllowed { .. }))
-        ));
-    }
-}

@@ -34,6 +34,12 @@ pub enum Endpoint {
     V2Ready,
     /// `POST /v2/models/<name>[/versions/<v>]/infer`.
     V2Infer,
+    /// OpenAI-compatible `POST /v1/chat/completions`, routed by the body's `model`.
+    OpenAiChat,
+    /// `POST /v1/completions`, routed by the body's `model`.
+    OpenAiCompletions,
+    /// `POST /v1/embeddings`, routed by the body's `model`.
+    OpenAiEmbeddings,
 }
 
 impl Endpoint {
@@ -43,10 +49,34 @@ impl Endpoint {
         matches!(self, Endpoint::V2Metadata | Endpoint::V2Ready | Endpoint::V2Infer)
     }
 
+    /// An OpenAI-compatible endpoint: the service is the body's `model` ([`Route::service`] is
+    /// empty until the body is read).
+    pub fn routes_by_body(self) -> bool {
+        matches!(
+            self,
+            Endpoint::OpenAiChat | Endpoint::OpenAiCompletions | Endpoint::OpenAiEmbeddings
+        )
+    }
+
+    /// The protocol label of `scoregate_requests_by_protocol_total`.
+    pub fn protocol(self) -> &'static str {
+        if self.is_v2() {
+            "v2"
+        } else if self.routes_by_body() {
+            "openai"
+        } else {
+            "azureml"
+        }
+    }
+
     /// The methods it takes, as an `Allow` header says them.
     pub fn allow(self) -> &'static str {
         match self {
-            Endpoint::Score | Endpoint::V2Infer => "POST",
+            Endpoint::Score
+            | Endpoint::V2Infer
+            | Endpoint::OpenAiChat
+            | Endpoint::OpenAiCompletions
+            | Endpoint::OpenAiEmbeddings => "POST",
             Endpoint::Swagger | Endpoint::V2Metadata | Endpoint::V2Ready => "GET, HEAD",
         }
     }
@@ -55,7 +85,10 @@ impl Endpoint {
     /// service (`swagger.json`, as Azure ML serves it, and its v2 analogues, model metadata and
     /// readiness) does not.
     pub fn needs_key(self) -> bool {
-        matches!(self, Endpoint::Score | Endpoint::V2Infer)
+        !matches!(
+            self,
+            Endpoint::Swagger | Endpoint::V2Metadata | Endpoint::V2Ready
+        )
     }
 }
 
@@ -72,11 +105,14 @@ impl Route<'_> {
     /// The path the replica is sent (the query stays the client's): Azure ML's endpoints map
     /// to the scoring container's `/score` and `/swagger.json`; a v2 path goes as it came, less
     /// the version segment (the version picks the replicas; the replica serves the model under
-    /// its name). `None`: the client's path as it is.
+    /// its name); an OpenAI path goes as it came. `None`: the client's path as it is.
     pub fn upstream_path(&self) -> Option<std::borrow::Cow<'static, str>> {
         let suffix = match self.endpoint {
             Endpoint::Score => return Some("/score".into()),
             Endpoint::Swagger => return Some("/swagger.json".into()),
+            Endpoint::OpenAiChat | Endpoint::OpenAiCompletions | Endpoint::OpenAiEmbeddings => {
+                return None;
+            }
             Endpoint::V2Metadata => "",
             Endpoint::V2Ready => "/ready",
             Endpoint::V2Infer => "/infer",
@@ -86,10 +122,24 @@ impl Route<'_> {
     }
 }
 
-/// The route of a path: `/api/v1/service/<name>/<score|swagger.json>` or
-/// `/v2/models/<name>[/versions/<v>][/ready|/infer]`. Names and versions are one non-empty
-/// segment each.
+/// The route of a path: `/api/v1/service/<name>/<score|swagger.json>`,
+/// `/v2/models/<name>[/versions/<v>][/ready|/infer]` (names and versions one non-empty segment
+/// each), or the OpenAI-compatible `/v1/chat/completions`, `/v1/completions`,
+/// `/v1/embeddings` (the service named by the body: `service` is empty).
 pub fn parse_path(path: &str) -> Option<Route<'_>> {
+    let by_body = match path {
+        "/v1/chat/completions" => Some(Endpoint::OpenAiChat),
+        "/v1/completions" => Some(Endpoint::OpenAiCompletions),
+        "/v1/embeddings" => Some(Endpoint::OpenAiEmbeddings),
+        _ => None,
+    };
+    if let Some(endpoint) = by_body {
+        return Some(Route {
+            service: "",
+            endpoint,
+            version: None,
+        });
+    }
     if let Some(rest) = path.strip_prefix(PREFIX) {
         let (name, tail) = rest.split_once('/')?;
         let endpoint = match tail {
@@ -420,6 +470,20 @@ mod tests {
         ] {
             assert_eq!(route(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn parses_openai_paths_with_the_service_left_to_the_body() {
+        use Endpoint::*;
+        assert_eq!(route("/v1/chat/completions"), Some(("", OpenAiChat, None)));
+        assert_eq!(route("/v1/completions"), Some(("", OpenAiCompletions, None)));
+        assert_eq!(route("/v1/embeddings"), Some(("", OpenAiEmbeddings, None)));
+        for bad in ["/v1/chat/completions/", "/v1/models", "/v1/chat", "/v1/embeddings/x"] {
+            assert_eq!(route(bad), None, "{bad}");
+        }
+        assert!(OpenAiChat.needs_key() && OpenAiEmbeddings.routes_by_body());
+        assert_eq!(OpenAiCompletions.protocol(), "openai");
+        assert_eq!(parse_path("/v1/completions").and_then(|r| r.upstream_path()), None);
     }
 
     #[test]

@@ -19,7 +19,6 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, Bytes, BytesMut};
-use http_body_util::BodyExt;
 use hyper::body::Body;
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::time::{Instant, Sleep};
@@ -223,7 +222,7 @@ impl Session {
     /// The head is written into the buffer before the future is made, so the future keeps only
     /// the body (the whole `Answer` held across its awaits would double its size, and the
     /// connection's future keeps room for this one while idle).
-    fn respond<'a, I: AsyncWrite + Unpin>(
+    fn respond<'a, I: AsyncRead + AsyncWrite + Unpin>(
         &'a mut self,
         io: &'a mut I,
         resp: Answer,
@@ -243,8 +242,8 @@ impl Session {
                 Framing::None => drop(body),
                 Framing::Length(n) if n <= INLINE_BODY => {
                     self.out.reserve(n as usize);
-                    while let Some(frame) = body.frame().await {
-                        if let Ok(data) = frame.map_err(io::Error::other)?.into_data() {
+                    while let Some(frame) = next_frame(&mut self.buf, io, &mut body).await? {
+                        if let Ok(data) = frame.into_data() {
                             self.out.put_slice(&data);
                         }
                     }
@@ -267,7 +266,7 @@ impl Session {
 
     /// Write the head, then the body frame by frame (chunked when `chunked`); a chunked body's
     /// last chunk is left in the buffer.
-    async fn stream_body<I: AsyncWrite + Unpin>(
+    async fn stream_body<I: AsyncRead + AsyncWrite + Unpin>(
         &mut self,
         io: &mut I,
         mut body: ProxyBody,
@@ -275,8 +274,8 @@ impl Session {
     ) -> io::Result<()> {
         io.write_all(&self.out).await?;
         self.out.clear();
-        while let Some(frame) = body.frame().await {
-            let Ok(data) = frame.map_err(io::Error::other)?.into_data() else {
+        while let Some(frame) = next_frame(&mut self.buf, io, &mut body).await? {
+            let Ok(data) = frame.into_data() else {
                 continue; // trailers are not forwarded over HTTP/1.1
             };
             if data.is_empty() {
@@ -295,6 +294,40 @@ impl Session {
         }
         Ok(())
     }
+}
+
+/// The next frame of a response body; meanwhile the client's side is watched, so a client
+/// that closes or resets its connection while the replica is still producing (a stream between
+/// two chunks, a model still thinking) ends the answer at once — and with it the replica's
+/// request (nginx's broken-connection check). Bytes the client sends meanwhile (a pipelined
+/// request) are kept in `buf`, up to one read's room; past that the client is not read.
+async fn next_frame<I: AsyncRead + Unpin>(
+    buf: &mut BytesMut,
+    io: &mut I,
+    body: &mut ProxyBody,
+) -> io::Result<Option<hyper::body::Frame<Bytes>>> {
+    poll_fn(|cx| {
+        if let Poll::Ready(f) = Pin::new(&mut *body).poll_frame(cx) {
+            return Poll::Ready(f.transpose().map_err(io::Error::other));
+        }
+        while buf.len() < READ_ROOM {
+            let mut room = [0u8; 512];
+            let mut rb = ReadBuf::new(&mut room);
+            match Pin::new(&mut *io).poll_read(cx, &mut rb) {
+                Poll::Ready(Ok(())) if rb.filled().is_empty() => {
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::ConnectionAborted,
+                        "the client closed its connection mid-answer",
+                    )));
+                }
+                Poll::Ready(Ok(())) => buf.put_slice(rb.filled()),
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => break,
+            }
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Wait for bytes, the header-read deadline, or shutdown — whichever comes first. Without a

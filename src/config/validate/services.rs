@@ -93,6 +93,13 @@ fn settings(s: &RawService, field: &str, errs: &mut Errors) -> ServiceSettings {
             300_000,
             60_000,
         )),
+        stream_idle_timeout: Duration::from_millis(errs.range(
+            &format!("{field}.stream_idle_timeout_ms"),
+            s.stream_idle_timeout_ms,
+            1,
+            3_600_000,
+            60_000,
+        )),
         replica_max_concurrent_requests: errs.range(
             &format!("{field}.replica_max_concurrent_requests"),
             s.replica_max_concurrent_requests,
