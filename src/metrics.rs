@@ -329,6 +329,10 @@ pub struct ProtocolMetrics {
     pub v2: IntCounter,
     /// OpenAI-compatible `/v1/chat/completions`, `/v1/completions`, `/v1/embeddings`.
     pub openai: IntCounter,
+    /// gRPC calls.
+    pub grpc: IntCounter,
+    /// `scoregate_grpc_responses_total{service,code}`.
+    grpc_status: IntCounterVec,
 }
 
 impl ProtocolMetrics {
@@ -336,16 +340,33 @@ impl ProtocolMetrics {
         let family = IntCounterVec::new(
             Opts::new(
                 "scoregate_requests_by_protocol_total",
-                "Requests for a service by the protocol they came in: azureml (/api/v1/service/<name>/...), v2 (Open Inference Protocol REST, /v2/models/<name>/...), openai (/v1/chat/completions, /v1/completions, /v1/embeddings, routed by the body's model).",
+                "Requests for a service by the protocol they came in: azureml (/api/v1/service/<name>/...), v2 (Open Inference Protocol REST, /v2/models/<name>/...), openai (/v1/chat/completions, /v1/completions, /v1/embeddings, routed by the body's model), grpc (content-type application/grpc).",
             ),
             &["protocol"],
         )?;
         registry.register(Box::new(family.clone()))?;
+        let grpc_status = IntCounterVec::new(
+            Opts::new(
+                "scoregate_grpc_responses_total",
+                "gRPC calls by the grpc-status they ended with (the replica's trailers, or the gateway's own trailers-only refusal), by service (\"\" when none was found).",
+            ),
+            &["service", "code"],
+        )?;
+        registry.register(Box::new(grpc_status.clone()))?;
         Ok(ProtocolMetrics {
             azureml: family.with_label_values(&["azureml"]),
             v2: family.with_label_values(&["v2"]),
             openai: family.with_label_values(&["openai"]),
+            grpc: family.with_label_values(&["grpc"]),
+            grpc_status,
         })
+    }
+
+    /// Count a gRPC call that ended with `code`.
+    pub fn grpc_status(&self, service: &str, code: u32) {
+        self.grpc_status
+            .with_label_values(&[service, &code.to_string()])
+            .inc();
     }
 
     /// The counter of a protocol label ([`crate::routing::Endpoint::protocol`]).
@@ -353,6 +374,7 @@ impl ProtocolMetrics {
         match protocol {
             "v2" => &self.v2,
             "openai" => &self.openai,
+            "grpc" => &self.grpc,
             _ => &self.azureml,
         }
     }

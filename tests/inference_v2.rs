@@ -14,24 +14,7 @@ use common::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn v2_rest_through_tls_with_key_auth_tritonclient_and_kserve() {
-    let (http_port, grpc_port) = (free_port(), free_port());
-    let mut kserve = PeerProcess::start(
-        "kserve_iris.py",
-        &[
-            "--model_name",
-            "iris",
-            "--http_port",
-            &http_port.to_string(),
-            "--grpc_port",
-            &grpc_port.to_string(),
-        ],
-    );
-    kserve
-        .wait_http_ok(
-            &format!("http://127.0.0.1:{http_port}/v2/models/iris/ready"),
-            Duration::from_secs(90),
-        )
-        .await;
+    let (kserve, http_port, _) = kserve_iris().await;
     let demo = Backend::model().await;
     let pki = Pki::new(&["localhost"]);
     let toml = format!(

@@ -31,6 +31,8 @@ pub(crate) struct Completion {
     pub start: Instant,
     /// The access log's record, when it is on.
     pub access: Option<Box<super::access::Record>>,
+    /// A gRPC call: its trailers' `grpc-status` is counted here.
+    pub grpc: Option<crate::metrics::ProtocolMetrics>,
 }
 
 /// How a response body ended.
@@ -178,9 +180,16 @@ impl Body for TrackedBody {
             }
         }
         if let Poll::Ready(Some(Ok(frame))) = &polled
-            && let Some(a) = this.done.as_mut().and_then(|d| d.access.as_mut())
+            && let Some(d) = this.done.as_mut()
         {
-            a.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+            if let Some(a) = d.access.as_mut() {
+                a.bytes += frame.data_ref().map_or(0, |d| d.len() as u64);
+            }
+            if let (Some(p), Some(t)) = (&d.grpc, frame.trailers_ref())
+                && let Some(code) = super::grpc::status_in(t)
+            {
+                p.grpc_status(&d.service.name, code);
+            }
         }
         match &polled {
             Poll::Ready(None) => this.finish(End::Complete),

@@ -17,12 +17,17 @@ pub enum Shape {
     /// The Open Inference Protocol's `{"error": "<message>"}`, with `code` and `request_id`
     /// beside it (what v2 clients print is the message).
     V2,
+    /// A trailers-only gRPC answer (`grpc-status`, `grpc-message`).
+    Grpc,
 }
 
 impl Shape {
-    /// The shape for a request path.
-    pub fn of(path: &str) -> Self {
-        if path == "/v2" || path.starts_with("/v2/") {
+    /// The shape for a request.
+    pub fn of(head: &super::ClientHead) -> Self {
+        let path = head.uri().path();
+        if super::grpc::is_grpc(head) {
+            Shape::Grpc
+        } else if path == "/v2" || path.starts_with("/v2/") {
             Shape::V2
         } else {
             Shape::AzureMl
@@ -58,6 +63,11 @@ pub enum GatewayError {
         "the path names version {path:?} and the azureml-model-deployment header {header:?}; send one, or the same in both"
     )]
     VersionConflict { path: String, header: String },
+    /// A gRPC call for a version whose replicas speak HTTP/1.1.
+    #[error(
+        "version {version:?} of service {service:?} speaks HTTP/1.1; gRPC needs protocol = \"h2c\""
+    )]
+    GrpcNeedsH2c { service: String, version: String },
     /// An OpenAI-compatible request whose body names no model (the service).
     #[error("{0}")]
     OpenAiModel(&'static str),
@@ -111,7 +121,7 @@ impl GatewayError {
             | GatewayError::PeerUnauthorized(_)
             | GatewayError::PayloadTooLarge { .. }
             | GatewayError::ClientBody(_) => Side::Client,
-            GatewayError::Overloaded { .. } => Side::Gateway,
+            GatewayError::Overloaded { .. } | GatewayError::GrpcNeedsH2c { .. } => Side::Gateway,
             GatewayError::Timeout(_) | GatewayError::Upstream(_) => Side::Replica,
         }
     }
@@ -122,6 +132,7 @@ impl GatewayError {
             | GatewayError::UnknownService(_)
             | GatewayError::UnknownVersion { .. } => StatusCode::NOT_FOUND,
             GatewayError::MethodNotAllowed { .. } => StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::GrpcNeedsH2c { .. } => StatusCode::NOT_IMPLEMENTED,
             GatewayError::Unauthorized(_) | GatewayError::PeerUnauthorized(_) => {
                 StatusCode::UNAUTHORIZED
             }
@@ -144,6 +155,7 @@ impl GatewayError {
             GatewayError::UnknownVersion { .. } => "version_not_found",
             GatewayError::VersionConflict { .. } => "version_conflict",
             GatewayError::OpenAiModel(_) => "model_missing",
+            GatewayError::GrpcNeedsH2c { .. } => "grpc_needs_h2c",
             GatewayError::MethodNotAllowed { .. } => "method_not_allowed",
             GatewayError::Unauthorized(e) => e.reason(),
             GatewayError::PeerUnauthorized(_) => "peer_unauthorized",
@@ -188,6 +200,9 @@ impl GatewayError {
             }
             other => other.to_string(),
         };
+        if shape == Shape::Grpc {
+            return super::grpc::trailers_only(self, &message, request_id);
+        }
         let mut error = serde_json::json!({
             "code": self.reason(),
             "message": message,
@@ -201,7 +216,7 @@ impl GatewayError {
             .into();
         }
         let body = match shape {
-            Shape::AzureMl => serde_json::json!({ "error": error }),
+            Shape::AzureMl | Shape::Grpc => serde_json::json!({ "error": error }),
             Shape::V2 => {
                 // {"error": "<message>", "code": ..., "request_id": ...[, "saturated": ...]}
                 let mut v2 = error;

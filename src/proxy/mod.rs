@@ -12,6 +12,7 @@
 
 mod access;
 mod body;
+pub mod grpc;
 mod openai;
 mod refusal;
 mod v2;
@@ -38,7 +39,7 @@ use crate::coordination::proof::MAX_HOPS;
 use crate::metrics::Metrics;
 use crate::request::forward::{Forward, Hop, PEER_PROOF};
 use crate::request::headers;
-use crate::routing::{Endpoint, RouteHandle, Service, parse_path};
+use crate::routing::{Endpoint, Route, RouteHandle, Service, parse_path};
 
 /// Whether the gateway is ready (serving, not draining, certificates delivered): what
 /// `/v2/health/ready` answers.
@@ -140,8 +141,9 @@ impl Gateway {
                 .insert(headers::REQUEST_ID, headers::unindexed(&rid));
             return Answer::from_response(r);
         }
-        let shape = Shape::of(head.uri().path());
-        if let Some(answer) = self.v2_server(&head, &rid) {
+        let shape = Shape::of(&head);
+        let grpc_call = shape == Shape::Grpc;
+        if let Some(answer) = (!grpc_call).then(|| self.v2_server(&head, &rid)).flatten() {
             return match answer {
                 Ok(r) => Answer::from_response(r),
                 Err(e) => {
@@ -150,11 +152,22 @@ impl Gateway {
                 }
             };
         }
-        let Some(route) = parse_path(head.uri().path()) else {
+        // A gRPC call names its service in its metadata or authority; its path is the method's.
+        let route = if grpc_call {
+            grpc::service_name(&head, &self.routes.load()).map(|service| Route {
+                service,
+                endpoint: Endpoint::Grpc,
+                version: None,
+            })
+        } else {
+            parse_path(head.uri().path())
+        };
+        let Some(route) = route else {
             drain(body, &head).await;
             return self.fail(GatewayError::NotFound, &rid, None, None, conn, start, shape);
         };
         let (endpoint, path_version) = (route.endpoint, route.version);
+        let upstream_path = route.upstream_path();
         // OpenAI-compatible: the body names the service; it is read (within the limit) first.
         let (body, body_model) = if endpoint.routes_by_body() {
             if head.method() != Method::POST {
@@ -215,10 +228,19 @@ impl Gateway {
         };
         let m = &service.versions[version].metrics;
         let v = &service.versions[version];
+        if grpc_call && v.protocol != crate::config::Protocol::H2c {
+            drain(body, &head).await;
+            let e = GatewayError::GrpcNeedsH2c {
+                service: service.name.clone(),
+                version: v.name.clone(),
+            };
+            return self.fail(e, &rid, Some(&service), Some(version), conn, start, shape);
+        }
         // With no share of this version's replicas here, the request goes to a gateway that
-        // has one (once: that gateway queues it under its own deadline).
+        // has one (once: that gateway queues it under its own deadline). Not a gRPC call: the
+        // peer port speaks HTTP/1.1, which carries no trailers.
         let handed = match &self.coordination {
-            Some(c) if !conn.peer && v.replicas.local_capacity() == 0 => {
+            Some(c) if !conn.peer && !grpc_call && v.replicas.local_capacity() == 0 => {
                 let hop = c.hand_over(&v.replicas, &service.name, &rid, None, 1);
                 if hop.is_some() {
                     c.metrics.handed(&service.name, "sent");
@@ -236,7 +258,9 @@ impl Gateway {
             None => {
                 m.queued.inc();
                 let acquired = match &self.coordination {
-                    Some(_) if hops < MAX_HOPS => v.replicas.acquire_or_moved().await,
+                    Some(_) if hops < MAX_HOPS && !grpc_call => {
+                        v.replicas.acquire_or_moved().await
+                    }
                     _ => v.replicas.acquire().await,
                 };
                 m.queued.dec();
@@ -269,7 +293,13 @@ impl Gateway {
         };
         // Sent here, not from a helper async fn: each such level held its future twice over in
         // every request's (boxed, and copied once per request).
-        let mut outgoing = self.upstream_request(head, body, conn, &service, &rid);
+        // A gRPC call's own deadline (`grpc-timeout`) shortens the scoring timeout.
+        let budget = match grpc_call.then(|| grpc::timeout(&head)).flatten() {
+            Some(t) => t.min(service.settings.scoring_timeout),
+            None => service.settings.scoring_timeout,
+        };
+        let mut outgoing =
+            self.upstream_request(head, body, conn, &service, &rid, upstream_path);
         if let Some(hop) = hop {
             // The proof stands for the client's key: it does not travel.
             outgoing.forward.path = None;
@@ -278,7 +308,7 @@ impl Gateway {
         }
         let sent = Instant::now();
         v.metrics.in_flight.inc();
-        let deadline = tokio::time::Instant::from_std(sent) + service.settings.scoring_timeout;
+        let deadline = tokio::time::Instant::from_std(sent) + budget;
         let (mut lease, mut outgoing, mut rerouted) = (lease, outgoing, 0);
         let result = loop {
             let r =
@@ -354,6 +384,11 @@ impl Gateway {
                 bytes: 0,
             })
         });
+        let sent = Sent {
+            at: sent,
+            budget,
+            grpc: grpc_call,
+        };
         match self.answer(result, sent, &service, version, lease, &rid, start, access) {
             Ok(answer) => answer,
             Err(e) => {
@@ -378,6 +413,11 @@ impl Gateway {
     ) -> Answer {
         let name = service.map(|s| s.name.as_str()).unwrap_or("");
         let response = e.to_response(rid, shape);
+        if shape == Shape::Grpc {
+            self.metrics
+                .protocols
+                .grpc_status(name, grpc::status_of(&e));
+        }
         if self.access_log {
             let version = service
                 .zip(version)
@@ -464,7 +504,7 @@ impl Gateway {
     fn answer(
         &self,
         result: Result<Result<Reply, Failure>, tokio::time::error::Elapsed>,
-        sent: Instant,
+        sent: Sent,
         service: &Arc<Service>,
         version: usize,
         lease: Lease,
@@ -473,7 +513,7 @@ impl Gateway {
         mut access: Option<Box<access::Record>>,
     ) -> Result<Answer, GatewayError> {
         let v = &service.versions[version];
-        let model_time = sent.elapsed();
+        let model_time = sent.at.elapsed();
         if let Some(a) = &mut access {
             a.upstream = Some(model_time);
         }
@@ -491,10 +531,12 @@ impl Gateway {
             }
             Err(_) => {
                 v.metrics.in_flight.dec();
-                report(&lease, Outcome::Failed, service, version);
-                return Err(GatewayError::Timeout(
-                    service.settings.scoring_timeout.as_millis(),
-                ));
+                // A deadline shorter than the scoring timeout is the client's (`grpc-timeout`):
+                // not the replica's failure.
+                if sent.budget >= service.settings.scoring_timeout {
+                    report(&lease, Outcome::Failed, service, version);
+                }
+                return Err(GatewayError::Timeout(sent.budget.as_millis()));
             }
         };
         v.metrics.upstream.observe(model_time.as_secs_f64());
@@ -512,6 +554,12 @@ impl Gateway {
                 deployment: v.header.clone(),
             },
             ReplyHeaders::Map(mut map) => {
+                if sent.grpc
+                    && let Some(code) = grpc::status_in(&map)
+                {
+                    // Trailers-only: the call ended in its head.
+                    self.metrics.protocols.grpc_status(&service.name, code);
+                }
                 headers::strip_hop_by_hop(&mut map);
                 map.insert(headers::REQUEST_ID, headers::unindexed(rid));
                 if let Some(name) = &v.header {
@@ -527,6 +575,7 @@ impl Gateway {
             code: status.as_u16(),
             start,
             access,
+            grpc: sent.grpc.then(|| self.metrics.protocols.clone()),
         };
         // A body not read whole streams: paced (first byte, gaps between chunks).
         let streamed = !matches!(body, crate::upstream::ResponseBody::Whole(_));
@@ -534,7 +583,7 @@ impl Gateway {
         if streamed {
             let s = &service.settings;
             body = body.paced(body::Pacing::new(
-                sent,
+                sent.at,
                 s.scoring_timeout,
                 s.stream_idle_timeout,
                 v.metrics.first_byte.clone(),
@@ -556,12 +605,8 @@ impl Gateway {
         conn: ConnInfo,
         service: &Service,
         rid: &HeaderValue,
+        path: Option<std::borrow::Cow<'static, str>>,
     ) -> Outgoing {
-        // The replica's path: Azure ML's endpoints map to the container's, a v2 path goes as it
-        // came (less a version segment).
-        let path = parse_path(head.uri().path())
-            .map(|r| r.upstream_path())
-            .unwrap_or(Some("/".into()));
         let replayable = crate::upstream::replayable(head.method(), |h| head.header(h).is_some());
         Outgoing {
             head,
@@ -605,6 +650,16 @@ fn hop(head: &ClientHead, v: &crate::routing::Version, proof: HeaderValue, hops:
         .then(|| v.header.clone())
         .flatten();
     Box::new(Hop { proof, pin, hops })
+}
+
+/// When and how a request was sent to its replica.
+#[derive(Debug, Clone, Copy)]
+struct Sent {
+    at: Instant,
+    /// The time it had for the replica's head: `scoring_timeout_ms`, or a gRPC call's shorter
+    /// `grpc-timeout`.
+    budget: std::time::Duration,
+    grpc: bool,
 }
 
 /// Other replicas tried, at most, for a request whose replica could not be reached.

@@ -65,6 +65,11 @@ pub fn into_request(
     };
     let pq = || format!("{path}{}", query.as_deref().unwrap_or(""));
     let authority = parts.uri.authority().cloned();
+    // `TE: trailers` is the one TE HTTP/2 allows, and gRPC servers require it.
+    let te_trailers = parts
+        .headers
+        .get(header::TE)
+        .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"trailers"));
     headers::strip_hop_by_hop(&mut parts.headers);
     if f.drop_authorization {
         parts.headers.remove(header::AUTHORIZATION);
@@ -99,6 +104,11 @@ pub fn into_request(
         }
         Protocol::H2c => {
             parts.version = http::Version::HTTP_2;
+            if te_trailers {
+                parts
+                    .headers
+                    .insert(header::TE, HeaderValue::from_static("trailers"));
+            }
             parts.uri = Uri::try_from(format!("http://{replica}{}", pq()))
                 .unwrap_or_else(|_| Uri::from_static("/"));
             parts.headers.remove(header::HOST);

@@ -40,6 +40,9 @@ pub enum Endpoint {
     OpenAiCompletions,
     /// `POST /v1/embeddings`, routed by the body's `model`.
     OpenAiEmbeddings,
+    /// A gRPC call (`content-type: application/grpc…`), routed by its metadata or authority
+    /// (`proxy::grpc`), its path the method's.
+    Grpc,
 }
 
 impl Endpoint {
@@ -64,6 +67,8 @@ impl Endpoint {
             "v2"
         } else if self.routes_by_body() {
             "openai"
+        } else if self == Endpoint::Grpc {
+            "grpc"
         } else {
             "azureml"
         }
@@ -76,7 +81,8 @@ impl Endpoint {
             | Endpoint::V2Infer
             | Endpoint::OpenAiChat
             | Endpoint::OpenAiCompletions
-            | Endpoint::OpenAiEmbeddings => "POST",
+            | Endpoint::OpenAiEmbeddings
+            | Endpoint::Grpc => "POST",
             Endpoint::Swagger | Endpoint::V2Metadata | Endpoint::V2Ready => "GET, HEAD",
         }
     }
@@ -110,9 +116,10 @@ impl Route<'_> {
         let suffix = match self.endpoint {
             Endpoint::Score => return Some("/score".into()),
             Endpoint::Swagger => return Some("/swagger.json".into()),
-            Endpoint::OpenAiChat | Endpoint::OpenAiCompletions | Endpoint::OpenAiEmbeddings => {
-                return None;
-            }
+            Endpoint::OpenAiChat
+            | Endpoint::OpenAiCompletions
+            | Endpoint::OpenAiEmbeddings
+            | Endpoint::Grpc => return None,
             Endpoint::V2Metadata => "",
             Endpoint::V2Ready => "/ready",
             Endpoint::V2Infer => "/infer",

@@ -6,6 +6,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::free_port;
+
 /// The inference peers' Python interpreter; fails the test with the way to install it.
 pub fn inference_python() -> PathBuf {
     let p = std::env::var_os("SCOREGATE_INFERENCE_PYTHON")
@@ -90,6 +92,29 @@ impl PeerProcess {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
+}
+
+/// KServe's model server (`tests/peers/kserve_iris.py`) serving the iris model on v2 REST and
+/// gRPC; returned once the model is ready: (process, REST port, gRPC port).
+pub async fn kserve_iris() -> (PeerProcess, u16, u16) {
+    let (http_port, grpc_port) = (free_port(), free_port());
+    let mut p = PeerProcess::start(
+        "kserve_iris.py",
+        &[
+            "--model_name",
+            "iris",
+            "--http_port",
+            &http_port.to_string(),
+            "--grpc_port",
+            &grpc_port.to_string(),
+        ],
+    );
+    p.wait_http_ok(
+        &format!("http://127.0.0.1:{http_port}/v2/models/iris/ready"),
+        Duration::from_secs(90),
+    )
+    .await;
+    (p, http_port, grpc_port)
 }
 
 /// Run `tests/peers/<script>` with `args` to its end (at most `within`); its stdout parsed as
