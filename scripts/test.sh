@@ -71,7 +71,9 @@ export SCOREGATE_KUBECTL="$scripts_dir/kubectl"
 # The inference peers (tests/peers/requirements.txt: KServe's model server, Triton's HTTP and
 # gRPC clients, the OpenAI client) in a virtualenv of their own, kept between runs.
 peers_venv="${SCOREGATE_INFERENCE_VENV:-$HOME/.cache/scoregate/inference-peers}"
-if ! "$peers_venv/bin/python" -c 'import kserve, tritonclient.http, tritonclient.grpc, openai, h2' 2>/dev/null; then
+# (Found, not imported: kserve and tritonclient.grpc register the same protobuf names and cannot
+# share a process; the tests run each in its own.)
+if ! "$peers_venv/bin/python" -c 'import importlib.util as u, sys; sys.exit(any(u.find_spec(m) is None for m in ("kserve", "tritonclient.http", "tritonclient.grpc", "openai", "h2", "grpc")))' 2>/dev/null; then
   echo "installing the inference peers into $peers_venv"
   if ! python3 -c 'import ensurepip, venv' 2>/dev/null; then
     apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends python3-venv >/dev/null
