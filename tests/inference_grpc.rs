@@ -32,6 +32,7 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let demo = Backend::model().await;
     let pki = Pki::new(&["localhost"]);
     let service = |name: &str, extra: &str, protocol: &str, port: u16| {
         format!(
@@ -54,12 +55,23 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         .replace("replica_max_concurrent_requests = 16\n", ""),
         service("iris", "", "http1", ks_http),
         service("iris-grpc", "", "h2c", ks_grpc),
+        service("demo", "", "h2c", demo.addr.port()),
     ]
     .join("\n");
     let gw = TestGateway::start(&toml).await;
     let target = format!("localhost:{}", gw.tls.expect("tls").port());
     let ca = pki.ca_path().display().to_string();
-    let args = ["--target", &target, "--ca", &ca, "--key", KEY].map(String::from);
+    let args = [
+        "--target",
+        &target,
+        "--ca",
+        &ca,
+        "--key",
+        KEY,
+        "--triton",
+        "iris-grpc,demo",
+    ]
+    .map(String::from);
     let r = run_peer_json("grpc_client.py", &args, Duration::from_secs(120)).await;
 
     // A server stream of 100 messages arrives complete, with its trailers and status.
@@ -128,16 +140,28 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         "{r}"
     );
 
-    // Open Inference Protocol over gRPC: Triton's client, KServe's server.
-    assert_eq!(r["triton_live"]["ok"], true, "{r}");
-    assert_eq!(r["triton_model_ready"]["ok"], true, "{r}");
+    // Open Inference Protocol over gRPC: Triton's client to KServe's gRPC server and to the
+    // demo model (which `scoregate demo` serves).
+    for service in ["iris-grpc", "demo"] {
+        let t = &r[format!("triton/{service}")];
+        assert_eq!(t["live"]["ok"], true, "{service}: {r}");
+        assert_eq!(t["model_ready"]["ok"], true, "{service}: {r}");
+        assert_eq!(
+            t["infer"]["ok"],
+            serde_json::json!([0.0, 0.9054]),
+            "{service}: {r}"
+        );
+        assert_eq!(
+            t["no_key"]["status"], "StatusCode.UNAUTHENTICATED",
+            "{service}: {r}"
+        );
+    }
+    // KServe's model declares no inputs; the demo's declares its [N, 4] tensor.
     assert_eq!(
-        r["triton_infer"]["ok"],
-        serde_json::json!([0.0, 0.9054]),
+        r["triton/demo"]["metadata"]["ok"],
+        serde_json::json!([["-1", "4"]]),
         "{r}"
     );
-    let e = &r["triton_no_key"];
-    assert_eq!(e["status"], "StatusCode.UNAUTHENTICATED", "{r}");
 
     // `grpc-timeout` shortens the scoring timeout: a call with 200 ms for a replica that takes
     // 2 s ends in DEADLINE_EXCEEDED from the gateway at 200 ms (reqwest over HTTP/2, which sets
@@ -181,7 +205,8 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         ("slow", "4", 1),
         ("single", "14", 1),
         ("iris", "9", 1),
-        ("iris-grpc", "0", 3),
+        ("iris-grpc", "0", 4),
+        ("demo", "0", 4),
     ] {
         let series =
             format!("scoregate_grpc_responses_total{{code=\"{code}\",service=\"{service}\"}}");

@@ -3,6 +3,7 @@
 //! in-process replicas of a small real model ([`model`]) stand behind the gateway, and a
 //! ready-to-paste `curl` line is printed.
 
+pub mod grpc;
 pub mod model;
 pub mod v2;
 
@@ -155,6 +156,7 @@ replica_max_concurrent_requests = 32
 
 [[services.versions]]
 name = "blue"
+protocol = "h2c"
 replicas = [{replicas}]
 "#,
         listen = toml_str(&opts.listen.to_string()),
@@ -195,6 +197,7 @@ replicas = [{replicas}]
          \n  CA to trust   {ca}\
          \n  admin         http://{admin}/metrics  /readyz  /config  /certificates\
          \n  v2 (OIP)      https://localhost:{port}/v2/models/{SERVICE}/infer\
+         \n  gRPC (OIP)    localhost:{port}, metadata scoregate-service: {SERVICE}, authorization: Bearer <key>\
          \n\ntry:\n  curl --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
          -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}' {url}\
          \n  curl --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \

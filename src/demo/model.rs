@@ -1,6 +1,6 @@
 //! The demo's scoring replica: a real (small) model behind the same contract as an Azure ML
 //! scoring container — `POST /score` with `{"data": [[...], ...]}`, `GET /swagger.json` — and
-//! the Open Inference Protocol's REST API ([`super::v2`]).
+//! the Open Inference Protocol's REST API ([`super::v2`]) and gRPC API ([`super::grpc`]).
 //! The model is a fixed binary logistic regression over the four iris measurements
 //! (sepal length, sepal width, petal length, petal width, in cm) that tells Iris virginica apart.
 
@@ -62,7 +62,27 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-async fn handle(req: Request<Incoming>) -> Response<Full<Bytes>> {
+/// An answer of the demo model: JSON, or a gRPC call's message and trailers.
+type DemoBody = http_body_util::Either<Full<Bytes>, super::grpc::GrpcReply>;
+
+async fn handle(req: Request<Incoming>) -> Response<DemoBody> {
+    let grpc = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc"));
+    if let (true, Some(method)) = (grpc, req.uri().path().strip_prefix(super::grpc::PREFIX)) {
+        let method = method.to_string();
+        let body = Limited::new(req.into_body(), MAX_BODY)
+            .collect()
+            .await
+            .map(|b| b.to_bytes())
+            .unwrap_or_default();
+        return super::grpc::call(&method, body).map(http_body_util::Either::Right);
+    }
+    handle_json(req).await.map(http_body_util::Either::Left)
+}
+
+async fn handle_json(req: Request<Incoming>) -> Response<Full<Bytes>> {
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/score") => {
             let body = match Limited::new(req.into_body(), MAX_BODY).collect().await {

@@ -73,20 +73,7 @@ pub fn infer(name: &str, body: &[u8]) -> Result<Value, String> {
     };
     let mut flat = Vec::new();
     flatten(input.get("data").unwrap_or(&Value::Null), &mut flat)?;
-    if flat.len() as u64 != rows * 4 {
-        return Err(format!(
-            "{} numbers for shape [{rows}, 4]: expected {}",
-            flat.len(),
-            rows * 4
-        ));
-    }
-    let out: Vec<f64> = flat
-        .chunks_exact(4)
-        .map(|r| {
-            let p = predict(&[r[0], r[1], r[2], r[3]]);
-            (p * 1e4).round() / 1e4
-        })
-        .collect();
+    let out = predict_rows(rows, &flat)?;
     let mut resp = json!({
         "model_name": name,
         "model_version": "1",
@@ -96,6 +83,22 @@ pub fn infer(name: &str, body: &[u8]) -> Result<Value, String> {
         resp["id"] = id.clone();
     }
     Ok(resp)
+}
+
+/// P(virginica), rounded to 4 places, for each row of a `[rows, 4]` tensor's values (row-major);
+/// `Err` when the count does not match the shape. (REST and gRPC alike.)
+pub fn predict_rows(rows: u64, values: &[f64]) -> Result<Vec<f64>, String> {
+    if values.len() as u64 != rows.saturating_mul(4) {
+        return Err(format!(
+            "{} numbers for shape [{rows}, 4]: expected {}",
+            values.len(),
+            rows.saturating_mul(4)
+        ));
+    }
+    Ok(values
+        .chunks_exact(4)
+        .map(|r| (predict(&[r[0], r[1], r[2], r[3]]) * 1e4).round() / 1e4)
+        .collect())
 }
 
 /// The numbers of `data`, flat or nested, in row-major order.

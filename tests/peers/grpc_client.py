@@ -22,6 +22,7 @@ def main():
     ap.add_argument("--target", required=True)
     ap.add_argument("--ca", required=True)
     ap.add_argument("--key", required=True)
+    ap.add_argument("--triton", default="iris-grpc", help="services for Triton's client")
     a = ap.parse_args()
     creds = grpc.ssl_channel_credentials(open(a.ca, "rb").read())
     channel = grpc.secure_channel(a.target, creds)
@@ -80,9 +81,9 @@ def main():
     out["saturated"] = status(lambda: sleep(b"1", metadata=md(service="single"), timeout=30))
     holder.join()
 
-    # Open Inference Protocol over gRPC: Triton's client to KServe's gRPC server.
+    # Open Inference Protocol over gRPC: Triton's client to each service of --triton (KServe's
+    # gRPC server, the demo model).
     t = tgrpc.InferenceServerClient(a.target, ssl=True, root_certificates=a.ca)
-    hdr = {"authorization": f"Bearer {a.key}", "scoregate-service": "iris-grpc"}
 
     def triton(f):
         try:
@@ -90,17 +91,22 @@ def main():
         except InferenceServerException as e:
             return {"status": e.status(), "message": e.message()}
 
-    out["triton_live"] = triton(lambda: t.is_server_live(headers=hdr))
-    out["triton_model_ready"] = triton(lambda: t.is_model_ready("iris", headers=hdr))
-
     def infer(headers):
         x = tgrpc.InferInput("measurements", [2, 4], "FP32")
         x.set_data_from_numpy(ROWS)
         r = t.infer("iris", [x], headers=headers)
         return [round(float(v), 4) for v in r.as_numpy("p_virginica")]
 
-    out["triton_infer"] = triton(lambda: infer(hdr))
-    out["triton_no_key"] = triton(lambda: infer({"scoregate-service": "iris-grpc"}))
+    for service in a.triton.split(","):
+        hdr = {"authorization": f"Bearer {a.key}", "scoregate-service": service}
+        out[f"triton/{service}"] = {
+            "live": triton(lambda: t.is_server_live(headers=hdr)),
+            "model_ready": triton(lambda: t.is_model_ready("iris", headers=hdr)),
+            "metadata": triton(lambda: [i["shape"] for i in t.get_model_metadata(
+                "iris", headers=hdr, as_json=True).get("inputs", [])]),
+            "infer": triton(lambda: infer(hdr)),
+            "no_key": triton(lambda: infer({"scoregate-service": service})),
+        }
     print(json.dumps(out))
 
 
