@@ -15,6 +15,8 @@ struct Demo {
     ca: String,
     /// The ready-to-paste Open Inference Protocol (v2) curl line it printed.
     v2_curl: String,
+    /// The ready-to-paste OpenAI-compatible streaming chat curl line it printed.
+    chat_curl: String,
     _dir: tempfile::TempDir,
 }
 
@@ -48,7 +50,8 @@ fn start_demo_in(dir: tempfile::TempDir) -> Demo {
         .expect("spawn scoregate demo");
     let stdout = child.stdout.take().expect("stdout");
     let mut lines = BufReader::new(stdout).lines();
-    let (mut port, mut admin, mut ca, mut curl_line, mut v2_curl) = (None, None, None, None, None);
+    let (mut port, mut admin, mut ca, mut curl_line, mut v2_curl, mut chat_curl) =
+        (None, None, None, None, None, None);
     let deadline = Instant::now() + Duration::from_secs(30);
     while Instant::now() < deadline {
         let Some(Ok(line)) = lines.next() else { break };
@@ -69,9 +72,11 @@ fn start_demo_in(dir: tempfile::TempDir) -> Demo {
             });
         } else if let Some(c) = t.strip_prefix("CA to trust") {
             ca = Some(c.trim().to_string());
+        } else if t.starts_with("curl ") && t.contains("/v1/chat/completions") {
+            chat_curl = Some(t.to_string());
+            break;
         } else if t.starts_with("curl ") && t.contains("/v2/") {
             v2_curl = Some(t.to_string());
-            break;
         } else if t.starts_with("curl ") {
             curl_line = Some(t.to_string());
         }
@@ -86,6 +91,7 @@ fn start_demo_in(dir: tempfile::TempDir) -> Demo {
         admin: admin.expect("admin address printed"),
         ca: ca.expect("CA path printed"),
         v2_curl: v2_curl.expect("a ready-to-paste v2 curl line"),
+        chat_curl: chat_curl.expect("a ready-to-paste chat curl line"),
         _dir: dir,
     }
 }
@@ -144,6 +150,33 @@ fn demo_scores_with_curl_and_drains_on_sigterm() {
         serde_json::json!([0.0, 0.9054]),
         "{v}"
     );
+    // The printed chat line: server-sent events, word by word, then [DONE].
+    let out = Command::new("sh")
+        .args(["-c", &format!("{} -sS --max-time 30", demo.chat_curl)])
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sse = String::from_utf8_lossy(&out.stdout);
+    let words: String = sse
+        .lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .filter(|d| *d != "[DONE]")
+        .filter_map(|d| serde_json::from_str::<serde_json::Value>(d).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(String::from)
+        })
+        .collect();
+    assert_eq!(
+        words, "With P(virginica) = 0.9054, this iris is Iris virginica.",
+        "{sse}"
+    );
+    assert!(sse.trim_end().ends_with("data: [DONE]"), "{sse}");
     let ready = curl(&[
         "-o",
         "/dev/null",

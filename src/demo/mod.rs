@@ -3,6 +3,7 @@
 //! in-process replicas of a small real model ([`model`]) stand behind the gateway, and a
 //! ready-to-paste `curl` line is printed.
 
+pub mod chat;
 pub mod grpc;
 pub mod model;
 pub mod v2;
@@ -198,11 +199,15 @@ replicas = [{replicas}]
          \n  admin         http://{admin}/metrics  /readyz  /config  /certificates\
          \n  v2 (OIP)      https://localhost:{port}/v2/models/{SERVICE}/infer\
          \n  gRPC (OIP)    localhost:{port}, metadata scoregate-service: {SERVICE}, authorization: Bearer <key>\
+         \n  OpenAI chat   https://localhost:{port}/v1/chat/completions, model {SERVICE:?} (streams)\
          \n\ntry:\n  curl --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
          -d '{{\"data\": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}}' {url}\
          \n  curl --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
          -d '{{\"inputs\": [{{\"name\": \"measurements\", \"shape\": [2, 4], \"datatype\": \"FP32\", \
-         \"data\": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]}}]}}' https://localhost:{port}/v2/models/{SERVICE}/infer\n",
+         \"data\": [5.1, 3.5, 1.4, 0.2, 6.7, 3.0, 5.2, 2.3]}}]}}' https://localhost:{port}/v2/models/{SERVICE}/infer\
+         \n  curl -N --cacert {ca} -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \
+         -d '{{\"model\": \"{SERVICE}\", \"stream\": true, \"messages\": [{{\"role\": \"user\", \"content\": \"6.7 3.0 5.2 2.3\"}}]}}' \
+         https://localhost:{port}/v1/chat/completions\n",
         ca = ca.display(),
     );
     let _ = out.flush();

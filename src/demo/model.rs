@@ -1,6 +1,7 @@
 //! The demo's scoring replica: a real (small) model behind the same contract as an Azure ML
 //! scoring container — `POST /score` with `{"data": [[...], ...]}`, `GET /swagger.json` — and
-//! the Open Inference Protocol's REST API ([`super::v2`]) and gRPC API ([`super::grpc`]).
+//! the Open Inference Protocol's REST API ([`super::v2`]) and gRPC API ([`super::grpc`]), and
+//! an OpenAI-compatible chat ([`super::chat`]).
 //! The model is a fixed binary logistic regression over the four iris measurements
 //! (sepal length, sepal width, petal length, petal width, in cm) that tells Iris virginica apart.
 
@@ -9,7 +10,7 @@ use std::future::Future;
 
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode, header};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Either, Full, Limited};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -62,8 +63,8 @@ fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
     r
 }
 
-/// An answer of the demo model: JSON, or a gRPC call's message and trailers.
-type DemoBody = http_body_util::Either<Full<Bytes>, super::grpc::GrpcReply>;
+/// An answer of the demo model: JSON, a gRPC call's message and trailers, or a streamed chat.
+type DemoBody = Either<Full<Bytes>, Either<super::grpc::GrpcReply, super::chat::ChatStream>>;
 
 async fn handle(req: Request<Incoming>) -> Response<DemoBody> {
     let grpc = req
@@ -77,9 +78,25 @@ async fn handle(req: Request<Incoming>) -> Response<DemoBody> {
             .await
             .map(|b| b.to_bytes())
             .unwrap_or_default();
-        return super::grpc::call(&method, body).map(http_body_util::Either::Right);
+        return super::grpc::call(&method, body).map(|b| Either::Right(Either::Left(b)));
     }
-    handle_json(req).await.map(http_body_util::Either::Left)
+    if req.method() == Method::POST && req.uri().path() == "/v1/chat/completions" {
+        let body: serde_json::Value = match Limited::new(req.into_body(), MAX_BODY).collect().await
+        {
+            Ok(b) => serde_json::from_slice(&b.to_bytes()).unwrap_or_default(),
+            Err(_) => serde_json::Value::Null,
+        };
+        if body.get("stream").and_then(serde_json::Value::as_bool) == Some(true) {
+            let mut r = Response::new(Either::Right(Either::Right(super::chat::stream(&body))));
+            r.headers_mut().insert(
+                header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/event-stream"),
+            );
+            return r;
+        }
+        return json(StatusCode::OK, super::chat::completion(&body).to_string()).map(Either::Left);
+    }
+    handle_json(req).await.map(Either::Left)
 }
 
 async fn handle_json(req: Request<Incoming>) -> Response<Full<Bytes>> {
