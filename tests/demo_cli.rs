@@ -96,6 +96,20 @@ fn start_demo_in(dir: tempfile::TempDir) -> Demo {
     }
 }
 
+/// A printed command line run in a shell as it is (quiet, bounded); its output.
+fn pasted(line: &str) -> Vec<u8> {
+    let out = Command::new("sh")
+        .args(["-c", &format!("{line} -sS --max-time 30")])
+        .output()
+        .expect("sh runs");
+    assert!(
+        out.status.success(),
+        "{line}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out.stdout
+}
+
 fn curl(args: &[&str]) -> std::process::Output {
     Command::new("curl")
         .args(["-sS", "--max-time", "30"])
@@ -134,16 +148,7 @@ fn demo_scores_with_curl_and_drains_on_sigterm() {
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("json");
     assert_eq!(v["predictions"][0]["label"], "virginica");
     // The printed v2 line, pasted into a shell as it is.
-    let out = Command::new("sh")
-        .args(["-c", &format!("{} -sS --max-time 30", demo.v2_curl)])
-        .output()
-        .expect("sh runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("v2 json");
+    let v: serde_json::Value = serde_json::from_slice(&pasted(&demo.v2_curl)).expect("v2 json");
     assert_eq!(v["outputs"][0]["name"], "p_virginica", "{v}");
     assert_eq!(
         v["outputs"][0]["data"],
@@ -151,16 +156,8 @@ fn demo_scores_with_curl_and_drains_on_sigterm() {
         "{v}"
     );
     // The printed chat line: server-sent events, word by word, then [DONE].
-    let out = Command::new("sh")
-        .args(["-c", &format!("{} -sS --max-time 30", demo.chat_curl)])
-        .output()
-        .expect("sh runs");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let sse = String::from_utf8_lossy(&out.stdout);
+    let out = pasted(&demo.chat_curl);
+    let sse = String::from_utf8_lossy(&out);
     let words: String = sse
         .lines()
         .filter_map(|l| l.strip_prefix("data: "))
