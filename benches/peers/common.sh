@@ -135,3 +135,29 @@ CONF
 }
 stop_target() { kill "$TARGET_PID" 2>/dev/null || true; wait "$TARGET_PID" 2>/dev/null || true; }
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
+
+# h2load_rate OUT_JSONL REP ROUND NAME URL [h2load options...]: the scoring POST at a fixed
+# 2,000 req/s (16 keep-alive connections x 125 req/s, h2load --rps: open loop, each connection
+# on its own clock, so requests come in bursts as from many clients), h2load on core 1; p50/p99
+# from h2load's per-request log. One JSON line to OUT_JSONL and stdout. Needs W, KEY, SECS.
+h2load_rate() {
+  local out=$1 rep=$2 round=$3 name=$4 url=$5
+  shift 5
+  rm -f "$W/h2l.tsv"
+  taskset -c 1 h2load -c 16 -t 1 --rps 125 -D "$SECS" -d "$W/body.json" --log-file "$W/h2l.tsv" \
+    -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "$@" "$url" >"$W/h2l.txt" 2>&1 || true
+  python3 - "$rep" "$round" "$name" "$W/h2l.tsv" <<'PY' | tee -a "$out"
+import json, sys
+lat, bad = [], 0
+for line in open(sys.argv[4]):
+    f = line.split("\t")
+    if len(f) >= 3:
+        bad += f[1] != "200"
+        lat.append(int(f[2]))
+lat.sort()
+q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0
+print(json.dumps({"rep": int(sys.argv[1]), "round": int(sys.argv[2]), "target": sys.argv[3],
+                  "kind": "h2load", "requests": len(lat), "non200": bad,
+                  "lat_p50_us": q(0.50), "lat_p99_us": q(0.99)}))
+PY
+}

@@ -36,27 +36,7 @@ RESULTS="$W/results.jsonl"
 : >"$RESULTS"
 
 # run ROUND NAME URL [h2load options...]: one fixed-rate load, one JSON line.
-run() {
-  local round=$1 name=$2 url=$3
-  shift 3
-  rm -f "$W/log.tsv"
-  taskset -c 1 h2load -c 16 -t 1 --rps 125 -D "$SECS" -d "$W/body.json" --log-file "$W/log.tsv" \
-    -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "$@" "$url" >"$W/h2load.txt" 2>&1 || true
-  python3 - "$round" "$name" "$W/log.tsv" <<'PY' | tee -a "$RESULTS"
-import json, sys
-lat, bad = [], 0
-for line in open(sys.argv[3]):
-    f = line.split("\t")
-    if len(f) >= 3:
-        if f[1] != "200":
-            bad += 1
-        lat.append(int(f[2]))
-lat.sort()
-q = lambda p: lat[min(len(lat) - 1, int(p * len(lat)))] if lat else 0
-print(json.dumps({"round": int(sys.argv[1]), "target": sys.argv[2], "requests": len(lat),
-                  "non200": bad, "p50_us": q(0.50), "p99_us": q(0.99)}))
-PY
-}
+run() { h2load_rate "$RESULTS" 0 "$@"; }
 
 for round in $(seq 1 "$ROUNDS"); do
   n=${#TARGETS[@]}
@@ -82,10 +62,10 @@ direct = {r["round"]: r for r in rows if r["target"] == "direct"}
 def added(name, k):
     v = [r[k] - direct[r["round"]][k] for r in rows if r["target"] == name]
     return statistics.median(v) if v else None
-print(f"direct p50 {statistics.median(r['p50_us'] for r in direct.values()):.0f} µs, "
-      f"p99 {statistics.median(r['p99_us'] for r in direct.values()):.0f} µs")
+print(f"direct p50 {statistics.median(r['lat_p50_us'] for r in direct.values()):.0f} µs, "
+      f"p99 {statistics.median(r['lat_p99_us'] for r in direct.values()):.0f} µs")
 for proto, suffix in (("HTTP/1.1", ""), ("HTTP/2", "-h2")):
-    for k in ("p50_us", "p99_us"):
+    for k in ("lat_p50_us", "lat_p99_us"):
         vals = {t: added(t + suffix, k) for t in targets}
         peers = [v for t, v in vals.items() if t != "scoregate" and v is not None]
         best = min(peers) if peers else None

@@ -11,7 +11,8 @@
 # Loads: keep-alive HTTP/1.1 (wrk, 64 connections), HTTP/2 (h2load, 16 connections x 10 streams),
 # full TLS 1.3 handshakes (ECDSA P-256 and RSA-2048) and resumed ones (benches/handshakes.rs, a
 # new connection per request, 32 at a time), latency at a fixed 2,000 req/s of scoring POSTs over
-# 8 keep-alive connections, HTTP/1.1 and HTTP/2, minus the same load sent directly to the backend
+# 8 keep-alive connections, HTTP/1.1 and HTTP/2, minus the same load sent directly to the backend,
+# and the same POSTs from h2load on 16 connections x 125 req/s (bursty; totals)
 # (LAT_ROUNDS=3 rounds per repetition, in turn: each target, haproxy with `busy-polling`,
 # scoregate with `[runtime] busy_poll_us = $BUSY_POLL_US` (default 1000), the direct baseline;
 # with each process's CPU during the load and idle after it), RSS per idle TLS connection (1,000
@@ -115,6 +116,13 @@ for rep in $(seq 1 "$REPS"); do
       echo "$r0 $r1 $open"
     }
     read -r rss0 rss1 idle_open < <(idle_rss idle)
+    # A fresh process for the second count: what the first freed stays in its allocator, and
+    # the second would reuse it and read near 0.
+    stop_target
+    port=$(free_port)
+    start_target "$t" "$port"
+    url="https://127.0.0.1:$port$URL_PATH"
+    addr="127.0.0.1:$port"
     read -r prss0 prss1 post_open < <(idle_rss idle-post)
     # Syscalls per proxied request.
     timeout 60 strace -c -f -q -p "$SERVING_PID" -o "$W/strace.txt" &
@@ -159,9 +167,16 @@ PY
       latency "$t" "127.0.0.1:$port" rate-tls "$SERVING_PID"
       # The same scoring load over HTTP/2 (TLS, ALPN h2, one stream at a time per connection).
       case $t in *-busy) ;; *) latency "$t-h2" "127.0.0.1:$port" rate-h2 "$SERVING_PID" ;; esac
+      # The same POSTs from h2load (issue 24's case): 16 connections, each on its own 125 req/s
+      # clock, so they arrive in bursts; HTTP/1.1 and HTTP/2.
+      case $t in *-busy) ;; *)
+        h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l" "https://127.0.0.1:$port$URL_PATH" --h1
+        h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-h2" "https://127.0.0.1:$port$URL_PATH" ;;
+      esac
       stop_target
     done
     latency direct "127.0.0.1:$BACKEND" rate-plain ""
+    h2load_rate "$OUT/results.jsonl" "$rep" "$round" direct-h2l "http://127.0.0.1:$BACKEND$URL_PATH" --h1
   done
 done
 
@@ -189,6 +204,14 @@ for r in rows:
             v = [x[k] for x in mine if k in x]
             if v:
                 r[prefix + k] = statistics.median(v)
+    # h2load's bursts: totals (the direct baseline pays the same bursts on one core and can be
+    # slower than a proxied run, so "added" would be negative).
+    for variant, prefix in (("-h2l", "h2l_"), ("-h2l-h2", "h2l_h2_")):
+        mine = lat(r["rep"], r["target"] + variant)
+        for k in ("lat_p50_us", "lat_p99_us"):
+            v = [x[k] for x in mine]
+            if v:
+                r[prefix + k] = statistics.median(v)
 metrics = [  # key, label, higher is better, format
     ("keepalive_rps", "keep-alive TLS HTTP/1.1 req/s (wrk -c64)", True, "{:,.0f}"),
     ("h2_rps", "HTTP/2 req/s (h2load -c16 -m10)", True, "{:,.0f}"),
@@ -199,6 +222,10 @@ metrics = [  # key, label, higher is better, format
     ("added_lat_p99_us", "latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
     ("h2_added_lat_p50_us", "HTTP/2: latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
     ("h2_added_lat_p99_us", "HTTP/2: latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
+    ("h2l_lat_p50_us", "h2load 16 conns x 125 req/s POST, HTTP/1.1, p50 total (µs)", False, "{:,.0f}"),
+    ("h2l_lat_p99_us", "h2load 16 conns x 125 req/s POST, HTTP/1.1, p99 total (µs)", False, "{:,.0f}"),
+    ("h2l_h2_lat_p50_us", "h2load 16 conns x 125 req/s POST, HTTP/2, p50 total (µs)", False, "{:,.0f}"),
+    ("h2l_h2_lat_p99_us", "h2load 16 conns x 125 req/s POST, HTTP/2, p99 total (µs)", False, "{:,.0f}"),
     ("cpu_pct", "proxy CPU at 2,000 req/s (% of its core)", False, "{:,.0f}"),
     ("busy_added_lat_p50_us", "with busy polling: latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
     ("busy_added_lat_p99_us", "with busy polling: latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
@@ -236,6 +263,13 @@ for k, name, higher, fmt in metrics:
 lines += ["", "Busy-polling rows: haproxy with `busy-polling` (nginx has no such option) and scoregate with "
           f"`[runtime] busy_poll_us = {os.environ.get('BUSY_POLL_US', '1000')}`, the same latency load; CPU "
           "is the serving process's, during the load and in the idle second after it."]
+direct_h2l = [r for r in lat_rows if r["target"] == "direct-h2l"]
+if direct_h2l:
+    lines += ["", "h2load rows: the load of the independent run of issue 24 (h2load --rps 125 on 16 "
+              "connections: 2,000 req/s in bursts of up to 16); totals, since the direct baseline "
+              f"(p50 {statistics.median(r['lat_p50_us'] for r in direct_h2l):,.0f} µs, p99 "
+              f"{statistics.median(r['lat_p99_us'] for r in direct_h2l):,.0f} µs, the backend and "
+              "h2load sharing core 1) is often slower than a proxied run."]
 direct = [r for r in lat_rows if r["target"] == "direct"]
 if direct:
     lines += ["", "Direct to the backend at 2,000 req/s (the baseline): p50 "
@@ -246,7 +280,7 @@ share = {t: statistics.median([r["resumed_share"] for r in rows if r["target"] =
 lines += ["", "Share of connections actually resumed in the resumed run: " +
           ", ".join(f"{t} {v:.0%}" for t, v in share.items()) + "."]
 errors = sum(r.get("keepalive_errors", 0) + r.get("h2_failed", 0) + r.get("h2_non2xx", 0) + r.get("hs_errors", 0)
-             for r in rows + lat_rows)
+             + r.get("non200", 0) for r in rows + lat_rows)
 lines += ["", f"Errors in all runs: {errors}."]
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
 print("\n".join(lines))
