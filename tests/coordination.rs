@@ -382,9 +382,41 @@ async fn three_gateways_hold_the_replica_limit_together() {
                 sent > 0 && sent == received,
                 "sent {sent}, received {received}"
             );
+            // The other protocols' routes are handed over too: the v2 path names the service,
+            // the OpenAI body does (read again at the owner, where the client's key is not).
+            let http = reqwest::Client::new();
+            for g in &trio {
+                let base = format!("http://{}", g.http.expect("http"));
+                for (path, body) in [
+                    ("/v2/models/iris/infer", r#"{"inputs":[]}"#),
+                    ("/v1/chat/completions", r#"{"model":"iris","messages":[]}"#),
+                ] {
+                    let r = http
+                        .post(format!("{base}{path}"))
+                        .bearer_auth(KEY)
+                        .body(body)
+                        .send()
+                        .await
+                        .expect("request");
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    assert_eq!(status, 200, "{path} at {base}: {text}");
+                }
+            }
+            let mut sent_after = 0;
+            for g in &trio {
+                sent_after += series_value(
+                    &metrics(g).await,
+                    r#"scoregate_coordination_handed_over_total{direction="sent",service="iris"}"#,
+                )
+                .unwrap_or(0);
+            }
+            assert!(
+                sent_after >= sent + 4,
+                "the two gateways without a share handed both over: {sent} -> {sent_after}"
+            );
             // The peer port serves only requests with a valid proof.
             let peer = trio[0].peer.expect("peer port");
-            let http = reqwest::Client::new();
             for proof in [None, Some("trio-1-1 1 AAAA"), Some("x")] {
                 let mut req = http
                     .post(format!("http://{peer}/api/v1/service/iris/score"))

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Instructions per proxied request, the yardstick for CPU work on this noisy machine (no hardware
-# counters in the VM, req/s moving ±10% between runs): scoregate under callgrind serves N1 and
+# counters in the VM, req/s moving ±10% between runs): scoregate (`$SCOREGATE_BIN`, else this tree's
+# release build) under callgrind serves N1 and
 # then N2 keep-alive TLS requests (h2load --h1, 8 connections) in two fresh processes; the
 # difference over N2 - N1 is one request's cost, startup and handshakes cancelled out. Prints the
 # total and the functions that cost most per request.
@@ -39,7 +40,7 @@ serve() {
   p=$(free_port)
   scoregate_toml "$p" "$W/cert.pem" "$W/key.pem" "$BACKEND" "$KEY" >"$W/sg.toml"
   RUST_LOG=warn TOKIO_WORKER_THREADS=1 valgrind -q --tool=callgrind --callgrind-out-file="$2" \
-    "$ROOT/target/release/scoregate" serve --config "$W/sg.toml" 2>"$W/valgrind.err" &
+    "${SCOREGATE_BIN:-$ROOT/target/release/scoregate}" serve --config "$W/sg.toml" 2>"$W/valgrind.err" &
   local sg=$!
   PIDS+=("$sg")
   wait_port "$p" 600 || { cat "$W/valgrind.err" >&2; return 1; }
