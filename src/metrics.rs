@@ -369,7 +369,7 @@ impl ProtocolMetrics {
             .inc();
     }
 
-    /// The counter of a protocol label ([`crate::routing::Endpoint::protocol`]).
+    /// The counter of a protocol label (`routing::Endpoint::protocol`).
     pub fn of(&self, protocol: &str) -> &IntCounter {
         match protocol {
             "v2" => &self.v2,

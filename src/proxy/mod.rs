@@ -1,16 +1,24 @@
 //! The request path. In order, and why there:
 //! 1. request id — first, so every answer (even a 404) carries `x-ms-request-id`;
-//! 2. route — path -> service from the route table snapshot (one `ArcSwap` load);
+//! 2. route — the service from the route table snapshot (one `ArcSwap` load), named by the path
+//!    (Azure ML's `/api/v1/service/<name>/…`, the Open Inference Protocol's `/v2/models/<name>/…`),
+//!    a gRPC call's metadata or authority ([`grpc`]), or an OpenAI request's body `model`
+//!    ([`openai`]: read only after a key some service takes);
 //! 3. method, auth — before any queue slot is taken, so unauthenticated load cannot starve others;
 //! 4. body limit — a declared oversize body is refused before it is read (413);
-//! 5. version — the `azureml-model-deployment` pin, else the traffic split;
+//! 5. version — the path's `/versions/<v>` or the `azureml-model-deployment` pin, else the split;
 //! 6. queue — a bounded, deadline-aware wait for a replica slot (503 with the reason);
-//! 7. upstream — header hygiene, pooled connection, `scoring_timeout_ms` (504), errors (502);
-//! 8. response — hop-by-hop stripped, the slot held until the body is sent.
+//! 7. upstream — header hygiene, pooled connection, `scoring_timeout_ms` or a shorter
+//!    `grpc-timeout` (504), errors (502);
+//! 8. response — hop-by-hop stripped, the slot held until the body is sent, a streamed body
+//!    paced ([`body`]).
 //!
-//! Errors are mapped to HTTP in one place: [`error::GatewayError`].
+//! Errors are mapped to HTTP (and to gRPC statuses, and to the v2 error shape) in one place:
+//! [`error::GatewayError`].
 
 mod access;
+mod admit;
+mod answer;
 mod body;
 pub mod grpc;
 mod openai;
@@ -27,17 +35,19 @@ use http::{HeaderValue, Method, Response, header};
 use http_body_util::Either;
 
 pub use crate::request::{ClientBody, ClientHead};
-use body::Completion;
 use refusal::{drain, overloaded};
-pub use body::{ProxyBody, TrackedBody};
-use error::{GatewayError, Shape, Side};
-pub use head::{Answer, AnswerHeaders};
+pub use body::ProxyBody;
+use answer::Sent;
+use error::{GatewayError, Shape};
+pub use head::Answer;
+#[cfg(feature = "fuzzing")]
+pub use head::AnswerHeaders;
 
 use crate::acme::Challenges;
 use crate::coordination::Coordinator;
 use crate::coordination::proof::MAX_HOPS;
 use crate::metrics::Metrics;
-use crate::request::forward::{Forward, Hop, PEER_PROOF};
+use crate::request::forward::{Hop, PEER_PROOF};
 use crate::request::headers;
 use crate::routing::{Endpoint, Route, RouteHandle, Service, parse_path};
 
@@ -51,7 +61,7 @@ impl std::fmt::Debug for Readiness {
         f.write_str("Readiness")
     }
 }
-use crate::upstream::{Failure, Lease, Outcome, Outgoing, Reply, ReplyHeaders, Saturated};
+use crate::upstream::{Failure, Lease, Outcome, Saturated};
 
 /// Who is on the other end of a client connection.
 #[derive(Debug, Clone, Copy)]
@@ -449,187 +459,6 @@ impl Gateway {
         Answer::from_response(response.map(Either::Right))
     }
 
-    /// Checks on the request head only: method, auth, declared size, version. Returns the index
-    /// of the version that will serve it.
-    fn admit(
-        &self,
-        head: &ClientHead,
-        service: &Service,
-        endpoint: Endpoint,
-        path_version: Option<&str>,
-        handed_over: bool,
-    ) -> Result<usize, GatewayError> {
-        let method_ok = match head.method() {
-            &Method::POST => endpoint.allow() == "POST",
-            &Method::GET | &Method::HEAD => endpoint.allow() == "GET, HEAD",
-            _ => false,
-        };
-        if !method_ok {
-            return Err(GatewayError::MethodNotAllowed {
-                allow: endpoint.allow(),
-            });
-        }
-        // Azure ML serves swagger.json without a key; scoring needs one (checked by the gateway
-        // that handed a request over). The same for v2: metadata and readiness without, infer with.
-        if endpoint.needs_key() && !handed_over {
-            service
-                .auth
-                .check(head.header(&header::AUTHORIZATION))
-                .map_err(GatewayError::Unauthorized)?;
-        }
-        if head
-            .declared_length()
-            .is_some_and(|n| n > self.max_body_bytes)
-        {
-            return Err(GatewayError::PayloadTooLarge {
-                limit: self.max_body_bytes,
-            });
-        }
-        let header_pin = head
-            .header(&headers::MODEL_DEPLOYMENT)
-            .and_then(|v| std::str::from_utf8(v).ok());
-        let pin = match (path_version, header_pin) {
-            (Some(p), Some(h)) if p != h => {
-                return Err(GatewayError::VersionConflict {
-                    path: p.to_string(),
-                    header: h.to_string(),
-                });
-            }
-            (p, h) => p.or(h),
-        };
-        service
-            .pick_version(pin, fastrand::u8(..100))
-            .map_err(|e| GatewayError::UnknownVersion {
-                service: service.name.clone(),
-                version: e.0,
-            })
-    }
-
-    /// The replica's answer (sent within `scoring_timeout_ms` at `sent`), streamed back; or why
-    /// there is none.
-    #[allow(clippy::too_many_arguments)]
-    fn answer(
-        &self,
-        result: Result<Result<Reply, Failure>, tokio::time::error::Elapsed>,
-        sent: Sent,
-        service: &Arc<Service>,
-        version: usize,
-        lease: Lease,
-        rid: &HeaderValue,
-        start: Instant,
-        mut access: Option<Box<access::Record>>,
-    ) -> Result<Answer, GatewayError> {
-        let v = &service.versions[version];
-        let model_time = sent.at.elapsed();
-        if let Some(a) = &mut access {
-            a.upstream = Some(model_time);
-        }
-        lease.replica.observe_latency(model_time);
-        let resp = match result {
-            Ok(Ok(ok)) => ok,
-            Ok(Err(f)) => {
-                v.metrics.in_flight.dec();
-                let e = GatewayError::from_failure(f, self.max_body_bytes);
-                // The client's failures are not the replica's.
-                if e.side() == Side::Replica {
-                    report(&lease, Outcome::Failed, service, version);
-                }
-                return Err(e);
-            }
-            Err(_) => {
-                v.metrics.in_flight.dec();
-                // A deadline shorter than the scoring timeout is the client's (`grpc-timeout`):
-                // not the replica's failure.
-                if sent.budget >= service.settings.scoring_timeout {
-                    report(&lease, Outcome::Failed, service, version);
-                }
-                return Err(GatewayError::Timeout(sent.budget.as_millis()));
-            }
-        };
-        v.metrics.upstream.observe(model_time.as_secs_f64());
-
-        let Reply {
-            status,
-            headers,
-            body,
-        } = resp;
-        let headers = match headers {
-            // Hop-by-hop headers were left out as the head was parsed.
-            ReplyHeaders::Raw(replica) => AnswerHeaders::Raw {
-                replica,
-                request_id: headers::unindexed(rid),
-                deployment: v.header.clone(),
-            },
-            ReplyHeaders::Map(mut map) => {
-                if sent.grpc
-                    && let Some(code) = grpc::status_in(&map)
-                {
-                    // Trailers-only: the call ended in its head.
-                    self.metrics.protocols.grpc_status(&service.name, code);
-                }
-                headers::strip_hop_by_hop(&mut map);
-                map.insert(headers::REQUEST_ID, headers::unindexed(rid));
-                if let Some(name) = &v.header {
-                    map.insert(headers::MODEL_DEPLOYMENT, name.clone());
-                }
-                AnswerHeaders::Map(map)
-            }
-        };
-        let done = Completion {
-            lease,
-            service: service.clone(),
-            version,
-            code: status.as_u16(),
-            start,
-            access,
-            grpc: sent.grpc.then(|| self.metrics.protocols.clone()),
-        };
-        // A body not read whole streams: paced (first byte, gaps between chunks).
-        let streamed = !matches!(body, crate::upstream::ResponseBody::Whole(_));
-        let mut body = TrackedBody::new(body, done);
-        if streamed {
-            let s = &service.settings;
-            body = body.paced(body::Pacing::new(
-                sent.at,
-                s.scoring_timeout,
-                s.stream_idle_timeout,
-                v.metrics.first_byte.clone(),
-            ));
-        }
-        Ok(Answer {
-            status,
-            headers,
-            body: Either::Left(body),
-        })
-    }
-
-    /// The request for the replica: the client's head and body and what forwarding adds
-    /// (`request::forward`); the replica client encodes it for its protocol.
-    fn upstream_request(
-        &self,
-        head: ClientHead,
-        body: ClientBody,
-        conn: ConnInfo,
-        service: &Service,
-        rid: &HeaderValue,
-        path: Option<std::borrow::Cow<'static, str>>,
-    ) -> Outgoing {
-        let replayable = crate::upstream::replayable(head.method(), |h| head.header(h).is_some());
-        Outgoing {
-            head,
-            body,
-            forward: Forward {
-                path,
-                client: conn.remote.ip(),
-                tls: conn.tls,
-                drop_authorization: service.auth.consumes_header(),
-                request_id: rid.clone(),
-                max_body: self.max_body_bytes,
-                hop: None,
-            },
-            replayable,
-        }
-    }
 }
 
 /// Tell outlier detection how an exchange ended; count and log an ejection it causes.
@@ -657,16 +486,6 @@ fn hop(head: &ClientHead, v: &crate::routing::Version, proof: HeaderValue, hops:
         .then(|| v.header.clone())
         .flatten();
     Box::new(Hop { proof, pin, hops })
-}
-
-/// When and how a request was sent to its replica.
-#[derive(Debug, Clone, Copy)]
-struct Sent {
-    at: Instant,
-    /// The time it had for the replica's head: `scoring_timeout_ms`, or a gRPC call's shorter
-    /// `grpc-timeout`.
-    budget: std::time::Duration,
-    grpc: bool,
 }
 
 /// Other replicas tried, at most, for a request whose replica could not be reached.
