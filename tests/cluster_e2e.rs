@@ -548,6 +548,30 @@ async fn attach_score_rotate_roll_and_detach_on_a_real_cluster() {
     })
     .await;
     assert_eq!(failed, 0, "{errors:?}");
+    // The load's 8 keep-alive connections can all land on the two pods that own a slot (kube-proxy
+    // picks a pod per connection: (2/3)^8, one run in 26 — seen once, "sent 0"); 60 requests on
+    // new connections each reach every pod, the one without a slot included.
+    let fresh = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.ca_pem.as_bytes()).expect("ca")])
+        .resolve(HOST, node)
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10))
+        .build()
+        .expect("client");
+    for i in 0..60 {
+        let r = fresh
+            .post(format!(
+                "https://{HOST}:{}/api/v1/service/iris/score",
+                node.port()
+            ))
+            .bearer_auth(KEY)
+            .header("content-type", "application/json")
+            .body(r#"{"data": [[5.1, 3.5, 1.4, 0.2]]}"#)
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("request {i} on a new connection: {e}"));
+        assert_eq!(r.status(), 200, "request {i} on a new connection");
+    }
     let mut coordination = Vec::new();
     wait_until(
         "three gateway pods, each coordinated with three members",
