@@ -16,15 +16,8 @@ REPS="${2:-3}"
 SECS="${3:-10}"
 install_missing nginx:nginx-light wrk:wrk h2load:nghttp2-client taskset:util-linux openssl:openssl
 
-W="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  (cd "$ROOT" && git worktree remove --force "$W/base" 2>/dev/null) || true
-  rm -rf "$W"
-}
-trap cleanup EXIT
+cleanup_extra() { (cd "$ROOT" && git worktree remove --force "$W/base" 2>/dev/null) || true; }
+bench_workdir
 
 # The two binaries (BASE's target dir is kept between runs), and the latency client.
 (cd "$ROOT" && git worktree add -q --detach "$W/base" "$BASE")

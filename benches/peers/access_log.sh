@@ -13,14 +13,7 @@ SECS="${2:-10}"
 install_missing nginx:nginx-light wrk:wrk taskset:util-linux openssl:openssl
 (cd "$ROOT" && cargo build --release -q)
 
-W="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  rm -rf "$W"
-}
-trap cleanup EXIT
+bench_workdir
 ec_cert "$W"
 start_backend "$W"
 scoring_load "$W"

@@ -4,6 +4,22 @@ KEY="bench-key-0123456789abcdef"
 # The backend's answer: a ~200-byte scoring JSON.
 BODY='{"predictions":[{"label":"virginica","probability":0.9054},{"label":"not-virginica","probability":0.0012}],"model":"iris","version":"blue","took_ms":0.21,"request":"bench"}'
 
+# bench_workdir: a scratch directory in W and a list PIDS of the processes to stop, both undone
+# on exit (every PID stopped, then killed if it lingers; `cleanup_extra`, when the script defines
+# one, run before the directory goes).
+bench_workdir() {
+  W="$(mktemp -d)"
+  PIDS=()
+  trap bench_cleanup EXIT
+}
+bench_cleanup() {
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
+  sleep 0.3
+  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
+  if declare -F cleanup_extra >/dev/null; then cleanup_extra; fi
+  rm -rf "$W"
+}
+
 # install_missing COMMAND:DEBIAN_PACKAGE...: apt-get installs the packages whose command is missing.
 install_missing() {
   local need=() c

@@ -24,15 +24,8 @@ HS="$(cd "$ROOT" && cargo bench --bench handshakes --no-run 2>&1 | sed -n 's/.*E
 case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac
 [ -x "$HS" ] || { echo "benches/handshakes did not build" >&2; exit 1; }
 
-W="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  "$ROOT/scripts/kube-testbed.sh" stop "$W/tb" >/dev/null 2>&1 || true
-  sleep 0.3
-  rm -rf "$W"
-}
-trap cleanup EXIT
+cleanup_extra() { "$ROOT/scripts/kube-testbed.sh" stop "$W/tb" >/dev/null 2>&1 || true; }
+bench_workdir
 mkdir -p "$W/tb"
 "$ROOT/scripts/kube-testbed.sh" start "$W/tb" >/dev/null
 start_backend "$W"

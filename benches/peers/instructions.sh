@@ -17,13 +17,7 @@ TOP="${3:-25}"
 install_missing nginx:nginx-light h2load:nghttp2-client valgrind:valgrind openssl:openssl
 (cd "$ROOT" && cargo build --release -q)
 
-W="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+bench_workdir
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=localhost \
   -keyout "$W/key.pem" -out "$W/cert.pem" 2>/dev/null

@@ -19,15 +19,7 @@ read -r -a TARGETS <<<"${3:-nginx haproxy scoregate}"
 install_missing nginx:nginx-light haproxy:haproxy h2load:nghttp2-client taskset:util-linux openssl:openssl
 (cd "$ROOT" && cargo build --release -q)
 
-W="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+bench_workdir
 ec_cert "$W"
 start_backend "$W"
 scoring_load "$W"

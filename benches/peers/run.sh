@@ -34,15 +34,7 @@ HS="$(cd "$ROOT" && cargo bench --bench handshakes --no-run 2>&1 | sed -n 's/.*E
 case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac
 [ -x "$HS" ] || { echo "benches/handshakes did not build" >&2; exit 1; }
 
-W="$(mktemp -d)"
-PIDS=()
-cleanup() {
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill "$p" 2>/dev/null || true; done
-  sleep 0.3
-  for p in "${PIDS[@]:-}"; do [ -n "$p" ] && kill -9 "$p" 2>/dev/null || true; done
-  rm -rf "$W"
-}
-trap cleanup EXIT
+bench_workdir
 
 ec_cert "$W"
 openssl req -x509 -newkey rsa:2048 -nodes -days 2 -subj /CN=localhost \

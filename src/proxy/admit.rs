@@ -1,7 +1,7 @@
 //! What a request must pass before it queues (method, key, declared size, version), and what
 //! it becomes for the replica.
 
-use http::{HeaderValue, Method, header};
+use http::{HeaderValue, header};
 
 use super::error::GatewayError;
 use super::{ClientBody, ClientHead, ConnInfo, Gateway};
@@ -21,12 +21,7 @@ impl Gateway {
         path_version: Option<&str>,
         handed_over: bool,
     ) -> Result<usize, GatewayError> {
-        let method_ok = match head.method() {
-            &Method::POST => endpoint.allow() == "POST",
-            &Method::GET | &Method::HEAD => endpoint.allow() == "GET, HEAD",
-            _ => false,
-        };
-        if !method_ok {
+        if !endpoint.takes(head.method()) {
             return Err(GatewayError::MethodNotAllowed {
                 allow: endpoint.allow(),
             });

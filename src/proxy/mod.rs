@@ -31,7 +31,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
 
-use http::{HeaderValue, Method, Response, header};
+use http::{HeaderValue, Response, header};
 use http_body_util::Either;
 
 pub use crate::request::{ClientBody, ClientHead};
@@ -180,9 +180,11 @@ impl Gateway {
         let upstream_path = route.upstream_path();
         // OpenAI-compatible: the body names the service; it is read (within the limit) first.
         let (body, body_model) = if endpoint.routes_by_body() {
-            if head.method() != Method::POST {
+            if !endpoint.takes(head.method()) {
                 drain(body, &head).await;
-                let e = GatewayError::MethodNotAllowed { allow: "POST" };
+                let e = GatewayError::MethodNotAllowed {
+                    allow: endpoint.allow(),
+                };
                 return self.fail(e, &rid, None, None, conn, start, shape);
             }
             // (On the peer port the key stayed with the gateway that handed the request over;

@@ -87,6 +87,14 @@ impl Endpoint {
         }
     }
 
+    /// Whether it takes `method` (as [`Endpoint::allow`] says).
+    pub fn takes(self, method: &http::Method) -> bool {
+        match self.allow() {
+            "POST" => method == http::Method::POST,
+            _ => method == http::Method::GET || method == http::Method::HEAD,
+        }
+    }
+
     /// Whether it needs the service's key. Scoring and inference do; the description of a
     /// service (`swagger.json`, as Azure ML serves it, and its v2 analogues, model metadata and
     /// readiness) does not.
@@ -489,6 +497,8 @@ mod tests {
             assert_eq!(route(bad), None, "{bad}");
         }
         assert!(OpenAiChat.needs_key() && OpenAiEmbeddings.routes_by_body());
+        assert!(OpenAiChat.takes(&http::Method::POST) && !OpenAiChat.takes(&http::Method::GET));
+        assert!(V2Metadata.takes(&http::Method::HEAD) && !V2Ready.takes(&http::Method::POST));
         assert_eq!(OpenAiCompletions.protocol(), "openai");
         assert_eq!(parse_path("/v1/completions").and_then(|r| r.upstream_path()), None);
     }
