@@ -30,7 +30,8 @@
 //!   [`run`] starts the background tasks, serves, drains.
 //! - [`config`] — the TOML file, parsed and validated in one pass into an immutable `Config`.
 //! - [`tls`] — certificate snapshot (SNI → key) behind one `ArcSwap`, the rustls resolver,
-//!   PEM loading with checks, self-signed development material.
+//!   PEM loading with checks, self-signed development material, and the server's TLS stream on
+//!   rustls's unbuffered API (record buffers owned here and freed while a connection is idle).
 //! - `acme` — certificates by ACME (instant-acme): orders, HTTP-01/TLS-ALPN-01 answers,
 //!   renewal schedule with backoff, account and certificate storage.
 //! - `discovery` — the kube client and the watchers feeding the snapshots (TLS Secret,

@@ -1,6 +1,10 @@
 # Shared by run.sh and instructions.sh (sourced).
 
 KEY="bench-key-0123456789abcdef"
+# scoregate's per-replica limit in the peer runs: nginx and haproxy queue nothing, so by default
+# neither does scoregate here. `REPLICA_LIMIT=1` runs it with Azure ML's default (one request at
+# a time per replica; the rest wait in the gateway's queue).
+REPLICA_LIMIT="${REPLICA_LIMIT:-1000}"
 # The backend's answer: a ~200-byte scoring JSON.
 BODY='{"predictions":[{"label":"virginica","probability":0.9054},{"label":"not-virginica","probability":0.0012}],"model":"iris","version":"blue","took_ms":0.21,"request":"bench"}'
 
@@ -56,7 +60,7 @@ key = "$3"
 [[services]]
 name = "iris"
 primary_key = "$5"
-replica_max_concurrent_requests = 1000
+replica_max_concurrent_requests = $REPLICA_LIMIT
 [[services.versions]]
 name = "blue"
 replicas = ["127.0.0.1:$4"]

@@ -10,7 +10,6 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio_rustls::TlsAcceptor;
 
 use crate::acme::{AcmeManager, ChallengeKind, Challenges};
 use crate::admin::AdminState;
@@ -80,11 +79,11 @@ impl App {
             .filter(|(a, _)| a.challenge == ChallengeKind::TlsAlpn01)
             .and(challenges.clone());
         let acceptor = match &certs {
-            Some(c) => Some(TlsAcceptor::from(tls::server_config(
+            Some(c) => Some(tls::server_config(
                 c.handle(),
                 config.tls.allow_tls12,
                 alpn_challenges,
-            )?)),
+            )?),
             None => None,
         };
         let acme = match (&config.tls.acme, &certs, &challenges) {

@@ -24,7 +24,6 @@ use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
-use tokio_rustls::TlsAcceptor;
 
 use idle::{IdleIo, InFlight};
 
@@ -34,7 +33,7 @@ use crate::busy_poll::Working;
 use crate::config::Limits;
 use crate::metrics::{HandshakeMetrics, Metrics, MetricsError};
 use crate::proxy::{ConnInfo, Gateway};
-use crate::tls::TlsError;
+use crate::tls::{self, TlsError};
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
@@ -55,7 +54,7 @@ pub enum ServerError {
 /// What the listeners' connections need, built by the composition root (`app`).
 pub struct Server {
     gateway: Arc<Gateway>,
-    acceptor: Option<TlsAcceptor>,
+    acceptor: Option<Arc<rustls::ServerConfig>>,
     handshakes: HandshakeMetrics,
     metrics: Metrics,
     limits: Limits,
@@ -74,7 +73,7 @@ impl std::fmt::Debug for Server {
 impl Server {
     pub fn new(
         gateway: Arc<Gateway>,
-        acceptor: Option<TlsAcceptor>,
+        acceptor: Option<Arc<rustls::ServerConfig>>,
         metrics: &Metrics,
         limits: &Limits,
     ) -> Self {
@@ -164,7 +163,7 @@ impl AcceptCtx<'_> {
     async fn accept_loop(
         &self,
         listener: TcpListener,
-        acceptor: Option<TlsAcceptor>,
+        acceptor: Option<Arc<rustls::ServerConfig>>,
         peer: bool,
         stop: CancellationToken,
     ) {
@@ -241,7 +240,12 @@ impl Drop for OpenConn {
     }
 }
 
-type Accepting = std::pin::Pin<Box<tokio::time::Timeout<tokio_rustls::Accept<TcpStream>>>>;
+type Accepting = std::pin::Pin<
+    Box<
+        dyn Future<Output = Result<std::io::Result<tls::TlsStream>, tokio::time::error::Elapsed>>
+            + Send,
+    >,
+>;
 
 /// Finish a TLS handshake: the stream (boxed: it then lives in one place instead of being
 /// copied into each future that owns it in turn) and whether ALPN chose HTTP/2; `None` when it
@@ -250,7 +254,7 @@ async fn handshake(
     accept: Accepting,
     hs: &HandshakeMetrics,
     remote: SocketAddr,
-) -> Option<(Box<tokio_rustls::server::TlsStream<TcpStream>>, bool)> {
+) -> Option<(Box<tls::TlsStream>, bool)> {
     let tls = match accept.await {
         Ok(Ok(s)) => s,
         Ok(Err(e)) => {
@@ -264,11 +268,11 @@ async fn handshake(
             return None;
         }
     };
-    match tls.get_ref().1.protocol_version() {
+    match tls.protocol_version() {
         Some(rustls::ProtocolVersion::TLSv1_3) => hs.tls13.inc(),
         _ => hs.tls12.inc(),
     }
-    let h2 = match tls.get_ref().1.alpn_protocol() {
+    let h2 = match tls.alpn_protocol() {
         Some(crate::acme::challenge::ACME_TLS_ALPN) => return None,
         Some(p) => p == b"h2",
         None => false,
@@ -293,11 +297,11 @@ impl Conn {
         self,
         stream: TcpStream,
         remote: SocketAddr,
-        acceptor: TlsAcceptor,
+        acceptor: Arc<rustls::ServerConfig>,
         open: OpenConn,
     ) -> impl Future<Output = ()> + Send + 'static {
         let limit = self.server.limits.handshake_timeout;
-        let accept = Box::pin(tokio::time::timeout(limit, acceptor.accept(stream)));
+        let accept: Accepting = Box::pin(tokio::time::timeout(limit, tls::accept(stream, acceptor)));
         async move {
             let Some((tls, h2)) = handshake(accept, &self.server.handshakes, remote).await else {
                 return; // `open` goes with this future

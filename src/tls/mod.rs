@@ -1,10 +1,13 @@
 //! TLS termination. A [`CertStore`] is one immutable snapshot (SNI name -> certificate); the
 //! [`Resolver`] reads it through a single `ArcSwap` load per handshake, so a new store can be
-//! swapped in ([`CertHandle::store`]) without touching listeners or taking a lock.
+//! swapped in ([`CertHandle::store`]) without touching listeners or taking a lock. Each
+//! connection runs on rustls's unbuffered API ([`accept`], [`TlsStream`]): the gateway owns the
+//! record buffers and frees them while the connection is idle.
 
 mod load;
 mod manager;
 mod selfsigned;
+mod stream;
 mod validate;
 
 use std::collections::HashMap;
@@ -23,6 +26,7 @@ pub use load::{
 };
 pub use manager::{CertManager, CertSource, SlotConfig};
 pub use selfsigned::{DevCa, Leaf, SelfSigned, leaf_params};
+pub use stream::{TlsStream, accept};
 pub use validate::{Policy, name_matches, roots_from_pem, validate};
 
 /// The one crypto provider of the process (aws-lc-rs).
