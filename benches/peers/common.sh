@@ -138,8 +138,12 @@ backend be
   server s1 127.0.0.1:$BACKEND
 CONF
       taskset -c 0 haproxy -f "$d/haproxy.cfg" -db & ;;
-    scoregate|scoregate-busy)
-      scoregate_toml "$port" "$W/${c}cert.pem" "$W/${c}key.pem" "$BACKEND" "$KEY" >"$d/scoregate.toml"
+    scoregate|scoregate-busy|scoregate-limit1)
+      if [ "$name" = scoregate-limit1 ]; then # Azure ML's default: one request at a time per replica
+        REPLICA_LIMIT=1 scoregate_toml "$port" "$W/${c}cert.pem" "$W/${c}key.pem" "$BACKEND" "$KEY" >"$d/scoregate.toml"
+      else
+        scoregate_toml "$port" "$W/${c}cert.pem" "$W/${c}key.pem" "$BACKEND" "$KEY" >"$d/scoregate.toml"
+      fi
       if [ "$name" = scoregate-busy ]; then
         printf '[runtime]\nbusy_poll_us = %s\n' "$BUSY_POLL_US" >>"$d/scoregate.toml"
       fi

@@ -12,8 +12,10 @@
 # full TLS 1.3 handshakes (ECDSA P-256 and RSA-2048) and resumed ones (benches/handshakes.rs, a
 # new connection per request, 32 at a time), latency at a fixed 2,000 req/s of scoring POSTs over
 # 8 keep-alive connections, HTTP/1.1 and HTTP/2, minus the same load sent directly to the backend,
-# and the same POSTs from h2load on 16 connections x 125 req/s (bursty; totals)
-# (LAT_ROUNDS=3 rounds per repetition, in turn: each target, haproxy with `busy-polling`,
+# and the same POSTs from h2load on 16 connections x 125 req/s (bursty; totals; HTTP/1.1 also with
+# scoregate at Azure ML's default `replica_max_concurrent_requests = 1`, where the requests of a
+# burst wait in its queue for the one replica slot; the other rows lift the limit, as nginx and
+# haproxy have none) (LAT_ROUNDS=3 rounds per repetition, in turn: each target, haproxy with `busy-polling`,
 # scoregate with `[runtime] busy_poll_us = $BUSY_POLL_US` (default 1000), the direct baseline;
 # with each process's CPU during the load and idle after it), RSS per idle TLS connection (1,000
 # held open, after the handshake and after one POST), syscalls per proxied request (strace -c -f
@@ -152,16 +154,19 @@ PY
   # Then haproxy with its `busy-polling` and scoregate with `runtime.busy_poll_us`: CPU for
   # latency, each process's CPU measured during the load and in the idle second after it.
   for round in $(seq 1 "${LAT_ROUNDS:-3}"); do
-    for t in "${order[@]}" haproxy-busy scoregate-busy; do
+    for t in "${order[@]}" haproxy-busy scoregate-busy scoregate-limit1; do
       port=$(free_port)
       start_target "$t" "$port"
       taskset -c 1 "$HS" "127.0.0.1:$port" 1 8 rate-tls "$URL_PATH" "$KEY" 2000 >/dev/null   # warm-up
-      latency "$t" "127.0.0.1:$port" rate-tls "$SERVING_PID"
+      # scoregate at Azure ML's default replica limit (1): only issue 24's h2load load, below.
+      [ "$t" = scoregate-limit1 ] || latency "$t" "127.0.0.1:$port" rate-tls "$SERVING_PID"
       # The same scoring load over HTTP/2 (TLS, ALPN h2, one stream at a time per connection).
-      case $t in *-busy) ;; *) latency "$t-h2" "127.0.0.1:$port" rate-h2 "$SERVING_PID" ;; esac
+      case $t in *-busy|*-limit1) ;; *) latency "$t-h2" "127.0.0.1:$port" rate-h2 "$SERVING_PID" ;; esac
       # The same POSTs from h2load (issue 24's case): 16 connections, each on its own 125 req/s
       # clock, so they arrive in bursts; HTTP/1.1 and HTTP/2.
-      case $t in *-busy) ;; *)
+      case $t in *-busy) ;; *-limit1)
+        h2load_rate "$OUT/results.jsonl" "$rep" "$round" "scoregate-limit1-h2l" "https://127.0.0.1:$port$URL_PATH" --h1 ;;
+      *)
         h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l" "https://127.0.0.1:$port$URL_PATH" --h1
         h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-h2" "https://127.0.0.1:$port$URL_PATH" ;;
       esac
@@ -198,7 +203,7 @@ for r in rows:
                 r[prefix + k] = statistics.median(v)
     # h2load's bursts: totals (the direct baseline pays the same bursts on one core and can be
     # slower than a proxied run, so "added" would be negative).
-    for variant, prefix in (("-h2l", "h2l_"), ("-h2l-h2", "h2l_h2_")):
+    for variant, prefix in (("-h2l", "h2l_"), ("-h2l-h2", "h2l_h2_"), ("-limit1-h2l", "limit1_h2l_")):
         mine = lat(r["rep"], r["target"] + variant)
         for k in ("lat_p50_us", "lat_p99_us"):
             v = [x[k] for x in mine]
@@ -218,6 +223,8 @@ metrics = [  # key, label, higher is better, format
     ("h2l_lat_p99_us", "h2load 16 conns x 125 req/s POST, HTTP/1.1, p99 total (µs)", False, "{:,.0f}"),
     ("h2l_h2_lat_p50_us", "h2load 16 conns x 125 req/s POST, HTTP/2, p50 total (µs)", False, "{:,.0f}"),
     ("h2l_h2_lat_p99_us", "h2load 16 conns x 125 req/s POST, HTTP/2, p99 total (µs)", False, "{:,.0f}"),
+    ("limit1_h2l_lat_p50_us", "the same, HTTP/1.1, p50 total, scoregate at Azure ML's default replica limit of 1 (µs)", False, "{:,.0f}"),
+    ("limit1_h2l_lat_p99_us", "the same, HTTP/1.1, p99 total, scoregate at Azure ML's default replica limit of 1 (µs)", False, "{:,.0f}"),
     ("cpu_pct", "proxy CPU at 2,000 req/s (% of its core)", False, "{:,.0f}"),
     ("busy_added_lat_p50_us", "with busy polling: latency added at 2,000 req/s, p50 (µs)", False, "{:,.0f}"),
     ("busy_added_lat_p99_us", "with busy polling: latency added at 2,000 req/s, p99 (µs)", False, "{:,.0f}"),
@@ -227,10 +234,13 @@ metrics = [  # key, label, higher is better, format
     ("rss_per_idle_post_conn_kb", "RSS per idle TLS connection after one POST (KiB, 1,000 open)", False, "{:,.1f}"),
     ("syscalls_per_req", "syscalls per proxied request (strace -c)", False, "{:,.2f}"),
 ]
+# The limit-1 rows compare with the peers' own h2load rows (they have no such limit).
+PEER_KEY = {"limit1_h2l_lat_p50_us": "h2l_lat_p50_us", "limit1_h2l_lat_p99_us": "h2l_lat_p99_us"}
 def ratios(k, higher):
     res = []
     for rep in reps:
-        peers = [v for v in (get(rep, "nginx", k), get(rep, "haproxy", k)) if v is not None]
+        pk = PEER_KEY.get(k, k)
+        peers = [v for v in (get(rep, "nginx", pk), get(rep, "haproxy", pk)) if v is not None]
         sg = get(rep, "scoregate", k)
         if not peers or sg is None:
             continue

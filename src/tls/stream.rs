@@ -322,10 +322,11 @@ impl TlsStream {
             if self.incoming.capacity() - self.incoming.len() < want {
                 self.incoming.reserve(want);
             }
-            match self.io.try_read_buf(&mut self.incoming) {
-                Ok(n) => return Poll::Ready(Ok(n)),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                Err(e) => return Poll::Ready(Err(e)),
+            // tokio's read, not `try_read_buf`: a short read tells it the socket is drained, so
+            // the next wait costs no read that finds nothing.
+            match tokio_util::io::poll_read_buf(Pin::new(&mut self.io), cx, &mut self.incoming) {
+                Poll::Ready(r) => return Poll::Ready(r),
+                Poll::Pending => continue,
             }
         }
     }
