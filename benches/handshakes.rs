@@ -13,6 +13,12 @@
 //!                                       TLS or plain, or HTTP/2 over TLS one stream at a time
 //!                                       per connection); latency from each request's scheduled
 //!                                       time (no coordinated omission): p50, p99, p99.9 in µs
+//!   … ADDR SECONDS CONNECTIONS burst-tls|burst-plain PATH KEY RATE
+//!                                       the same with every connection on one clock: all their
+//!                                       requests due at once (h2load's `--rps` bursts, but the
+//!                                       same for every target: h2load starts each connection's
+//!                                       clock when its handshake ends, so its bursts depend on
+//!                                       how fast the target shakes hands)
 //!
 //! Prints one JSON line. Without arguments (as `cargo test --all-targets` runs it) it does
 //! nothing.
@@ -124,17 +130,18 @@ fn main() {
             let rate: u64 = args.get(6).and_then(|r| r.parse().ok()).expect("RATE");
             return rate_h2(addr, secs, conc, &args[4], &args[5], rate);
         }
-        mode @ ("rate-tls" | "rate-plain") => {
+        mode @ ("rate-tls" | "rate-plain" | "burst-tls" | "burst-plain") => {
             let rate: u64 = args.get(6).and_then(|r| r.parse().ok()).expect("RATE");
             let req = request(&args[4], Some(&args[5]), false);
-            return rate_mode(addr, secs, conc, mode == "rate-tls", req, rate);
+            let tls = mode.ends_with("-tls");
+            return rate_mode(addr, secs, conc, tls, req, rate, mode.starts_with("burst"));
         }
         _ => {}
     }
     let full = match args[3].as_str() {
         "full" => true,
         "resumed" => false,
-        other => panic!("mode {other:?}: full, resumed, idle, rate-tls or rate-plain"),
+        other => panic!("mode {other:?}: full, resumed, idle, idle-post, rate-*, burst-*"),
     };
     let path = args.get(4).cloned().unwrap_or_else(|| "/".into());
     let key = args.get(5).cloned();
@@ -332,7 +339,15 @@ fn read_response<S: std::io::Read>(s: &mut S, buf: &mut Vec<u8>) -> std::io::Res
 /// measured from when it was due, so a stall counts for every request it delays. One OS thread
 /// per connection with blocking I/O: `thread::sleep` wakes within the kernel's timer slack
 /// (~50 µs), where tokio's timer has 1 ms granularity.
-fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>, rate: u64) {
+fn rate_mode(
+    addr: SocketAddr,
+    secs: u64,
+    conns: usize,
+    tls: bool,
+    req: Vec<u8>,
+    rate: u64,
+    aligned: bool,
+) {
     use std::io::Write;
     let config = client_config(true);
     let per_conn = Duration::from_secs_f64(conns as f64 / rate as f64);
@@ -355,7 +370,14 @@ fn rate_mode(addr: SocketAddr, secs: u64, conns: usize, tls: bool, req: Vec<u8>,
                 } else {
                     Box::new(tcp)
                 };
-                let start = t0 + per_conn.mul_f64(i as f64 / conns as f64);
+                // Spread evenly, or (`burst-*`) all on one clock: every connection's request
+                // due at the same instant, the same bursts whatever the target.
+                let phase = if aligned {
+                    0.0
+                } else {
+                    i as f64 / conns as f64
+                };
+                let start = t0 + per_conn.mul_f64(phase);
                 let end = start + Duration::from_secs(secs);
                 let (mut due, mut buf) = (start, Vec::with_capacity(1024));
                 while due < end {

@@ -147,7 +147,7 @@ CONF
       if [ "$name" = scoregate-busy ]; then
         printf '[runtime]\nbusy_poll_us = %s\n' "$BUSY_POLL_US" >>"$d/scoregate.toml"
       fi
-      RUST_LOG=warn,rustls=error TOKIO_WORKER_THREADS=1 taskset -c 0 "$ROOT/target/release/scoregate" serve --config "$d/scoregate.toml" & ;;
+      RUST_LOG=warn,rustls=error TOKIO_WORKER_THREADS=1 taskset -c 0 "${SCOREGATE_BIN:-$ROOT/target/release/scoregate}" serve --config "$d/scoregate.toml" & ;;
   esac
   TARGET_PID=$!
   PIDS+=("$TARGET_PID")

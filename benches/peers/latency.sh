@@ -7,7 +7,11 @@
 # "Added" is a target's p50/p99 (from h2load's per-request log) minus the same load sent straight
 # to the backend in the same round.
 #
-#   [PROTOS="h1 h2"] benches/peers/latency.sh [ROUNDS=3] [SECONDS=10] [TARGETS="nginx haproxy scoregate"]
+#   [PROTOS="h1 h2 burst"] benches/peers/latency.sh [ROUNDS=3] [SECONDS=10] [TARGETS="nginx haproxy scoregate"]
+#
+# PROTOS=burst adds the same rate with all 16 connections on one clock (benches/handshakes.rs
+# `burst-tls`): the same bursts of 16 for every target, where h2load's depend on the target's
+# handshake speed. REPLICA_LIMIT=1 runs scoregate at Azure ML's default limit (see common.sh).
 #
 # Prints one JSON line per run and a summary (medians over the rounds, ratios to the better peer).
 set -euo pipefail
@@ -18,6 +22,8 @@ read -r -a TARGETS <<<"${3:-nginx haproxy scoregate}"
 . "$ROOT/benches/peers/common.sh"
 install_missing nginx:nginx-light haproxy:haproxy h2load:nghttp2-client taskset:util-linux openssl:openssl
 (cd "$ROOT" && cargo build --release -q)
+HS="$(cd "$ROOT" && cargo bench --bench handshakes --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)"
+case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac
 
 bench_workdir
 ec_cert "$W"
@@ -29,6 +35,18 @@ RESULTS="$W/results.jsonl"
 
 # run ROUND NAME URL [h2load options...]: one fixed-rate load, one JSON line.
 run() { h2load_rate "$RESULTS" 0 "$@"; }
+# burst ROUND NAME ADDR MODE: the same rate from benches/handshakes.rs with all 16 connections on
+# one clock (`burst-tls`/`burst-plain`): bursts of 16 for every target. h2load starts each
+# connection's clock when its handshake ends, so its bursts grow with the target's handshake
+# speed (median burst here: scoregate 14-15 requests, nginx 8, haproxy 5-6).
+burst() {
+  local out
+  out=$(taskset -c 1 "$HS" "$3" "$SECS" 16 "$4" "$URL_PATH" "$KEY" 2000)
+  python3 -c 'import json, sys; d = json.loads(sys.argv[1]); print(json.dumps({"rep": 0,
+    "round": int(sys.argv[2]), "target": sys.argv[3], "kind": "burst", "requests": d["requests"],
+    "non200": d["errors"], "lat_p50_us": d["p50_us"], "lat_p99_us": d["p99_us"]}))' \
+    "$out" "$1" "$2" | tee -a "$RESULTS"
+}
 
 for round in $(seq 1 "$ROUNDS"); do
   n=${#TARGETS[@]}
@@ -41,22 +59,25 @@ for round in $(seq 1 "$ROUNDS"); do
       -H "Authorization: Bearer $KEY" "$url" >/dev/null 2>&1 || true   # warm-up
     case " ${PROTOS:-h1 h2} " in *" h1 "*) run "$round" "$t" "$url" --h1 ;; esac
     case " ${PROTOS:-h1 h2} " in *" h2 "*) run "$round" "$t-h2" "$url" ;; esac
+    case " ${PROTOS:-h1 h2} " in *" burst "*) burst "$round" "$t-burst" "127.0.0.1:$port" burst-tls ;; esac
     stop_target
   done
   run "$round" direct "http://127.0.0.1:$BACKEND$URL_PATH" --h1
+  case " ${PROTOS:-h1 h2} " in *" burst "*) burst "$round" direct-burst "127.0.0.1:$BACKEND" burst-plain ;; esac
 done
 
 python3 - "$RESULTS" "${TARGETS[@]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 targets = sys.argv[2:]
-direct = {r["round"]: r for r in rows if r["target"] == "direct"}
-def added(name, k):
-    v = [r[k] - direct[r["round"]][k] for r in rows if r["target"] == name]
-    return statistics.median(v) if v else None
-print(f"direct p50 {statistics.median(r['lat_p50_us'] for r in direct.values()):.0f} µs, "
-      f"p99 {statistics.median(r['lat_p99_us'] for r in direct.values()):.0f} µs")
-for proto, suffix in (("HTTP/1.1", ""), ("HTTP/2", "-h2")):
+baselines = {s: {r["round"]: r for r in rows if r["target"] == "direct" + s} for s in ("", "-burst")}
+print(f"direct p50 {statistics.median(r['lat_p50_us'] for r in baselines[''].values()):.0f} µs, "
+      f"p99 {statistics.median(r['lat_p99_us'] for r in baselines[''].values()):.0f} µs")
+for proto, suffix in (("HTTP/1.1", ""), ("HTTP/2", "-h2"), ("aligned bursts of 16, HTTP/1.1", "-burst")):
+    direct = baselines["-burst" if suffix == "-burst" else ""]
+    def added(name, k):
+        v = [r[k] - direct[r["round"]][k] for r in rows if r["target"] == name and r["round"] in direct]
+        return statistics.median(v) if v else None
     for k in ("lat_p50_us", "lat_p99_us"):
         vals = {t: added(t + suffix, k) for t in targets}
         peers = [v for t, v in vals.items() if t != "scoregate" and v is not None]
