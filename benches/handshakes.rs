@@ -19,6 +19,11 @@
 //!                                       same for every target: h2load starts each connection's
 //!                                       clock when its handshake ends, so its bursts depend on
 //!                                       how fast the target shakes hands)
+//!   … tls:ADDR,plain:ADDR,… SECONDS CONNECTIONS burst-mix PATH KEY RATE
+//!                                       `burst-*` against every target at once, each at RATE
+//!                                       with CONNECTIONS, their clocks offset by an equal share
+//!                                       of the period: one host, the same moment's noise for
+//!                                       all, bursts that never overlap; a line per target
 //!
 //! Prints one JSON line. Without arguments (as `cargo test --all-targets` runs it) it does
 //! nothing.
@@ -116,6 +121,13 @@ fn main() {
         .collect();
     if args.len() < 4 {
         return;
+    }
+    if args[3] == "burst-mix" {
+        let secs: u64 = args[1].parse().expect("SECONDS");
+        let conns: usize = args[2].parse().expect("CONNECTIONS");
+        let rate: u64 = args.get(6).and_then(|r| r.parse().ok()).expect("RATE");
+        let req = request(&args[4], Some(&args[5]), false);
+        return burst_mix(&args[0], secs, conns, req, rate);
     }
     let addr: SocketAddr = args[0].parse().expect("ADDR as ip:port");
     let secs: u64 = args[1].parse().expect("SECONDS");
@@ -348,61 +360,128 @@ fn rate_mode(
     rate: u64,
     aligned: bool,
 ) {
-    use std::io::Write;
-    let config = client_config(true);
-    let per_conn = Duration::from_secs_f64(conns as f64 / rate as f64);
+    let load = Load::new(req, conns, rate, secs);
+    let per_conn = load.per_conn;
     let t0 = Instant::now() + Duration::from_millis(200);
     let handles: Vec<_> = (0..conns)
         .map(|i| {
-            let (config, req) = (config.clone(), req.clone());
-            std::thread::spawn(move || -> (Vec<u32>, u64) {
-                let mut lat = Vec::new();
-                let Ok(tcp) = std::net::TcpStream::connect(addr) else {
-                    return (lat, 1);
-                };
-                let _ = tcp.set_nodelay(true);
-                let mut stream: Box<dyn ReadWrite> = if tls {
-                    let name = ServerName::try_from("localhost").expect("name");
-                    let Ok(conn) = rustls::ClientConnection::new(config, name) else {
-                        return (lat, 1);
-                    };
-                    Box::new(rustls::StreamOwned::new(conn, tcp))
-                } else {
-                    Box::new(tcp)
-                };
-                // Spread evenly, or (`burst-*`) all on one clock: every connection's request
-                // due at the same instant, the same bursts whatever the target.
-                let phase = if aligned {
-                    0.0
-                } else {
-                    i as f64 / conns as f64
-                };
-                let start = t0 + per_conn.mul_f64(phase);
-                let end = start + Duration::from_secs(secs);
-                let (mut due, mut buf) = (start, Vec::with_capacity(1024));
-                while due < end {
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let ok = stream.write_all(&req).is_ok()
-                        && matches!(read_response(&mut stream, &mut buf), Ok(true));
-                    if !ok {
-                        return (lat, 1);
-                    }
-                    lat.push(due.elapsed().as_micros() as u32);
-                    due += per_conn;
-                }
-                (lat, 0)
-            })
+            // Spread evenly, or (`burst-*`) all on one clock: every connection's request
+            // due at the same instant, the same bursts whatever the target.
+            let phase = if aligned {
+                0.0
+            } else {
+                i as f64 / conns as f64
+            };
+            load.conn(addr, tls, t0 + per_conn.mul_f64(phase))
         })
         .collect();
-    print_rate(handles, if tls { "true" } else { "false" });
+    print_rate(handles, if tls { "true" } else { "false" }, "");
+}
+
+/// `burst-mix`: the aligned bursts against several targets at once, their clocks offset by an
+/// equal share of the period (target k of n bursts k/n of a period after the first), so every
+/// target meets the same host, the same moment's noise, and no two bursts overlap. Targets are
+/// `tls:IP:PORT` or `plain:IP:PORT`, comma-separated; one line per target.
+fn burst_mix(targets: &str, secs: u64, conns: usize, req: Vec<u8>, rate: u64) {
+    let targets: Vec<(bool, SocketAddr)> = targets
+        .split(',')
+        .map(|t| match t.split_once(':') {
+            Some(("tls", a)) => (true, a.parse().expect("tls:IP:PORT")),
+            Some(("plain", a)) => (false, a.parse().expect("plain:IP:PORT")),
+            _ => panic!("target {t:?}: tls:IP:PORT or plain:IP:PORT"),
+        })
+        .collect();
+    let load = Load::new(req, conns, rate, secs);
+    let per_conn = load.per_conn;
+    let t0 = Instant::now() + Duration::from_millis(300);
+    let n = targets.len() as f64;
+    let all: Vec<_> = targets
+        .iter()
+        .enumerate()
+        .map(|(k, &(tls, addr))| {
+            let start = t0 + per_conn.mul_f64(k as f64 / n);
+            (0..conns)
+                .map(|_| load.conn(addr, tls, start))
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    for ((tls, addr), handles) in targets.iter().zip(all) {
+        let tls = if *tls { "true" } else { "false" };
+        print_rate(handles, tls, &format!(",\"target\":\"{addr}\""));
+    }
+}
+
+/// The rate modes' load: the request, sent every `per_conn` on each connection for `secs`.
+struct Load {
+    config: Arc<ClientConfig>,
+    req: Vec<u8>,
+    per_conn: Duration,
+    secs: u64,
+}
+
+impl Load {
+    /// `conns` connections sharing `rate` requests per second.
+    fn new(req: Vec<u8>, conns: usize, rate: u64, secs: u64) -> Load {
+        Load {
+            config: client_config(true),
+            req,
+            per_conn: Duration::from_secs_f64(conns as f64 / rate as f64),
+            secs,
+        }
+    }
+
+    /// One keep-alive connection: a request due every `per_conn` from `start`, each latency
+    /// from its due time. Its latencies and an error count.
+    fn conn(
+        &self,
+        addr: SocketAddr,
+        tls: bool,
+        start: Instant,
+    ) -> std::thread::JoinHandle<(Vec<u32>, u64)> {
+        let (config, req, per_conn, secs) = (
+            self.config.clone(),
+            self.req.clone(),
+            self.per_conn,
+            self.secs,
+        );
+        std::thread::spawn(move || -> (Vec<u32>, u64) {
+            let mut lat = Vec::new();
+            let Ok(tcp) = std::net::TcpStream::connect(addr) else {
+                return (lat, 1);
+            };
+            let _ = tcp.set_nodelay(true);
+            let mut stream: Box<dyn ReadWrite> = if tls {
+                let name = ServerName::try_from("localhost").expect("name");
+                let Ok(conn) = rustls::ClientConnection::new(config, name) else {
+                    return (lat, 1);
+                };
+                Box::new(rustls::StreamOwned::new(conn, tcp))
+            } else {
+                Box::new(tcp)
+            };
+            let end = start + Duration::from_secs(secs);
+            let (mut due, mut buf) = (start, Vec::with_capacity(1024));
+            while due < end {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let ok = stream.write_all(&req).is_ok()
+                    && matches!(read_response(&mut stream, &mut buf), Ok(true));
+                if !ok {
+                    return (lat, 1);
+                }
+                lat.push(due.elapsed().as_micros() as u32);
+                due += per_conn;
+            }
+            (lat, 0)
+        })
+    }
 }
 
 /// The rate modes' line from their connections' threads (latencies and an error count each):
 /// request count, errors, p50/p99/p99.9 in µs.
-fn print_rate(handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>, tls: &str) {
+fn print_rate(handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>, tls: &str, extra: &str) {
     let (mut lat, mut errors) = (Vec::new(), 0);
     for h in handles {
         if let Ok((l, e)) = h.join() {
@@ -417,7 +496,7 @@ fn print_rate(handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>, tls: &str)
             .unwrap_or(0)
     };
     println!(
-        "{{\"mode\":\"rate\",\"tls\":{tls},\"requests\":{},\"errors\":{errors},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
+        "{{\"mode\":\"rate\",\"tls\":{tls}{extra},\"requests\":{},\"errors\":{errors},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
         lat.len(),
         q(0.5),
         q(0.99),
@@ -490,7 +569,7 @@ fn rate_h2(addr: SocketAddr, secs: u64, conns: usize, path: &str, key: &str, rat
             })
         })
         .collect();
-    print_rate(handles, "\"h2\"");
+    print_rate(handles, "\"h2\"", "");
 }
 
 trait ReadWrite: std::io::Read + std::io::Write + Send {}

@@ -138,7 +138,7 @@ backend be
   server s1 127.0.0.1:$BACKEND
 CONF
       taskset -c 0 haproxy -f "$d/haproxy.cfg" -db & ;;
-    scoregate|scoregate-busy|scoregate-limit1)
+    scoregate|scoregate-busy|scoregate-limit1|scoregate-base)
       if [ "$name" = scoregate-limit1 ]; then # Azure ML's default: one request at a time per replica
         REPLICA_LIMIT=1 scoregate_toml "$port" "$W/${c}cert.pem" "$W/${c}key.pem" "$BACKEND" "$KEY" >"$d/scoregate.toml"
       else
@@ -147,7 +147,9 @@ CONF
       if [ "$name" = scoregate-busy ]; then
         printf '[runtime]\nbusy_poll_us = %s\n' "$BUSY_POLL_US" >>"$d/scoregate.toml"
       fi
-      RUST_LOG=warn,rustls=error TOKIO_WORKER_THREADS=1 taskset -c 0 "${SCOREGATE_BIN:-$ROOT/target/release/scoregate}" serve --config "$d/scoregate.toml" & ;;
+      local bin="${SCOREGATE_BIN:-$ROOT/target/release/scoregate}"
+      [ "$name" = scoregate-base ] && bin="${SCOREGATE_BASE_BIN:?scoregate-base: SCOREGATE_BASE_BIN, the binary to compare with}"
+      RUST_LOG=warn,rustls=error TOKIO_WORKER_THREADS=1 taskset -c 0 "$bin" serve --config "$d/scoregate.toml" & ;;
   esac
   TARGET_PID=$!
   PIDS+=("$TARGET_PID")

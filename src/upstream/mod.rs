@@ -8,6 +8,7 @@ mod outlier;
 mod replica;
 mod reply;
 pub mod shares;
+mod turn;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};

@@ -1,0 +1,90 @@
+#!/usr/bin/env bash
+# Issue 24's scoring POSTs at 2,000 req/s (16 keep-alive connections, aligned bursts of 16)
+# against every target AT ONCE: one client (benches/handshakes.rs `burst-mix`) bursts at each
+# target in turn, their clocks offset by an equal share of the 8 ms period, so the targets meet
+# the same host at the same moments and their bursts do not overlap. Run one after another
+# (latency.sh), a target's p50 swings ±30% with the host's neighbours from one run to the next;
+# interleaved, the ratio between two targets holds within a few per cent run after run.
+# Every target alone on core 0 (one worker, one tokio thread), the client and the nginx backend on
+# core 1; the direct baseline (plain, to the backend) is one of the interleaved targets.
+#
+#   benches/peers/mix.sh [REPETITIONS=10] [SECONDS=5] [TARGETS="haproxy nginx scoregate"] [BASE]
+#
+# BASE (a git revision): also that build of scoregate (`scoregate-base`, built in a worktree of
+# its own as ab.sh does), for a change's A/B under the same bursts.
+# Prints a JSON line per target per repetition, then medians and per-repetition ratios.
+set -euo pipefail
+ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
+REPS="${1:-10}"
+SECS="${2:-5}"
+read -r -a TARGETS <<<"${3:-haproxy nginx scoregate}"
+BASE="${4:-}"
+. "$ROOT/benches/peers/common.sh"
+install_missing nginx:nginx-light haproxy:haproxy taskset:util-linux openssl:openssl
+(cd "$ROOT" && cargo build --release -q --bin scoregate)
+HS="$(cd "$ROOT" && cargo bench --bench handshakes --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)"
+case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac
+[ -x "$HS" ] || { echo "benches/handshakes did not build" >&2; exit 1; }
+
+cleanup_extra() { [ -z "$BASE" ] || (cd "$ROOT" && git worktree remove --force "$W/base" 2>/dev/null) || true; }
+bench_workdir
+if [ -n "$BASE" ]; then
+  (cd "$ROOT" && git worktree add -q --detach "$W/base" "$BASE")
+  (cd "$W/base" && CARGO_TARGET_DIR="$ROOT/target/ab-base" cargo build --release -q --bin scoregate)
+  export SCOREGATE_BASE_BIN="$ROOT/target/ab-base/release/scoregate"
+  TARGETS+=(scoregate-base)
+fi
+ec_cert "$W"
+start_backend "$W"
+scoring_load "$W"
+URL_PATH=/api/v1/service/iris/score
+
+spec=""
+for t in "${TARGETS[@]}"; do
+  port=$(free_port)
+  start_target "$t" "$port"
+  spec="$spec,tls:127.0.0.1:$port"
+  echo "127.0.0.1:$port $t" >>"$W/names"
+done
+spec="${spec#,},plain:127.0.0.1:$BACKEND"
+echo "127.0.0.1:$BACKEND direct" >>"$W/names"
+
+taskset -c 1 "$HS" "$spec" 2 16 burst-mix "$URL_PATH" "$KEY" 2000 >/dev/null # warm-up
+for rep in $(seq 1 "$REPS"); do
+  taskset -c 1 "$HS" "$spec" "$SECS" 16 burst-mix "$URL_PATH" "$KEY" 2000 | sed "s/^{/{\"rep\":$rep,/"
+done | tee "$W/rows"
+
+python3 - "$W/rows" "$W/names" <<'PY'
+import json, statistics as st, sys
+names = dict(l.split() for l in open(sys.argv[2]))
+rows = [json.loads(l) for l in open(sys.argv[1])]
+errors = sum(r["errors"] for r in rows)
+reps = sorted({r["rep"] for r in rows})
+def get(t, k):
+    return {r["rep"]: r[k] for r in rows if names[r["target"]] == t}
+peers = [t for t in names.values() if t not in ("direct", "scoregate", "scoregate-base")]
+print(f"\n{len(reps)} repetitions, {len(rows) // max(len(reps), 1)} targets interleaved, errors {errors}")
+for k in ("p50_us", "p99_us"):
+    d = get("direct", k)
+    med = ", ".join(f"{t} {st.median(get(t, k).values()):.0f}" for t in names.values())
+    print(f"{k} total (median): {med}")
+    for t in peers:
+        print(f"  {t}: added {st.median(v - d[i] for i, v in get(t, k).items()):+.0f} µs")
+    pairs = [("scoregate", "the better peer"), ("scoregate", "scoregate-base")]
+    for a, b in pairs:
+        A = get(a, k)
+        if b == "the better peer":
+            if not peers:
+                continue
+            B = {i: min(get(t, k)[i] for t in peers) for i in reps}
+        else:
+            B = get(b, k)
+        if not A or not B:
+            continue
+        tot = [A[i] / B[i] for i in reps]
+        add = [(A[i] - d[i]) / (B[i] - d[i]) for i in reps if B[i] - d[i] > 0]
+        ratio = f"{st.median(add):.2f}x" if add else "n/a"
+        print(f"  {a} / {b}: total {st.median(tot):.3f} ({min(tot):.2f}-{max(tot):.2f}, "
+              f"lower in {sum(x < 1 for x in tot)} of {len(tot)}); added "
+              f"{st.median(v - d[i] for i, v in A.items()):+.0f} µs, {ratio}")
+PY
