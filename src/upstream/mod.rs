@@ -8,7 +8,6 @@ mod outlier;
 mod replica;
 mod reply;
 pub mod shares;
-mod turn;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};

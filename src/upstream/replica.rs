@@ -223,8 +223,6 @@ impl Replica {
         out: Outgoing,
         retries: &Retries,
     ) -> Result<Reply, Failure> {
-        // Answers that arrived go before this forward (see `turn`); counted until the head.
-        let _awaiting = super::turn::forward().await;
         match self.protocol {
             Protocol::H2c => {
                 let (parts, body) = self.send_h2(out).await?.into_parts();
