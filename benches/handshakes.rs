@@ -19,7 +19,7 @@
 //!                                       same for every target: h2load starts each connection's
 //!                                       clock when its handshake ends, so its bursts depend on
 //!                                       how fast the target shakes hands)
-//!   … tls:ADDR,plain:ADDR,… SECONDS CONNECTIONS burst-mix PATH KEY RATE
+//!   … tls:ADDR,h2:ADDR,plain:ADDR,… SECONDS CONNECTIONS burst-mix PATH KEY RATE
 //!                                       `burst-*` against every target at once, each at RATE
 //!                                       with CONNECTIONS, their clocks offset by an equal share
 //!                                       of the period: one host, the same moment's noise for
@@ -126,8 +126,7 @@ fn main() {
         let secs: u64 = args[1].parse().expect("SECONDS");
         let conns: usize = args[2].parse().expect("CONNECTIONS");
         let rate: u64 = args.get(6).and_then(|r| r.parse().ok()).expect("RATE");
-        let req = request(&args[4], Some(&args[5]), false);
-        return burst_mix(&args[0], secs, conns, req, rate);
+        return burst_mix(&args[0], secs, conns, &args[4], &args[5], rate);
     }
     let addr: SocketAddr = args[0].parse().expect("ADDR as ip:port");
     let secs: u64 = args[1].parse().expect("SECONDS");
@@ -381,33 +380,41 @@ fn rate_mode(
 /// `burst-mix`: the aligned bursts against several targets at once, their clocks offset by an
 /// equal share of the period (target k of n bursts k/n of a period after the first), so every
 /// target meets the same host, the same moment's noise, and no two bursts overlap. Targets are
-/// `tls:IP:PORT` or `plain:IP:PORT`, comma-separated; one line per target.
-fn burst_mix(targets: &str, secs: u64, conns: usize, req: Vec<u8>, rate: u64) {
-    let targets: Vec<(bool, SocketAddr)> = targets
+/// `tls:IP:PORT` (HTTP/1.1 over TLS), `h2:IP:PORT` (HTTP/2 over TLS, one stream at a time per
+/// connection) or `plain:IP:PORT`, comma-separated; one line per target.
+fn burst_mix(targets: &str, secs: u64, conns: usize, path: &str, key: &str, rate: u64) {
+    let targets: Vec<(&str, SocketAddr)> = targets
         .split(',')
         .map(|t| match t.split_once(':') {
-            Some(("tls", a)) => (true, a.parse().expect("tls:IP:PORT")),
-            Some(("plain", a)) => (false, a.parse().expect("plain:IP:PORT")),
-            _ => panic!("target {t:?}: tls:IP:PORT or plain:IP:PORT"),
+            Some((kind @ ("tls" | "plain" | "h2"), a)) => (kind, a.parse().expect("KIND:IP:PORT")),
+            _ => panic!("target {t:?}: tls:IP:PORT, plain:IP:PORT or h2:IP:PORT"),
         })
         .collect();
-    let load = Load::new(req, conns, rate, secs);
+    let load = Load::new(request(path, Some(key), false), conns, rate, secs);
+    let h2 = H2Load::new(path, key, conns, rate, secs);
     let per_conn = load.per_conn;
     let t0 = Instant::now() + Duration::from_millis(300);
     let n = targets.len() as f64;
     let all: Vec<_> = targets
         .iter()
         .enumerate()
-        .map(|(k, &(tls, addr))| {
+        .map(|(k, &(kind, addr))| {
             let start = t0 + per_conn.mul_f64(k as f64 / n);
             (0..conns)
-                .map(|_| load.conn(addr, tls, start))
+                .map(|_| match kind {
+                    "h2" => h2.conn(addr, start),
+                    _ => load.conn(addr, kind == "tls", start),
+                })
                 .collect::<Vec<_>>()
         })
         .collect();
-    for ((tls, addr), handles) in targets.iter().zip(all) {
-        let tls = if *tls { "true" } else { "false" };
-        print_rate(handles, tls, &format!(",\"target\":\"{addr}\""));
+    for ((kind, addr), handles) in targets.iter().zip(all) {
+        let tls = match *kind {
+            "h2" => "\"h2\"",
+            "tls" => "true",
+            _ => "false",
+        };
+        print_rate(handles, tls, &format!(",\"target\":\"{kind}:{addr}\""));
     }
 }
 
@@ -507,69 +514,90 @@ fn print_rate(handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>, tls: &str,
 /// `rate_mode` over HTTP/2 (TLS, ALPN h2): each connection a thread with its own runtime and
 /// hyper's HTTP/2 client, one scoring POST at a time on it.
 fn rate_h2(addr: SocketAddr, secs: u64, conns: usize, path: &str, key: &str, rate: u64) {
-    use http_body_util::{BodyExt, Full};
-    let mut config = (*client_config(true)).clone();
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let per_conn = Duration::from_secs_f64(conns as f64 / rate as f64);
+    let load = H2Load::new(path, key, conns, rate, secs);
     let t0 = Instant::now() + Duration::from_millis(300);
-    let body =
-        bytes::Bytes::from_static(br#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#);
-    let uri = format!("https://localhost{path}");
-    let auth = format!("Bearer {key}");
     let handles: Vec<_> = (0..conns)
-        .map(|i| {
-            let (connector, body, uri, auth) =
-                (connector.clone(), body.clone(), uri.clone(), auth.clone());
-            std::thread::spawn(move || -> (Vec<u32>, u64) {
-                runtime().block_on(async move {
-                    let mut lat = Vec::new();
-                    let setup = async {
-                        let tcp = tokio::net::TcpStream::connect(addr).await?;
-                        tcp.set_nodelay(true)?;
-                        let name =
-                            ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-                        let tls = connector.connect(name, tcp).await?;
-                        hyper::client::conn::http2::handshake(
-                            hyper_util::rt::TokioExecutor::new(),
-                            hyper_util::rt::TokioIo::new(tls),
-                        )
-                        .await
-                        .map_err(std::io::Error::other)
-                    };
-                    let Ok((mut sender, conn)) = setup.await else {
-                        return (lat, 1);
-                    };
-                    tokio::spawn(conn);
-                    let start = t0 + per_conn.mul_f64(i as f64 / conns as f64);
-                    let end = start + Duration::from_secs(secs);
-                    let mut due = start;
-                    while due < end {
-                        tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
-                        let req = http::Request::post(uri.as_str())
-                            .header("content-type", "application/json")
-                            .header("authorization", auth.as_str())
-                            .body(Full::new(body.clone()))
-                            .expect("request");
-                        let ok = match sender.send_request(req).await {
-                            Ok(resp) => {
-                                let status = resp.status();
-                                resp.into_body().collect().await.is_ok() && status == 200
-                            }
-                            Err(_) => false,
-                        };
-                        if !ok {
-                            return (lat, 1);
-                        }
-                        lat.push(due.elapsed().as_micros() as u32);
-                        due += per_conn;
-                    }
-                    (lat, 0)
-                })
-            })
-        })
+        .map(|i| load.conn(addr, t0 + load.per_conn.mul_f64(i as f64 / conns as f64)))
         .collect();
     print_rate(handles, "\"h2\"", "");
+}
+
+/// `rate_h2`'s load: one scoring POST at a time per HTTP/2 connection (TLS, ALPN h2), each
+/// connection a thread with its own runtime and hyper's client.
+struct H2Load {
+    connector: tokio_rustls::TlsConnector,
+    uri: String,
+    auth: String,
+    per_conn: Duration,
+    secs: u64,
+}
+
+impl H2Load {
+    fn new(path: &str, key: &str, conns: usize, rate: u64, secs: u64) -> H2Load {
+        let mut config = (*client_config(true)).clone();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        H2Load {
+            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
+            uri: format!("https://localhost{path}"),
+            auth: format!("Bearer {key}"),
+            per_conn: Duration::from_secs_f64(conns as f64 / rate as f64),
+            secs,
+        }
+    }
+
+    /// One connection: a request due every `per_conn` from `start`, each latency from its due
+    /// time. Its latencies and an error count.
+    fn conn(&self, addr: SocketAddr, start: Instant) -> std::thread::JoinHandle<(Vec<u32>, u64)> {
+        use http_body_util::{BodyExt, Full};
+        let body =
+            bytes::Bytes::from_static(br#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#);
+        let (connector, uri, auth) = (self.connector.clone(), self.uri.clone(), self.auth.clone());
+        let (per_conn, secs) = (self.per_conn, self.secs);
+        std::thread::spawn(move || -> (Vec<u32>, u64) {
+            runtime().block_on(async move {
+                let mut lat = Vec::new();
+                let setup = async {
+                    let tcp = tokio::net::TcpStream::connect(addr).await?;
+                    tcp.set_nodelay(true)?;
+                    let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
+                    let tls = connector.connect(name, tcp).await?;
+                    hyper::client::conn::http2::handshake(
+                        hyper_util::rt::TokioExecutor::new(),
+                        hyper_util::rt::TokioIo::new(tls),
+                    )
+                    .await
+                    .map_err(std::io::Error::other)
+                };
+                let Ok((mut sender, conn)) = setup.await else {
+                    return (lat, 1);
+                };
+                tokio::spawn(conn);
+                let end = start + Duration::from_secs(secs);
+                let mut due = start;
+                while due < end {
+                    tokio::time::sleep_until(tokio::time::Instant::from_std(due)).await;
+                    let req = http::Request::post(uri.as_str())
+                        .header("content-type", "application/json")
+                        .header("authorization", auth.as_str())
+                        .body(Full::new(body.clone()))
+                        .expect("request");
+                    let ok = match sender.send_request(req).await {
+                        Ok(resp) => {
+                            let status = resp.status();
+                            resp.into_body().collect().await.is_ok() && status == 200
+                        }
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        return (lat, 1);
+                    }
+                    lat.push(due.elapsed().as_micros() as u32);
+                    due += per_conn;
+                }
+                (lat, 0)
+            })
+        })
+    }
 }
 
 trait ReadWrite: std::io::Read + std::io::Write + Send {}

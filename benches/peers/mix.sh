@@ -8,8 +8,10 @@
 # Every target alone on core 0 (one worker, one tokio thread), the client and the nginx backend on
 # core 1; the direct baseline (plain, to the backend) is one of the interleaved targets.
 #
-#   benches/peers/mix.sh [REPETITIONS=10] [SECONDS=5] [TARGETS="haproxy nginx scoregate"] [BASE]
+#   [PROTO=h1|h2] benches/peers/mix.sh [REPETITIONS=10] [SECONDS=5] [TARGETS="haproxy nginx scoregate"] [BASE]
 #
+# PROTO=h2: HTTP/2 to every proxy (one stream at a time per connection); the direct baseline stays
+# HTTP/1.1 (the backend speaks nothing else).
 # BASE (a git revision): also that build of scoregate (`scoregate-base`, built in a worktree of
 # its own as ab.sh does), for a change's A/B under the same bursts.
 # Prints a JSON line per target per repetition, then medians and per-repetition ratios.
@@ -43,18 +45,20 @@ spec=""
 for t in "${TARGETS[@]}"; do
   port=$(free_port)
   start_target "$t" "$port"
-  spec="$spec,tls:127.0.0.1:$port"
-  echo "127.0.0.1:$port $t" >>"$W/names"
+  kind=tls
+  [ "${PROTO:-h1}" = h2 ] && kind=h2
+  spec="$spec,$kind:127.0.0.1:$port"
+  echo "$kind:127.0.0.1:$port $t" >>"$W/names"
 done
 spec="${spec#,},plain:127.0.0.1:$BACKEND"
-echo "127.0.0.1:$BACKEND direct" >>"$W/names"
+echo "plain:127.0.0.1:$BACKEND direct" >>"$W/names"
 
 taskset -c 1 "$HS" "$spec" 2 16 burst-mix "$URL_PATH" "$KEY" 2000 >/dev/null # warm-up
 for rep in $(seq 1 "$REPS"); do
   taskset -c 1 "$HS" "$spec" "$SECS" 16 burst-mix "$URL_PATH" "$KEY" 2000 | sed "s/^{/{\"rep\":$rep,/"
 done | tee "$W/rows"
 
-python3 - "$W/rows" "$W/names" <<'PY'
+python3 - "$W/rows" "$W/names" "${PROTO:-h1}" <<'PY'
 import json, statistics as st, sys
 names = dict(l.split() for l in open(sys.argv[2]))
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -63,7 +67,8 @@ reps = sorted({r["rep"] for r in rows})
 def get(t, k):
     return {r["rep"]: r[k] for r in rows if names[r["target"]] == t}
 peers = [t for t in names.values() if t not in ("direct", "scoregate", "scoregate-base")]
-print(f"\n{len(reps)} repetitions, {len(rows) // max(len(reps), 1)} targets interleaved, errors {errors}")
+print(f"\n{len(reps)} repetitions, {len(rows) // max(len(reps), 1)} targets interleaved "
+      f"({sys.argv[3]}), errors {errors}")
 for k in ("p50_us", "p99_us"):
     d = get("direct", k)
     med = ", ".join(f"{t} {st.median(get(t, k).values()):.0f}" for t in names.values())
