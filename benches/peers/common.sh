@@ -96,8 +96,9 @@ LUA
   printf '%s' "$body" >"$1/body.json"
 }
 
-# start_target NAME PORT [CERT_PREFIX]: nginx, haproxy, haproxy-busy, scoregate or scoregate-busy
-# alone on core 0, TLS on PORT with $W/${prefix}cert.pem, proxying to the backend on $BACKEND.
+# start_target NAME PORT [CERT_PREFIX]: nginx, haproxy, haproxy-busy, scoregate, scoregate-busy,
+# scoregate-limit1 or scoregate-base (the binary in $SCOREGATE_BASE_BIN; scoregate's is
+# $SCOREGATE_BIN, default target/release) alone on core 0, TLS on PORT with $W/${prefix}cert.pem, proxying to the backend on $BACKEND.
 # Sets TARGET_PID and SERVING_PID (the process that serves: nginx's worker). Needs W, ROOT, KEY,
 # BACKEND, PIDS (and BUSY_POLL_US for scoregate-busy).
 start_target() { # name port [cert prefix] -> pid in TARGET_PID, serving pid in SERVING_PID
