@@ -16,14 +16,13 @@ REPS="${2:-3}"
 SECS="${3:-10}"
 install_missing nginx:nginx-light wrk:wrk h2load:nghttp2-client taskset:util-linux openssl:openssl
 
-cleanup_extra() { (cd "$ROOT" && git worktree remove --force "$W/base" 2>/dev/null) || true; }
+cleanup_extra() { cleanup_base; }
 bench_workdir
 
 # The two binaries (BASE's target dir is kept between runs), and the latency client.
-(cd "$ROOT" && git worktree add -q --detach "$W/base" "$BASE")
-(cd "$W/base" && CARGO_TARGET_DIR="$ROOT/target/ab-base" cargo build --release -q --bin scoregate)
+build_base "$BASE"
 (cd "$ROOT" && cargo build --release -q --bin scoregate)
-cp "$ROOT/target/ab-base/release/scoregate" "$W/scoregate-base"
+cp "$SCOREGATE_BASE_BIN" "$W/scoregate-base"
 cp "$ROOT/target/release/scoregate" "$W/scoregate-head"
 HS="$(cd "$ROOT" && cargo bench --bench handshakes --no-run 2>&1 | sed -n 's/.*Executable .*(\(.*\)).*/\1/p' | tail -1)"
 case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac

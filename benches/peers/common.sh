@@ -24,6 +24,16 @@ bench_cleanup() {
   rm -rf "$W"
 }
 
+# build_base REV: scoregate at git revision REV, built in a worktree of its own ($W/base, removed
+# on exit) into target/ab-base (kept between runs); sets SCOREGATE_BASE_BIN (start_target's
+# scoregate-base). After bench_workdir.
+build_base() {
+  (cd "$ROOT" && git worktree add -q --detach "$W/base" "$1")
+  (cd "$W/base" && CARGO_TARGET_DIR="$ROOT/target/ab-base" cargo build --release -q --bin scoregate)
+  SCOREGATE_BASE_BIN="$ROOT/target/ab-base/release/scoregate"
+}
+cleanup_base() { [ -d "$W/base" ] && (cd "$ROOT" && git worktree remove --force "$W/base" 2>/dev/null) || true; }
+
 # install_missing COMMAND:DEBIAN_PACKAGE...: apt-get installs the packages whose command is missing.
 install_missing() {
   local need=() c
@@ -98,7 +108,8 @@ LUA
 
 # start_target NAME PORT [CERT_PREFIX]: nginx, haproxy, haproxy-busy, scoregate, scoregate-busy,
 # scoregate-limit1 or scoregate-base (the binary in $SCOREGATE_BASE_BIN; scoregate's is
-# $SCOREGATE_BIN, default target/release) alone on core 0, TLS on PORT with $W/${prefix}cert.pem, proxying to the backend on $BACKEND.
+# $SCOREGATE_BIN, default target/release) alone on core 0, TLS on PORT with
+# $W/${prefix}cert.pem, proxying to the backend on $BACKEND.
 # Sets TARGET_PID and SERVING_PID (the process that serves: nginx's worker). Needs W, ROOT, KEY,
 # BACKEND, PIDS (and BUSY_POLL_US for scoregate-busy).
 start_target() { # name port [cert prefix] -> pid in TARGET_PID, serving pid in SERVING_PID

@@ -4,7 +4,8 @@
 # target in turn, their clocks offset by an equal share of the 8 ms period, so the targets meet
 # the same host at the same moments and their bursts do not overlap. Run one after another
 # (latency.sh), a target's p50 swings ±30% with the host's neighbours from one run to the next;
-# interleaved, the ratio between two targets holds within a few per cent run after run.
+# interleaved, the p50 ratio between two targets stays within about ±6% repetition after
+# repetition (p99 still swings: one slow moment decides it).
 # Every target alone on core 0 (one worker, one tokio thread), the client and the nginx backend on
 # core 1; the direct baseline (plain, to the backend) is one of the interleaved targets.
 #
@@ -21,6 +22,11 @@ REPS="${1:-10}"
 SECS="${2:-5}"
 read -r -a TARGETS <<<"${3:-haproxy nginx scoregate}"
 BASE="${4:-}"
+case "${PROTO:=h1}" in
+  h1) KIND=tls ;;
+  h2) KIND=h2 ;;
+  *) echo "PROTO=$PROTO: h1 (HTTP/1.1 over TLS, the default) or h2 (HTTP/2 over TLS)" >&2; exit 64 ;;
+esac
 . "$ROOT/benches/peers/common.sh"
 install_missing nginx:nginx-light haproxy:haproxy taskset:util-linux openssl:openssl
 (cd "$ROOT" && cargo build --release -q --bin scoregate)
@@ -28,12 +34,10 @@ HS="$(cd "$ROOT" && cargo bench --bench handshakes --no-run 2>&1 | sed -n 's/.*E
 case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac
 [ -x "$HS" ] || { echo "benches/handshakes did not build" >&2; exit 1; }
 
-cleanup_extra() { [ -z "$BASE" ] || (cd "$ROOT" && git worktree remove --force "$W/base" 2>/dev/null) || true; }
+cleanup_extra() { cleanup_base; }
 bench_workdir
 if [ -n "$BASE" ]; then
-  (cd "$ROOT" && git worktree add -q --detach "$W/base" "$BASE")
-  (cd "$W/base" && CARGO_TARGET_DIR="$ROOT/target/ab-base" cargo build --release -q --bin scoregate)
-  export SCOREGATE_BASE_BIN="$ROOT/target/ab-base/release/scoregate"
+  build_base "$BASE"
   TARGETS+=(scoregate-base)
 fi
 ec_cert "$W"
@@ -45,10 +49,8 @@ spec=""
 for t in "${TARGETS[@]}"; do
   port=$(free_port)
   start_target "$t" "$port"
-  kind=tls
-  [ "${PROTO:-h1}" = h2 ] && kind=h2
-  spec="$spec,$kind:127.0.0.1:$port"
-  echo "$kind:127.0.0.1:$port $t" >>"$W/names"
+  spec="$spec,$KIND:127.0.0.1:$port"
+  echo "$KIND:127.0.0.1:$port $t" >>"$W/names"
 done
 spec="${spec#,},plain:127.0.0.1:$BACKEND"
 echo "plain:127.0.0.1:$BACKEND direct" >>"$W/names"
@@ -58,7 +60,7 @@ for rep in $(seq 1 "$REPS"); do
   taskset -c 1 "$HS" "$spec" "$SECS" 16 burst-mix "$URL_PATH" "$KEY" 2000 | sed "s/^{/{\"rep\":$rep,/"
 done | tee "$W/rows"
 
-python3 - "$W/rows" "$W/names" "${PROTO:-h1}" <<'PY'
+python3 - "$W/rows" "$W/names" "$PROTO" <<'PY'
 import json, statistics as st, sys
 names = dict(l.split() for l in open(sys.argv[2]))
 rows = [json.loads(l) for l in open(sys.argv[1])]
