@@ -414,7 +414,8 @@ fn burst_mix(targets: &str, secs: u64, conns: usize, path: &str, key: &str, rate
             "tls" => "true",
             _ => "false",
         };
-        print_rate(handles, tls, &format!(",\"target\":\"{kind}:{addr}\""));
+        let lat = print_rate(handles, tls, &format!(",\"target\":\"{kind}:{addr}\""));
+        keep_latencies(kind, *addr, &lat);
     }
 }
 
@@ -487,8 +488,12 @@ impl Load {
 }
 
 /// The rate modes' line from their connections' threads (latencies and an error count each):
-/// request count, errors, p50/p99/p99.9 in µs.
-fn print_rate(handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>, tls: &str, extra: &str) {
+/// request count, errors, p50/p99/p99.9 in µs. The latencies, sorted.
+fn print_rate(
+    handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>,
+    tls: &str,
+    extra: &str,
+) -> Vec<u32> {
     let (mut lat, mut errors) = (Vec::new(), 0);
     for h in handles {
         if let Ok((l, e)) = h.join() {
@@ -509,6 +514,28 @@ fn print_rate(handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>, tls: &str,
         q(0.99),
         q(0.999)
     );
+    lat
+}
+
+/// `burst-mix` with `BURST_MIX_LATENCIES=DIR`: every latency (µs, one per line) appended to
+/// `DIR/KIND_PORT`, so that repetitions can be pooled: a p99 over 10 repetitions rests on the
+/// 1,000 slowest of 100,000 requests, where one repetition's rests on 100 of 10,000 and one slow
+/// moment of the host, landing on one target's bursts, decides it.
+fn keep_latencies(kind: &str, addr: SocketAddr, lat: &[u32]) {
+    let Some(dir) = std::env::var_os("BURST_MIX_LATENCIES") else {
+        return;
+    };
+    let path = std::path::Path::new(&dir).join(format!("{kind}_{}", addr.port()));
+    let text: String = lat.iter().map(|l| format!("{l}\n")).collect();
+    let written = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if let Err(e) = written {
+        eprintln!("{}: {e}", path.display());
+        std::process::exit(1);
+    }
 }
 
 /// `rate_mode` over HTTP/2 (TLS, ALPN h2): each connection a thread with its own runtime and

@@ -15,7 +15,8 @@
 # HTTP/1.1 (the backend speaks nothing else).
 # BASE (a git revision): also that build of scoregate (`scoregate-base`, built in a worktree of
 # its own as ab.sh does), for a change's A/B under the same bursts.
-# Prints a JSON line per target per repetition, then medians and per-repetition ratios.
+# Prints a JSON line per target per repetition, then medians and per-repetition ratios, then
+# p50/p99/p99.9 over every repetition's requests pooled (the steadier reading of a p99).
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 REPS="${1:-10}"
@@ -56,11 +57,12 @@ spec="${spec#,},plain:127.0.0.1:$BACKEND"
 echo "plain:127.0.0.1:$BACKEND direct" >>"$W/names"
 
 taskset -c 1 "$HS" "$spec" 2 16 burst-mix "$URL_PATH" "$KEY" 2000 >/dev/null # warm-up
+mkdir "$W/lat" # every latency of every repetition, per target (pooled below)
 for rep in $(seq 1 "$REPS"); do
-  taskset -c 1 "$HS" "$spec" "$SECS" 16 burst-mix "$URL_PATH" "$KEY" 2000 | sed "s/^{/{\"rep\":$rep,/"
+  BURST_MIX_LATENCIES="$W/lat" taskset -c 1 "$HS" "$spec" "$SECS" 16 burst-mix "$URL_PATH" "$KEY" 2000 | sed "s/^{/{\"rep\":$rep,/"
 done | tee "$W/rows"
 
-python3 - "$W/rows" "$W/names" "$PROTO" <<'PY'
+python3 - "$W/rows" "$W/names" "$PROTO" "$W/lat" <<'PY'
 import json, statistics as st, sys
 names = dict(l.split() for l in open(sys.argv[2]))
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -94,4 +96,30 @@ for k in ("p50_us", "p99_us"):
         print(f"  {a} / {b}: total {st.median(tot):.3f} ({min(tot):.2f}-{max(tot):.2f}, "
               f"lower in {sum(x < 1 for x in tot)} of {len(tot)}); added "
               f"{st.median(v - d[i] for i, v in A.items()):+.0f} µs, {ratio}")
+
+# Pooled: every repetition's requests together, per target. A repetition's p99 is its 100
+# slowest of 10,000 requests, and one slow moment of the host, landing on one target's bursts,
+# decides it; pooled, the slow moments spread over the targets as they come.
+import os
+pooled = {}
+for target, name in names.items():
+    kind, _, port = target.split(":")
+    with open(os.path.join(sys.argv[4], f"{kind}_{port}")) as f:
+        pooled[name] = sorted(int(l) for l in f)
+def q(v, p):
+    return v[min(int(len(v) * p), len(v) - 1)]
+print(f"pooled over {len(reps)} repetitions ({len(pooled['direct'])} requests per target):")
+for p, label in ((0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")):
+    d = q(pooled["direct"], p)
+    cells = ", ".join(f"{t} {q(v, p)} (+{q(v, p) - d})" for t, v in pooled.items() if t != "direct")
+    line = f"  {label} µs total (added): {cells}, direct {d}"
+    if "scoregate" in pooled and peers:
+        best = min(q(pooled[t], p) for t in peers)
+        s = q(pooled["scoregate"], p)
+        added = f"{(s - d) / (best - d):.2f}x" if best > d else "n/a"
+        line += f"; scoregate / the better peer: total {s / best:.3f}, added {added}"
+    if "scoregate-base" in pooled and "scoregate" in pooled:
+        b = q(pooled["scoregate-base"], p)
+        line += f"; scoregate / scoregate-base: total {q(pooled['scoregate'], p) / b:.3f}"
+    print(line)
 PY
