@@ -414,7 +414,9 @@ fn burst_mix(targets: &str, secs: u64, conns: usize, path: &str, key: &str, rate
             "tls" => "true",
             _ => "false",
         };
-        let lat = print_rate(handles, tls, &format!(",\"target\":\"{kind}:{addr}\""));
+        let (per_conn, errors) = join(handles);
+        let extra = format!(",\"target\":\"{kind}:{addr}\"{}", burst_fields(&per_conn));
+        let lat = print_line(per_conn.concat(), errors, tls, &extra);
         keep_latencies(kind, *addr, &lat);
     }
 }
@@ -494,27 +496,60 @@ fn print_rate(
     tls: &str,
     extra: &str,
 ) -> Vec<u32> {
-    let (mut lat, mut errors) = (Vec::new(), 0);
+    let (per_conn, errors) = join(handles);
+    print_line(per_conn.concat(), errors, tls, extra)
+}
+
+/// Every connection's latencies, in order, and the errors of all.
+fn join(handles: Vec<std::thread::JoinHandle<(Vec<u32>, u64)>>) -> (Vec<Vec<u32>>, u64) {
+    let (mut per_conn, mut errors) = (Vec::new(), 0);
     for h in handles {
         if let Ok((l, e)) = h.join() {
-            lat.extend(l);
+            per_conn.push(l);
             errors += e;
         }
     }
+    (per_conn, errors)
+}
+
+fn quantile(sorted: &[u32], p: f64) -> u32 {
+    sorted
+        .get(((sorted.len() as f64 * p) as usize).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0)
+}
+
+fn print_line(mut lat: Vec<u32>, errors: u64, tls: &str, extra: &str) -> Vec<u32> {
     lat.sort_unstable();
-    let q = |p: f64| {
-        lat.get(((lat.len() as f64 * p) as usize).min(lat.len().saturating_sub(1)))
-            .copied()
-            .unwrap_or(0)
-    };
     println!(
         "{{\"mode\":\"rate\",\"tls\":{tls}{extra},\"requests\":{},\"errors\":{errors},\"p50_us\":{},\"p99_us\":{},\"p999_us\":{}}}",
         lat.len(),
-        q(0.5),
-        q(0.99),
-        q(0.999)
+        quantile(&lat, 0.5),
+        quantile(&lat, 0.99),
+        quantile(&lat, 0.999)
     );
     lat
+}
+
+/// With every connection on one clock, request `i` of each connection is burst `i`: a burst's
+/// first answer (its fastest request) and its turnaround (its slowest), p50 and p99 over the
+/// bursts, as JSON fields.
+fn burst_fields(per_conn: &[Vec<u32>]) -> String {
+    let bursts = per_conn.iter().map(Vec::len).min().unwrap_or(0);
+    let (mut first, mut last): (Vec<u32>, Vec<u32>) = (0..bursts)
+        .map(|i| {
+            let b = per_conn.iter().map(|c| c[i]);
+            (b.clone().min().unwrap_or(0), b.max().unwrap_or(0))
+        })
+        .unzip();
+    first.sort_unstable();
+    last.sort_unstable();
+    format!(
+        ",\"burst_first_p50_us\":{},\"burst_last_p50_us\":{},\"burst_last_p99_us\":{}",
+        quantile(&first, 0.5),
+        quantile(&last, 0.5),
+        quantile(&last, 0.99)
+    )
 }
 
 /// `burst-mix` with `BURST_MIX_LATENCIES=DIR`: every latency (µs, one per line) appended to

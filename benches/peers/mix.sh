@@ -97,6 +97,13 @@ for k in ("p50_us", "p99_us"):
               f"lower in {sum(x < 1 for x in tot)} of {len(tot)}); added "
               f"{st.median(v - d[i] for i, v in A.items()):+.0f} µs, {ratio}")
 
+# A burst's first answer (its fastest request) and its turnaround (its slowest), medians over the
+# repetitions of each repetition's p50/p99 over its bursts.
+for k, label in (("burst_first_p50_us", "first answer p50"), ("burst_last_p50_us", "turnaround p50"),
+                 ("burst_last_p99_us", "turnaround p99")):
+    cells = ", ".join(f"{t} {st.median(get(t, k).values()):.0f}" for t in names.values())
+    print(f"burst {label} µs (median): {cells}")
+
 # Pooled: every repetition's requests together, per target. A repetition's p99 is its 100
 # slowest of 10,000 requests, and one slow moment of the host, landing on one target's bursts,
 # decides it; pooled, the slow moments spread over the targets as they come.
