@@ -7,7 +7,8 @@
 # interleaved, the p50 ratio between two targets stays within about ±6% repetition after
 # repetition (p99 still swings: one slow moment decides it).
 # Every target alone on core 0 (one worker, one tokio thread), the client and the nginx backend on
-# core 1; the direct baseline (plain, to the backend) is one of the interleaved targets.
+# core 1; the direct baseline (plain, to the backend) is one of the interleaved targets. The order
+# of the targets in the period rotates by one place every repetition.
 #
 #   [PROTO=h1|h2] benches/peers/mix.sh [REPETITIONS=10] [SECONDS=5] [TARGETS="haproxy nginx scoregate"] [BASE]
 #
@@ -46,20 +47,28 @@ start_backend "$W"
 scoring_load "$W"
 URL_PATH=/api/v1/service/iris/score
 
-spec=""
+specs=()
 for t in "${TARGETS[@]}"; do
   port=$(free_port)
   start_target "$t" "$port"
-  spec="$spec,$KIND:127.0.0.1:$port"
+  specs+=("$KIND:127.0.0.1:$port")
   echo "$KIND:127.0.0.1:$port $t" >>"$W/names"
 done
-spec="${spec#,},plain:127.0.0.1:$BACKEND"
+specs+=("plain:127.0.0.1:$BACKEND")
 echo "plain:127.0.0.1:$BACKEND direct" >>"$W/names"
+# spec_rotated R: the targets in their order rotated by R places. Where a target's bursts fall in
+# the period (right after whose) shifts its latencies by a few per cent, so each repetition moves
+# every target one place on.
+spec_rotated() {
+  local n=${#specs[@]} out="" i
+  for i in $(seq 0 $((n - 1))); do out="$out,${specs[$(((i + $1) % n))]}"; done
+  echo "${out#,}"
+}
 
-taskset -c 1 "$HS" "$spec" 2 16 burst-mix "$URL_PATH" "$KEY" 2000 >/dev/null # warm-up
+taskset -c 1 "$HS" "$(spec_rotated 0)" 2 16 burst-mix "$URL_PATH" "$KEY" 2000 >/dev/null # warm-up
 mkdir "$W/lat" # every latency of every repetition, per target (pooled below)
 for rep in $(seq 1 "$REPS"); do
-  BURST_MIX_LATENCIES="$W/lat" taskset -c 1 "$HS" "$spec" "$SECS" 16 burst-mix "$URL_PATH" "$KEY" 2000 | sed "s/^{/{\"rep\":$rep,/"
+  BURST_MIX_LATENCIES="$W/lat" taskset -c 1 "$HS" "$(spec_rotated "$rep")" "$SECS" 16 burst-mix "$URL_PATH" "$KEY" 2000 | sed "s/^{/{\"rep\":$rep,/"
 done | tee "$W/rows"
 
 python3 - "$W/rows" "$W/names" "$PROTO" "$W/lat" <<'PY'
