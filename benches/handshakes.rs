@@ -417,7 +417,7 @@ fn burst_mix(targets: &str, secs: u64, conns: usize, path: &str, key: &str, rate
         let (per_conn, errors) = join(handles);
         let extra = format!(",\"target\":\"{kind}:{addr}\"{}", burst_fields(&per_conn));
         let lat = print_line(per_conn.concat(), errors, tls, &extra);
-        keep_latencies(kind, *addr, &lat);
+        keep_latencies(kind, *addr, &lat, &per_conn);
     }
 }
 
@@ -555,21 +555,30 @@ fn burst_fields(per_conn: &[Vec<u32>]) -> String {
 /// `burst-mix` with `BURST_MIX_LATENCIES=DIR`: every latency (µs, one per line) appended to
 /// `DIR/KIND_PORT`, so that repetitions can be pooled: a p99 over 10 repetitions rests on the
 /// 1,000 slowest of 100,000 requests, where one repetition's rests on 100 of 10,000 and one slow
-/// moment of the host, landing on one target's bursts, decides it.
-fn keep_latencies(kind: &str, addr: SocketAddr, lat: &[u32]) {
+/// moment of the host, landing on one target's bursts, decides it. And each burst's turnaround
+/// (its slowest request), in burst order, to `DIR/KIND_PORT.bursts`: burst `i` of every target
+/// falls in the same 8 ms period, so a slow burst can be matched with the other targets'.
+fn keep_latencies(kind: &str, addr: SocketAddr, lat: &[u32], per_conn: &[Vec<u32>]) {
     let Some(dir) = std::env::var_os("BURST_MIX_LATENCIES") else {
         return;
     };
-    let path = std::path::Path::new(&dir).join(format!("{kind}_{}", addr.port()));
-    let text: String = lat.iter().map(|l| format!("{l}\n")).collect();
-    let written = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
-    if let Err(e) = written {
-        eprintln!("{}: {e}", path.display());
-        std::process::exit(1);
+    let bursts = per_conn.iter().map(Vec::len).min().unwrap_or(0);
+    let turnarounds = (0..bursts).map(|i| per_conn.iter().map(|c| c[i]).max().unwrap_or(0));
+    let base = std::path::Path::new(&dir).join(format!("{kind}_{}", addr.port()));
+    for (path, values) in [
+        (base.clone(), lat.to_vec()),
+        (base.with_extension("bursts"), turnarounds.collect()),
+    ] {
+        let text: String = values.iter().map(|l| format!("{l}\n")).collect();
+        let written = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+        if let Err(e) = written {
+            eprintln!("{}: {e}", path.display());
+            std::process::exit(1);
+        }
     }
 }
 

@@ -120,11 +120,13 @@ for k, label in (("burst_first_p50_us", "first answer p50"), ("burst_last_p50_us
 # slowest of 10,000 requests, and one slow moment of the host, landing on one target's bursts,
 # decides it; pooled, the slow moments spread over the targets as they come.
 import os
-pooled = {}
+pooled, turn = {}, {}
 for target, name in names.items():
     kind, _, port = target.split(":")
     with open(os.path.join(sys.argv[4], f"{kind}_{port}")) as f:
         pooled[name] = sorted(int(l) for l in f)
+    with open(os.path.join(sys.argv[4], f"{kind}_{port}.bursts")) as f:
+        turn[name] = [int(l) for l in f]
 def q(v, p):
     return v[min(int(len(v) * p), len(v) - 1)]
 print(f"pooled over {len(reps)} repetitions ({len(pooled['direct'])} requests per target):")
@@ -141,4 +143,17 @@ for p, label in ((0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")):
         b = q(pooled["scoregate-base"], p)
         line += f"; scoregate / scoregate-base: total {q(pooled['scoregate'], p) / b:.3f}"
     print(line)
+
+# Whose slow moments: each target's slowest 1% of bursts (turnaround), and how many of them came
+# within a period of a slow burst (over twice its median) of another target: shared, the host's.
+n = min(len(v) for v in turn.values())
+med = {t: st.median(v[:n]) for t, v in turn.items()}
+def slow_near(t, i):
+    return turn[t][max(0, i - 1):i + 2] and max(turn[t][max(0, i - 1):i + 2]) > 2 * med[t]
+print(f"slowest 1% of {n} bursts per target, shared with another target's slow burst:")
+for t, v in turn.items():
+    thr = sorted(v[:n])[int(n * 0.99)]
+    slow = [i for i in range(n) if v[i] >= thr]
+    shared = sum(any(slow_near(o, i) for o in turn if o != t) for i in slow)
+    print(f"  {t}: {shared} of {len(slow)} ({100 * shared / max(len(slow), 1):.0f}%), turnaround >= {thr} µs")
 PY
