@@ -24,7 +24,10 @@
 //!                                       with CONNECTIONS, their clocks offset by an equal share
 //!                                       of the period: one host, the same moment's noise for
 //!                                       all, bursts that never overlap; a line per target
+//!                                       (with each burst's first answer and turnaround), and
+//!                                       with BURST_MIX_LATENCIES=DIR every latency to DIR
 //!
+//! The rate modes load for half a second before SECONDS of recording (see `recorded_window`).
 //! Prints one JSON line. Without arguments (as `cargo test --all-targets` runs it) it does
 //! nothing.
 
@@ -469,7 +472,7 @@ impl Load {
             } else {
                 Box::new(tcp)
             };
-            let end = start + Duration::from_secs(secs);
+            let (recorded, end) = recorded_window(start, secs);
             let (mut due, mut buf) = (start, Vec::with_capacity(1024));
             while due < end {
                 let now = Instant::now();
@@ -481,12 +484,23 @@ impl Load {
                 if !ok {
                     return (lat, 1);
                 }
-                lat.push(due.elapsed().as_micros() as u32);
+                if due >= recorded {
+                    lat.push(due.elapsed().as_micros() as u32);
+                }
                 due += per_conn;
             }
             (lat, 0)
         })
     }
+}
+
+/// The rate modes' first half second on fresh connections is sent but not recorded: the first
+/// bursts after the handshakes ran 3–20× the steady turnaround for every target (the client's
+/// threads and the targets' new connections warming up), about 50 of a repetition's 10,000
+/// requests — half of what decides its p99. When the recording starts and when the load ends.
+fn recorded_window(start: Instant, secs: u64) -> (Instant, Instant) {
+    const WARM_UP: Duration = Duration::from_millis(500);
+    (start + WARM_UP, start + WARM_UP + Duration::from_secs(secs))
 }
 
 /// The rate modes' line from their connections' threads (latencies and an error count each):
@@ -645,7 +659,7 @@ impl H2Load {
                     return (lat, 1);
                 };
                 tokio::spawn(conn);
-                let end = start + Duration::from_secs(secs);
+                let (recorded, end) = recorded_window(start, secs);
                 let mut due = start;
                 while due < end {
                     // The thread's own sleep, not tokio's: tokio's timer ticks in whole
@@ -664,7 +678,9 @@ impl H2Load {
                     if !matches!(h2_post(&mut sender, req, body.clone()).await, Ok(200)) {
                         return (lat, 1);
                     }
-                    lat.push(due.elapsed().as_micros() as u32);
+                    if due >= recorded {
+                        lat.push(due.elapsed().as_micros() as u32);
+                    }
                     due += per_conn;
                 }
                 (lat, 0)
