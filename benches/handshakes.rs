@@ -28,8 +28,8 @@
 //!                                       with BURST_MIX_LATENCIES=DIR every latency to DIR
 //!
 //! The rate modes load for half a second before SECONDS of recording (see `recorded_window`).
-//! Prints one JSON line. Without arguments (as `cargo test --all-targets` runs it) it does
-//! nothing.
+//! Prints one JSON line. Without arguments (as `cargo test --all-targets` runs it) it checks
+//! its HTTP/2 client's encodings (`h2_client::self_check`) and does nothing else.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -40,6 +40,9 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{ClientConfig, DigitallySignedStruct, SignatureScheme};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[path = "handshakes/h2_client.rs"]
+mod h2_client;
 
 /// The peers serve a throwaway self-signed certificate: trust what they send (the handshake's
 /// cost for the server is the same).
@@ -123,6 +126,8 @@ fn main() {
         .filter(|a| a != "--bench")
         .collect();
     if args.len() < 4 {
+        // As `cargo test --all-targets` runs it: the HTTP/2 client's encodings checked.
+        h2_client::self_check();
         return;
     }
     if args[3] == "burst-mix" {
@@ -219,8 +224,11 @@ fn main() {
     }
 }
 
+/// The scoring request's JSON body (56 bytes), as the peer scripts send it.
+const BODY: &str = r#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#;
+
 fn request(path: &str, key: Option<&str>, close: bool) -> Vec<u8> {
-    let body = r#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#;
+    let body = BODY;
     let mut r = format!(
         "POST {path} HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n",
         body.len()
@@ -596,8 +604,8 @@ fn keep_latencies(kind: &str, addr: SocketAddr, lat: &[u32], per_conn: &[Vec<u32
     }
 }
 
-/// `rate_mode` over HTTP/2 (TLS, ALPN h2): each connection a thread with its own runtime and
-/// the `h2` crate's client, one scoring POST at a time on it.
+/// `rate_mode` over HTTP/2 (TLS, ALPN h2): each connection a thread, one scoring POST at a time
+/// on it.
 fn rate_h2(addr: SocketAddr, secs: u64, conns: usize, path: &str, key: &str, rate: u64) {
     let load = H2Load::new(path, key, conns, rate, secs);
     let t0 = Instant::now() + Duration::from_millis(300);
@@ -608,10 +616,10 @@ fn rate_h2(addr: SocketAddr, secs: u64, conns: usize, path: &str, key: &str, rat
 }
 
 /// `rate_h2`'s load: one scoring POST at a time per HTTP/2 connection (TLS, ALPN h2), each
-/// connection a thread with its own runtime and the `h2` crate's client.
+/// connection a thread with blocking I/O and [`h2_client::H2Client`], as [`Load`] over HTTP/1.1.
 struct H2Load {
-    connector: tokio_rustls::TlsConnector,
-    uri: String,
+    config: Arc<ClientConfig>,
+    path: String,
     auth: String,
     per_conn: Duration,
     secs: u64,
@@ -622,8 +630,8 @@ impl H2Load {
         let mut config = (*client_config(true)).clone();
         config.alpn_protocols = vec![b"h2".to_vec()];
         H2Load {
-            connector: tokio_rustls::TlsConnector::from(Arc::new(config)),
-            uri: format!("https://localhost{path}"),
+            config: Arc::new(config),
+            path: path.to_string(),
             auth: format!("Bearer {key}"),
             per_conn: Duration::from_secs_f64(conns as f64 / rate as f64),
             secs,
@@ -632,81 +640,42 @@ impl H2Load {
 
     /// One connection: a request due every `per_conn` from `start`, each latency from its due
     /// time. Its latencies and an error count.
-    ///
-    /// The `h2` crate's client, not hyper's: hyper hands a request body to a task of its own,
-    /// so its HEADERS and DATA frames left in two writes (two TLS records, two segments, and a
-    /// second wake-up of the proxy for each request: `strace -f` of the client showed two
-    /// `writev`s per request). Here both frames are queued before the connection task runs and
-    /// leave in one write, as h2load and nghttp2 send them.
     fn conn(&self, addr: SocketAddr, start: Instant) -> std::thread::JoinHandle<(Vec<u32>, u64)> {
-        let body =
-            bytes::Bytes::from_static(br#"{"data": [[5.1, 3.5, 1.4, 0.2], [6.7, 3.0, 5.2, 2.3]]}"#);
-        let (connector, uri, auth) = (self.connector.clone(), self.uri.clone(), self.auth.clone());
+        let (config, path, auth) = (self.config.clone(), self.path.clone(), self.auth.clone());
         let (per_conn, secs) = (self.per_conn, self.secs);
         std::thread::spawn(move || -> (Vec<u32>, u64) {
-            runtime().block_on(async move {
-                let mut lat = Vec::new();
-                let setup = async {
-                    let tcp = tokio::net::TcpStream::connect(addr).await?;
-                    tcp.set_nodelay(true)?;
-                    let name = ServerName::try_from("localhost").map_err(std::io::Error::other)?;
-                    let tls = connector.connect(name, tcp).await?;
-                    h2::client::handshake(tls)
-                        .await
-                        .map_err(std::io::Error::other)
-                };
-                let Ok((mut sender, conn)) = setup.await else {
-                    return (lat, 1);
-                };
-                tokio::spawn(conn);
-                let (recorded, end) = recorded_window(start, secs);
-                let mut due = start;
-                while due < end {
-                    // The thread's own sleep, not tokio's: tokio's timer ticks in whole
-                    // milliseconds and wakes up to a millisecond (about 1.1 ms on average, with
-                    // epoll's rounding) after `due`, which every latency would carry. Nothing is
-                    // in flight on the connection meanwhile.
-                    let now = Instant::now();
-                    if due > now {
-                        std::thread::sleep(due - now);
-                    }
-                    let req = http::Request::post(uri.as_str())
-                        .header("content-type", "application/json")
-                        .header("authorization", auth.as_str())
-                        .body(())
-                        .expect("request");
-                    if !matches!(h2_post(&mut sender, req, body.clone()).await, Ok(200)) {
-                        return (lat, 1);
-                    }
-                    if due >= recorded {
-                        lat.push(due.elapsed().as_micros() as u32);
-                    }
-                    due += per_conn;
+            let mut lat = Vec::new();
+            let Ok(tcp) = std::net::TcpStream::connect(addr) else {
+                return (lat, 1);
+            };
+            let _ = tcp.set_nodelay(true);
+            let name = ServerName::try_from("localhost").expect("name");
+            let Ok(conn) = rustls::ClientConnection::new(config, name) else {
+                return (lat, 1);
+            };
+            let tls = rustls::StreamOwned::new(conn, tcp);
+            let Ok(mut client) = h2_client::H2Client::new(tls, &path, &auth, BODY.as_bytes())
+            else {
+                return (lat, 1);
+            };
+            let (recorded, end) = recorded_window(start, secs);
+            let mut due = start;
+            while due < end {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
                 }
-                (lat, 0)
-            })
+                if !matches!(client.post(), Ok(true)) {
+                    return (lat, 1);
+                }
+                if due >= recorded {
+                    lat.push(due.elapsed().as_micros() as u32);
+                }
+                due += per_conn;
+            }
+            (lat, 0)
         })
     }
-}
-
-/// One request with `body` on an HTTP/2 connection, its frames queued together; the answer's
-/// status once its body has been read to the end.
-async fn h2_post(
-    sender: &mut h2::client::SendRequest<bytes::Bytes>,
-    req: http::Request<()>,
-    body: bytes::Bytes,
-) -> Result<u16, h2::Error> {
-    let mut ready = sender.clone().ready().await?;
-    let (answer, mut stream) = ready.send_request(req, false)?;
-    stream.send_data(body, true)?;
-    let answer = answer.await?;
-    let status = answer.status().as_u16();
-    let mut body = answer.into_body();
-    while let Some(chunk) = body.data().await {
-        let chunk = chunk?;
-        body.flow_control().release_capacity(chunk.len())?;
-    }
-    Ok(status)
 }
 
 trait ReadWrite: std::io::Read + std::io::Write + Send {}
