@@ -466,40 +466,57 @@ impl Load {
             self.secs,
         );
         std::thread::spawn(move || -> (Vec<u32>, u64) {
-            let mut lat = Vec::new();
-            let Ok(tcp) = std::net::TcpStream::connect(addr) else {
-                return (lat, 1);
+            let Some(mut stream) = connect(addr, tls.then_some(config)) else {
+                return (Vec::new(), 1);
             };
-            let _ = tcp.set_nodelay(true);
-            let mut stream: Box<dyn ReadWrite> = if tls {
-                let name = ServerName::try_from("localhost").expect("name");
-                let Ok(conn) = rustls::ClientConnection::new(config, name) else {
-                    return (lat, 1);
-                };
-                Box::new(rustls::StreamOwned::new(conn, tcp))
-            } else {
-                Box::new(tcp)
-            };
-            let (recorded, end) = recorded_window(start, secs);
-            let (mut due, mut buf) = (start, Vec::with_capacity(1024));
-            while due < end {
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                let ok = stream.write_all(&req).is_ok()
-                    && matches!(read_response(&mut stream, &mut buf), Ok(true));
-                if !ok {
-                    return (lat, 1);
-                }
-                if due >= recorded {
-                    lat.push(due.elapsed().as_micros() as u32);
-                }
-                due += per_conn;
-            }
-            (lat, 0)
+            let mut buf = Vec::with_capacity(1024);
+            paced(start, secs, per_conn, || {
+                stream.write_all(&req).is_ok()
+                    && matches!(read_response(&mut stream, &mut buf), Ok(true))
+            })
         })
     }
+}
+
+/// A TCP connection to `addr` (no Nagle), over TLS when given a client configuration.
+fn connect(addr: SocketAddr, tls: Option<Arc<ClientConfig>>) -> Option<Box<dyn ReadWrite>> {
+    let tcp = std::net::TcpStream::connect(addr).ok()?;
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = tls else {
+        return Some(Box::new(tcp));
+    };
+    let name = ServerName::try_from("localhost").ok()?;
+    let conn = rustls::ClientConnection::new(config, name).ok()?;
+    Some(Box::new(rustls::StreamOwned::new(conn, tcp)))
+}
+
+/// The open loop of one connection: `one` request due every `per_conn` from `start` (the
+/// thread's own sleep: tokio's timer ticks in whole milliseconds and would wake up to one late,
+/// and that lateness would count as latency), each latency from its due time; the first half
+/// second sent but not recorded (see [`recorded_window`]). Its latencies and an error count: the
+/// first failed request ends it.
+fn paced(
+    start: Instant,
+    secs: u64,
+    per_conn: Duration,
+    mut one: impl FnMut() -> bool,
+) -> (Vec<u32>, u64) {
+    let (recorded, end) = recorded_window(start, secs);
+    let (mut due, mut lat) = (start, Vec::new());
+    while due < end {
+        let now = Instant::now();
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        if !one() {
+            return (lat, 1);
+        }
+        if due >= recorded {
+            lat.push(due.elapsed().as_micros() as u32);
+        }
+        due += per_conn;
+    }
+    (lat, 0)
 }
 
 /// The rate modes' first half second on fresh connections is sent but not recorded: the first
@@ -644,36 +661,12 @@ impl H2Load {
         let (config, path, auth) = (self.config.clone(), self.path.clone(), self.auth.clone());
         let (per_conn, secs) = (self.per_conn, self.secs);
         std::thread::spawn(move || -> (Vec<u32>, u64) {
-            let mut lat = Vec::new();
-            let Ok(tcp) = std::net::TcpStream::connect(addr) else {
-                return (lat, 1);
-            };
-            let _ = tcp.set_nodelay(true);
-            let name = ServerName::try_from("localhost").expect("name");
-            let Ok(conn) = rustls::ClientConnection::new(config, name) else {
-                return (lat, 1);
-            };
-            let tls = rustls::StreamOwned::new(conn, tcp);
-            let Ok(mut client) = h2_client::H2Client::new(tls, &path, &auth, BODY.as_bytes())
+            let Some(mut client) = connect(addr, Some(config))
+                .and_then(|tls| h2_client::H2Client::new(tls, &path, &auth, BODY.as_bytes()).ok())
             else {
-                return (lat, 1);
+                return (Vec::new(), 1);
             };
-            let (recorded, end) = recorded_window(start, secs);
-            let mut due = start;
-            while due < end {
-                let now = Instant::now();
-                if due > now {
-                    std::thread::sleep(due - now);
-                }
-                if !matches!(client.post(), Ok(true)) {
-                    return (lat, 1);
-                }
-                if due >= recorded {
-                    lat.push(due.elapsed().as_micros() as u32);
-                }
-                due += per_conn;
-            }
-            (lat, 0)
+            paced(start, secs, per_conn, || matches!(client.post(), Ok(true)))
         })
     }
 }
