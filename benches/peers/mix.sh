@@ -16,8 +16,11 @@
 # HTTP/1.1 (the backend speaks nothing else).
 # BASE (a git revision): also that build of scoregate (`scoregate-base`, built in a worktree of
 # its own as ab.sh does), for a change's A/B under the same bursts.
-# Prints a JSON line per target per repetition, then medians and per-repetition ratios, then
-# p50/p99/p99.9 over every repetition's requests pooled (the steadier reading of a p99).
+# Prints a JSON line per target per repetition (each after half a second of load not recorded),
+# then medians and per-repetition ratios (to the better peer and to each peer), each burst's first
+# answer and turnaround, p50/p99/p99.9 over every repetition's requests pooled (the steadier
+# reading of a p99), and how many of each target's slowest bursts the host's slow moments explain.
+# A BASE of HEAD runs the same build twice: their spread is the method's own noise.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 REPS="${1:-10}"
@@ -146,6 +149,8 @@ for p, label in ((0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")):
 
 # Whose slow moments: each target's slowest 1% of bursts (turnaround), and how many of them came
 # within a period of a slow burst (over twice its median) of another target: shared, the host's.
+if errors:  # a connection that failed ended early: its repetition's bursts no longer line up
+    sys.exit(0)
 n = min(len(v) for v in turn.values())
 med = {t: st.median(v[:n]) for t, v in turn.items()}
 def slow_near(t, i):
