@@ -33,6 +33,9 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let demo = Backend::model().await;
+    // A replica deaf to gRPC deadlines (hyper over h2c, answering after 2 s whatever the call's
+    // `grpc-timeout`): only the gateway's own deadline can end a call to it early.
+    let deaf = Backend::fixed("", Duration::from_secs(2)).await;
     let pki = Pki::new(&["localhost"]);
     let service = |name: &str, extra: &str, protocol: &str, port: u16| {
         format!(
@@ -56,6 +59,7 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         service("iris", "", "http1", ks_http),
         service("iris-grpc", "", "h2c", ks_grpc),
         service("demo", "", "h2c", demo.addr.port()),
+        service("deaf", "", "h2c", deaf.addr.port()),
     ]
     .join("\n");
     let gw = TestGateway::start(&toml).await;
@@ -163,33 +167,54 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         "{r}"
     );
 
-    // `grpc-timeout` shortens the scoring timeout: a call with 200 ms for a replica that takes
-    // 2 s ends in DEADLINE_EXCEEDED from the gateway at 200 ms (reqwest over HTTP/2, which sets
-    // no deadline of its own).
+    // `grpc-timeout` shortens the scoring timeout: a call with 200 ms to a replica that takes 2 s
+    // and ignores deadlines ends in DEADLINE_EXCEEDED from the gateway at 200 ms (reqwest over
+    // HTTP/2, which sets no deadline of its own).
     let c = client(&pki.ca_pem)
         .http2_prior_knowledge()
         .build()
         .expect("client");
-    let t0 = Instant::now();
-    let resp = c
-        .post(format!("https://{target}/test.Echo/Sleep"))
-        .header("content-type", "application/grpc")
-        .header("te", "trailers")
-        .header("grpc-timeout", "200m")
-        .header("scoregate-service", "echo")
-        .bearer_auth(KEY)
-        .body([&[0u8, 0, 0, 0, 4][..], b"2000"].concat())
-        .send()
-        .await
-        .expect("grpc over reqwest");
-    let took = t0.elapsed();
-    assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["grpc-status"], "4", "{:?}", resp.headers());
-    let message = resp.headers()["grpc-message"].to_str().expect("ascii");
+    let call = |service: &'static str| {
+        let c = c.clone();
+        let url = format!("https://{target}/test.Echo/Sleep");
+        async move {
+            let t0 = Instant::now();
+            let resp = c
+                .post(url)
+                .header("content-type", "application/grpc")
+                .header("te", "trailers")
+                .header("grpc-timeout", "200m")
+                .header("scoregate-service", service)
+                .bearer_auth(KEY)
+                .body([&[0u8, 0, 0, 0, 4][..], b"2000"].concat())
+                .send()
+                .await
+                .expect("grpc over reqwest");
+            let took = t0.elapsed();
+            assert_eq!(resp.status(), 200, "{service}");
+            assert_eq!(
+                resp.headers()["grpc-status"],
+                "4",
+                "{service}: {:?}",
+                resp.headers()
+            );
+            assert!(
+                took < Duration::from_millis(1500),
+                "{service}: answered after {took:?}"
+            );
+            let message = resp.headers()["grpc-message"].to_str().expect("ascii");
+            message.to_string()
+        }
+    };
+    let message = call("deaf").await;
     assert!(message.contains("timed out after 200 ms"), "{message}");
+    // The deadline goes on to the replica with the call: a gRPC server ends it itself at the
+    // same 200 ms, so whichever timer fires first answers (grpcio's "Deadline Exceeded" or the
+    // gateway's message) — the call ends at 200 ms either way.
+    let message = call("echo").await;
     assert!(
-        took < Duration::from_millis(1500),
-        "answered after {took:?}"
+        message.contains("timed out after 200 ms") || message == "Deadline Exceeded",
+        "{message}"
     );
 
     // Every call counted by its final status: the replica's trailers and the gateway's own
@@ -200,6 +225,7 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         ("echo", "5", 1),
         ("echo", "16", 2),
         ("echo", "4", 1),
+        ("deaf", "4", 1),
         ("", "5", 1),
         ("", "12", 1),
         ("slow", "4", 1),
@@ -219,5 +245,5 @@ async fn grpc_streams_both_ways_with_trailers_and_refusals_are_grpc_codes() {
         ) >= 10
     );
     gw.stop().await;
-    drop((echo, kserve));
+    drop((echo, kserve, deaf));
 }
