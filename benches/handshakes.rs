@@ -426,9 +426,13 @@ fn burst_mix(targets: &str, secs: u64, conns: usize, path: &str, key: &str, rate
             _ => "false",
         };
         let (per_conn, errors) = join(handles);
-        let extra = format!(",\"target\":\"{kind}:{addr}\"{}", burst_fields(&per_conn));
+        let (first, turnaround) = bursts(&per_conn);
+        let extra = format!(
+            ",\"target\":\"{kind}:{addr}\"{}",
+            burst_fields(&first, &turnaround)
+        );
         let lat = print_line(per_conn.concat(), errors, tls, &extra);
-        keep_latencies(kind, *addr, &lat, &per_conn);
+        keep_latencies(kind, *addr, &lat, &turnaround);
     }
 }
 
@@ -446,7 +450,7 @@ impl Load {
         Load {
             config: client_config(true),
             req,
-            per_conn: Duration::from_secs_f64(conns as f64 / rate as f64),
+            per_conn: period(conns, rate),
             secs,
         }
     }
@@ -476,6 +480,11 @@ impl Load {
             })
         })
     }
+}
+
+/// How often each of `conns` connections sends for `rate` requests per second in all.
+fn period(conns: usize, rate: u64) -> Duration {
+    Duration::from_secs_f64(conns as f64 / rate as f64)
 }
 
 /// A TCP connection to `addr` (no Nagle), over TLS when given a client configuration.
@@ -570,17 +579,21 @@ fn print_line(mut lat: Vec<u32>, errors: u64, tls: &str, extra: &str) -> Vec<u32
     lat
 }
 
-/// With every connection on one clock, request `i` of each connection is burst `i`: a burst's
-/// first answer (its fastest request) and its turnaround (its slowest), p50 and p99 over the
-/// bursts, as JSON fields.
-fn burst_fields(per_conn: &[Vec<u32>]) -> String {
-    let bursts = per_conn.iter().map(Vec::len).min().unwrap_or(0);
-    let (mut first, mut last): (Vec<u32>, Vec<u32>) = (0..bursts)
+/// With every connection on one clock, request `i` of each connection is burst `i`: each burst's
+/// first answer (its fastest request) and its turnaround (its slowest), in burst order.
+fn bursts(per_conn: &[Vec<u32>]) -> (Vec<u32>, Vec<u32>) {
+    let n = per_conn.iter().map(Vec::len).min().unwrap_or(0);
+    (0..n)
         .map(|i| {
             let b = per_conn.iter().map(|c| c[i]);
             (b.clone().min().unwrap_or(0), b.max().unwrap_or(0))
         })
-        .unzip();
+        .unzip()
+}
+
+/// The bursts' first answer p50 and turnaround p50 and p99, as JSON fields.
+fn burst_fields(first: &[u32], turnaround: &[u32]) -> String {
+    let (mut first, mut last) = (first.to_vec(), turnaround.to_vec());
     first.sort_unstable();
     last.sort_unstable();
     format!(
@@ -597,16 +610,14 @@ fn burst_fields(per_conn: &[Vec<u32>]) -> String {
 /// moment of the host, landing on one target's bursts, decides it. And each burst's turnaround
 /// (its slowest request), in burst order, to `DIR/KIND_PORT.bursts`: burst `i` of every target
 /// falls in the same 8 ms period, so a slow burst can be matched with the other targets'.
-fn keep_latencies(kind: &str, addr: SocketAddr, lat: &[u32], per_conn: &[Vec<u32>]) {
+fn keep_latencies(kind: &str, addr: SocketAddr, lat: &[u32], turnaround: &[u32]) {
     let Some(dir) = std::env::var_os("BURST_MIX_LATENCIES") else {
         return;
     };
-    let bursts = per_conn.iter().map(Vec::len).min().unwrap_or(0);
-    let turnarounds = (0..bursts).map(|i| per_conn.iter().map(|c| c[i]).max().unwrap_or(0));
     let base = std::path::Path::new(&dir).join(format!("{kind}_{}", addr.port()));
     for (path, values) in [
-        (base.clone(), lat.to_vec()),
-        (base.with_extension("bursts"), turnarounds.collect()),
+        (base.clone(), lat),
+        (base.with_extension("bursts"), turnaround),
     ] {
         let text: String = values.iter().map(|l| format!("{l}\n")).collect();
         let written = std::fs::OpenOptions::new()
@@ -650,7 +661,7 @@ impl H2Load {
             config: Arc::new(config),
             path: path.to_string(),
             auth: format!("Bearer {key}"),
-            per_conn: Duration::from_secs_f64(conns as f64 / rate as f64),
+            per_conn: period(conns, rate),
             secs,
         }
     }
