@@ -36,9 +36,10 @@ RESULTS="$W/results.jsonl"
 # run ROUND NAME URL [h2load options...]: one fixed-rate load, one JSON line.
 run() { h2load_rate "$RESULTS" 0 "$@"; }
 # burst ROUND NAME ADDR MODE: the same rate from benches/handshakes.rs with all 16 connections on
-# one clock (`burst-tls`/`burst-plain`): bursts of 16 for every target. h2load starts each
-# connection's clock when its handshake ends, so its bursts grow with the target's handshake
-# speed (median burst here: scoregate 14-15 requests, nginx 8, haproxy 5-6).
+# one clock (`burst-tls`/`burst-plain`): bursts of 16 for every target. h2load's connections share
+# a clock when their handshakes end in one iteration of its event loop, so its bursts grow with
+# the target's handshake speed (see h2load_rate in common.sh; PROTOS=h1-t16 runs h2load with a
+# thread per connection, every connection on its own clock).
 burst() {
   local out
   out=$(taskset -c 1 "$HS" "$3" "$SECS" 16 "$4" "$URL_PATH" "$KEY" 2000)
@@ -59,10 +60,12 @@ for round in $(seq 1 "$ROUNDS"); do
       -H "Authorization: Bearer $KEY" "$url" >/dev/null 2>&1 || true   # warm-up
     case " ${PROTOS:-h1 h2} " in *" h1 "*) run "$round" "$t" "$url" --h1 ;; esac
     case " ${PROTOS:-h1 h2} " in *" h2 "*) run "$round" "$t-h2" "$url" ;; esac
+    case " ${PROTOS:-h1 h2} " in *" h1-t16 "*) H2LOAD_THREADS=16 run "$round" "$t-t16" "$url" --h1 ;; esac
     case " ${PROTOS:-h1 h2} " in *" burst "*) burst "$round" "$t-burst" "127.0.0.1:$port" burst-tls ;; esac
     stop_target
   done
   run "$round" direct "http://127.0.0.1:$BACKEND$URL_PATH" --h1
+  case " ${PROTOS:-h1 h2} " in *" h1-t16 "*) H2LOAD_THREADS=16 run "$round" direct-t16 "http://127.0.0.1:$BACKEND$URL_PATH" --h1 ;; esac
   case " ${PROTOS:-h1 h2} " in *" burst "*) burst "$round" direct-burst "127.0.0.1:$BACKEND" burst-plain ;; esac
 done
 
@@ -70,11 +73,17 @@ python3 - "$RESULTS" "${TARGETS[@]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 targets = sys.argv[2:]
-baselines = {s: {r["round"]: r for r in rows if r["target"] == "direct" + s} for s in ("", "-burst")}
+baselines = {s: {r["round"]: r for r in rows if r["target"] == "direct" + s} for s in ("", "-burst", "-t16")}
 print(f"direct p50 {statistics.median(r['lat_p50_us'] for r in baselines[''].values()):.0f} µs, "
       f"p99 {statistics.median(r['lat_p99_us'] for r in baselines[''].values()):.0f} µs")
-for proto, suffix in (("HTTP/1.1", ""), ("HTTP/2", "-h2"), ("aligned bursts of 16, HTTP/1.1", "-burst")):
-    direct = baselines["-burst" if suffix == "-burst" else ""]
+for proto, suffix in (("HTTP/1.1", ""), ("HTTP/2", "-h2"), ("aligned bursts of 16, HTTP/1.1", "-burst"),
+                      ("h2load -t 16 (a clock per connection), HTTP/1.1", "-t16")):
+    direct = baselines[suffix if suffix in baselines else ""]
+    bursts = ", ".join(f"{t} {statistics.median(r['burst_p50'] for r in rows if r['target'] == t + suffix):.0f}"
+                       for t in targets + ["direct"]
+                       if any(r["target"] == t + suffix and "burst_p50" in r for r in rows))
+    if bursts:
+        print(f"{proto}: requests per burst (median) {bursts}")
     def added(name, k):
         v = [r[k] - direct[r["round"]][k] for r in rows if r["target"] == name and r["round"] in direct]
         return statistics.median(v) if v else None

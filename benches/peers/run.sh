@@ -168,12 +168,16 @@ PY
         h2load_rate "$OUT/results.jsonl" "$rep" "$round" "scoregate-limit1-h2l" "https://127.0.0.1:$port$URL_PATH" --h1 ;;
       *)
         h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l" "https://127.0.0.1:$port$URL_PATH" --h1
-        h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-h2" "https://127.0.0.1:$port$URL_PATH" ;;
+        h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-h2" "https://127.0.0.1:$port$URL_PATH"
+        # The same with a thread (an event loop) per connection: each connection on its own clock,
+        # the same bursts for every TLS target (see h2load_rate in common.sh).
+        H2LOAD_THREADS=16 h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-t16" "https://127.0.0.1:$port$URL_PATH" --h1 ;;
       esac
       stop_target
     done
     latency direct "127.0.0.1:$BACKEND" rate-plain ""
     h2load_rate "$OUT/results.jsonl" "$rep" "$round" direct-h2l "http://127.0.0.1:$BACKEND$URL_PATH" --h1
+    H2LOAD_THREADS=16 h2load_rate "$OUT/results.jsonl" "$rep" "$round" direct-h2l-t16 "http://127.0.0.1:$BACKEND$URL_PATH" --h1
   done
 done
 
@@ -203,12 +207,21 @@ for r in rows:
                 r[prefix + k] = statistics.median(v)
     # h2load's bursts: totals (the direct baseline pays the same bursts on one core and can be
     # slower than a proxied run, so "added" would be negative).
-    for variant, prefix in (("-h2l", "h2l_"), ("-h2l-h2", "h2l_h2_"), ("-limit1-h2l", "limit1_h2l_")):
+    for variant, prefix in (("-h2l", "h2l_"), ("-h2l-h2", "h2l_h2_"), ("-limit1-h2l", "limit1_h2l_"),
+                            ("-h2l-t16", "h2lt_")):
         mine = lat(r["rep"], r["target"] + variant)
-        for k in ("lat_p50_us", "lat_p99_us"):
-            v = [x[k] for x in mine]
+        for k in ("lat_p50_us", "lat_p99_us", "burst_p50"):
+            v = [x[k] for x in mine if k in x]
             if v:
                 r[prefix + k] = statistics.median(v)
+    # With a thread per connection the bursts are the same for every target (and for the direct
+    # baseline), so "added" means what it says again.
+    mine = lat(r["rep"], r["target"] + "-h2l-t16")
+    for k in ("lat_p50_us", "lat_p99_us"):
+        base = {d["round"]: d[k] for d in lat(r["rep"], "direct-h2l-t16")}
+        added = [max(x[k] - base[x["round"]], 1) for x in mine if x["round"] in base]
+        if added:
+            r["h2lt_added_" + k] = statistics.median(added)
 metrics = [  # key, label, higher is better, format
     ("keepalive_rps", "keep-alive TLS HTTP/1.1 req/s (wrk -c64)", True, "{:,.0f}"),
     ("h2_rps", "HTTP/2 req/s (h2load -c16 -m10)", True, "{:,.0f}"),
@@ -223,6 +236,12 @@ metrics = [  # key, label, higher is better, format
     ("h2l_lat_p99_us", "h2load 16 conns x 125 req/s POST, HTTP/1.1, p99 total (µs)", False, "{:,.0f}"),
     ("h2l_h2_lat_p50_us", "h2load 16 conns x 125 req/s POST, HTTP/2, p50 total (µs)", False, "{:,.0f}"),
     ("h2l_h2_lat_p99_us", "h2load 16 conns x 125 req/s POST, HTTP/2, p99 total (µs)", False, "{:,.0f}"),
+    ("h2l_burst_p50", "h2load HTTP/1.1: requests per burst, median (set by h2load's event loop, see below)", None, "{:,.0f}"),
+    ("h2lt_lat_p50_us", "h2load, a thread per connection, HTTP/1.1, p50 total (µs)", False, "{:,.0f}"),
+    ("h2lt_lat_p99_us", "h2load, a thread per connection, HTTP/1.1, p99 total (µs)", False, "{:,.0f}"),
+    ("h2lt_added_lat_p50_us", "h2load, a thread per connection, HTTP/1.1, p50 added (µs)", False, "{:,.0f}"),
+    ("h2lt_added_lat_p99_us", "h2load, a thread per connection, HTTP/1.1, p99 added (µs)", False, "{:,.0f}"),
+    ("h2lt_burst_p50", "h2load, a thread per connection: requests per burst, median", None, "{:,.0f}"),
     ("limit1_h2l_lat_p50_us", "the same, HTTP/1.1, p50 total, scoregate at Azure ML's default replica limit of 1 (µs)", False, "{:,.0f}"),
     ("limit1_h2l_lat_p99_us", "the same, HTTP/1.1, p99 total, scoregate at Azure ML's default replica limit of 1 (µs)", False, "{:,.0f}"),
     ("cpu_pct", "proxy CPU at 2,000 req/s (% of its core)", False, "{:,.0f}"),
@@ -238,6 +257,8 @@ metrics = [  # key, label, higher is better, format
 PEER_KEY = {"limit1_h2l_lat_p50_us": "h2l_lat_p50_us", "limit1_h2l_lat_p99_us": "h2l_lat_p99_us"}
 def ratios(k, higher):
     res = []
+    if higher is None:  # a description of the load, not a figure to win on
+        return res
     for rep in reps:
         pk = PEER_KEY.get(k, k)
         peers = [v for v in (get(rep, "nginx", pk), get(rep, "haproxy", pk)) if v is not None]
@@ -271,7 +292,14 @@ if direct_h2l:
               "connections: 2,000 req/s in bursts of up to 16); totals, since the direct baseline "
               f"(p50 {statistics.median(r['lat_p50_us'] for r in direct_h2l):,.0f} µs, p99 "
               f"{statistics.median(r['lat_p99_us'] for r in direct_h2l):,.0f} µs, the backend and "
-              "h2load sharing core 1) is often slower than a proxied run."]
+              "h2load sharing core 1) is often slower than a proxied run. How many requests share a "
+              "burst is not the same for every target: h2load (one thread, libev) arms each "
+              "connection's 10 ms request timer from the event loop's cached time of the iteration "
+              "that finished its handshake, so all the connections whose handshakes end in one "
+              "iteration share one clock for the whole run — a target that finishes the 16 "
+              "handshakes before h2load looks gets one burst of 15-16, a slower one two to four "
+              "smaller ones. The rows with a thread per connection (`h2load -t 16`) give every "
+              "connection its own clock: the same bursts for every TLS target."]
 direct = [r for r in lat_rows if r["target"] == "direct"]
 if direct:
     lines += ["", "Direct to the backend at 2,000 req/s (the baseline): p50 "
