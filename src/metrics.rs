@@ -41,6 +41,8 @@ pub struct Metrics {
     /// Requests for a service, by the protocol they came in.
     pub protocols: ProtocolMetrics,
     pub connections_open: IntGauge,
+    /// HTTP/1.1 connections the fast path handed to hyper.
+    pub http1_general: IntCounter,
     pub certs: CertMetrics,
     pub acme: AcmeMetrics,
     pub discovery: DiscoveryMetrics,
@@ -484,6 +486,10 @@ impl Metrics {
                 "scoregate_connections_open",
                 "Client connections currently open on the serving listeners.",
             )?,
+            http1_general: IntCounter::new(
+                "scoregate_http1_general_path_connections_total",
+                "HTTP/1.1 connections the fast path handed to the general one (hyper) for the rest of their life: a chunked body, one slower than header_read_timeout_ms or over 64 KiB, Expect, an upgrade, HTTP/1.0, a malformed request.",
+            )?,
             certs: CertMetrics::new(&registry)?,
             acme: AcmeMetrics::new(&registry)?,
             discovery: DiscoveryMetrics::new(&registry)?,
@@ -511,6 +517,7 @@ impl Metrics {
         }
         m.registry.register(Box::new(m.tls_handshakes.clone()))?;
         m.registry.register(Box::new(m.connections_open.clone()))?;
+        m.registry.register(Box::new(m.http1_general.clone()))?;
         Ok(m)
     }
 

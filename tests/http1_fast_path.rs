@@ -1,7 +1,8 @@
 //! The HTTP/1.1 fast path on the wire (raw sockets, and curl over TLS): pipelined requests, a
-//! request it does not take (chunked, or a body still arriving) handed to hyper mid-connection
-//! with nothing lost, `Connection: close`, response framing (length, chunked, none for 204)
-//! and the `Date` header.
+//! body written apart from its head awaited (the connection stays on the fast path), a request
+//! it does not take (chunked, or a body slower than the header timeout) handed to hyper
+//! mid-connection with nothing lost, `Connection: close`, response framing (length, chunked,
+//! none for 204) and the `Date` header.
 #![cfg(feature = "peer-tests")]
 
 mod common;
@@ -141,32 +142,114 @@ async fn pipelined_then_handed_to_hyper_mid_connection_then_closed_on_request() 
         bodies,
         vec![&b"{\"a\":1}"[..], b"{\"bb\":22}", b"abcdefg", b"xyz"]
     );
+    assert_eq!(
+        general_path(&gw).await,
+        1,
+        "the chunked request moved it to hyper"
+    );
     gw.stop().await;
 }
 
+/// `scoregate_http1_general_path_connections_total` from the gateway's /metrics (absent: a
+/// failure, not a zero).
+async fn general_path(gw: &TestGateway) -> u64 {
+    let text = gw.metrics().await;
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("scoregate_http1_general_path_connections_total "))
+        .unwrap_or_else(|| panic!("no general-path counter in /metrics:\n{text}"));
+    line.rsplit(' ')
+        .next()
+        .and_then(|v| v.parse().ok())
+        .expect("a count")
+}
+
+/// Send one request whose body comes `gap` after its head (and after the body's first 2,000
+/// bytes): how Python's `requests` writes a POST, or a body in several segments.
+async fn split_request(s: &mut TcpStream, body_len: usize, gap: Duration) -> String {
+    let whole = post(&"x".repeat(body_len), "");
+    let head_len = whole.len() - body_len;
+    let (head, tail) = whole.split_at(head_len + 2000);
+    s.write_all(head.as_bytes()).await.expect("head");
+    tokio::time::sleep(gap).await;
+    s.write_all(tail.as_bytes()).await.expect("tail");
+    read_responses(s, 1).await.0
+}
+
 #[tokio::test]
-async fn a_body_still_arriving_is_handed_to_hyper_and_arrives_whole() {
+async fn a_body_written_apart_from_its_head_is_awaited_and_the_connection_stays_fast() {
     let (_replica, seen, _pki, gw, mut s) = connected().await;
-    // One fast request first, so the handover happens on a connection already in use.
+    // One request first, so the wait happens on a connection already in use.
     s.write_all(post("{}", "").as_bytes()).await.expect("write");
     let (first, _) = read_responses(&mut s, 1).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
-    let body = "x".repeat(5000);
-    let whole = post(&body, "");
-    let (head, tail) = whole.split_at(whole.len() - 3000);
-    s.write_all(head.as_bytes()).await.expect("head");
-    tokio::time::sleep(Duration::from_millis(200)).await;
-    s.write_all(tail.as_bytes()).await.expect("tail");
-    let (text, _) = read_responses(&mut s, 1).await;
+    // The rest of the body 200 ms later (within header_read_timeout_ms, 10 s by default).
+    let text = split_request(&mut s, 5000, Duration::from_millis(200)).await;
     assert!(text.starts_with("HTTP/1.1 200"), "{text}");
     assert!(text.contains(r#"{"got":5000}"#), "{text}");
-    // And the connection keeps serving afterwards.
+    // And the connection keeps serving afterwards, still on the fast path.
     s.write_all(post("[1]", "").as_bytes())
         .await
         .expect("write");
     let (text, _) = read_responses(&mut s, 1).await;
     assert!(text.contains(r#"{"got":3}"#), "{text}");
     assert_eq!(seen.lock().map(|s| s.len()).unwrap_or(0), 3);
+    assert_eq!(
+        general_path(&gw).await,
+        0,
+        "no connection left the fast path"
+    );
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_body_slower_than_the_header_timeout_goes_to_hyper_and_arrives_whole() {
+    let (replica, seen) = counting_replica().await;
+    let pki = Pki::new(&["localhost"]);
+    let toml = service_toml(&pki, "", &[replica.addr]).replace(
+        "[[services]]",
+        "[limits]\nheader_read_timeout_ms = 300\n\n[[services]]",
+    );
+    let gw = TestGateway::start(&toml).await;
+    let mut s = TcpStream::connect(gw.http.expect("http"))
+        .await
+        .expect("connect");
+    // The rest of the body 800 ms after its head: past the fast path's wait, so hyper takes the
+    // connection (and streams the body) instead of closing it.
+    let text = split_request(&mut s, 5000, Duration::from_millis(800)).await;
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    assert!(text.contains(r#"{"got":5000}"#), "{text}");
+    assert_eq!(general_path(&gw).await, 1);
+    s.write_all(post("[1]", "").as_bytes())
+        .await
+        .expect("write");
+    let (text, _) = read_responses(&mut s, 1).await;
+    assert!(text.contains(r#"{"got":3}"#), "{text}");
+    let bodies = seen.lock().map(|s| s.clone()).unwrap_or_default();
+    assert_eq!(
+        bodies.iter().map(|b| b.len()).collect::<Vec<_>>(),
+        [5000, 3]
+    );
+    assert!(bodies[0].iter().all(|&c| c == b'x'));
+    gw.stop().await;
+}
+
+#[tokio::test]
+async fn a_client_that_closes_mid_body_sends_nothing_to_the_replica() {
+    let (_replica, seen, _pki, gw, mut s) = connected().await;
+    let whole = post(&"x".repeat(5000), "");
+    s.write_all(&whole.as_bytes()[..whole.len() - 1000])
+        .await
+        .expect("head and part of the body");
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(
+        seen.lock().map(|s| s.len()).unwrap_or(0),
+        0,
+        "a truncated body was forwarded"
+    );
+    assert_eq!(general_path(&gw).await, 0);
     gw.stop().await;
 }
 

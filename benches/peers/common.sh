@@ -176,7 +176,8 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 
 # h2load_rate OUT_JSONL REP ROUND NAME URL [h2load options...]: the scoring POST at a fixed
 # 2,000 req/s (16 keep-alive connections x 125 req/s, h2load --rps: open loop), h2load on core 1;
-# p50/p99 from h2load's per-request log, and the median burst a request came in. One JSON line to
+# p50/p99 from h2load's per-request log (after a 0.5 s warm-up: a new connection's first
+# requests are several times slower at every target), and the median burst a request came in. One JSON line to
 # OUT_JSONL and stdout. Needs W, KEY, SECS.
 # Bursts: h2load's --rps timer fires every 10 ms (its floor; 1 or 2 requests a tick at 125/s) and
 # is armed with libev's cached loop time of the iteration that completed the connection's
@@ -190,7 +191,7 @@ h2load_rate() {
   local out=$1 rep=$2 round=$3 name=$4 url=$5
   shift 5
   rm -f "$W/h2l.tsv"
-  taskset -c 1 h2load -c 16 -t "${H2LOAD_THREADS:-1}" --rps 125 -D "$SECS" -d "$W/body.json" --log-file "$W/h2l.tsv" \
+  taskset -c 1 h2load -c 16 -t "${H2LOAD_THREADS:-1}" --rps 125 -D "$SECS" --warm-up-time 500ms -d "$W/body.json" --log-file "$W/h2l.tsv" \
     -H "Authorization: Bearer $KEY" -H 'Content-Type: application/json' "$@" "$url" >"$W/h2l.txt" 2>&1 || true
   # H2LOAD_LOGS=DIR keeps each run's per-request log (start µs, status, µs) as DIR/NAME.ROUND.REP.tsv.
   if [ -n "${H2LOAD_LOGS:-}" ]; then mkdir -p "$H2LOAD_LOGS" && cp "$W/h2l.tsv" "$H2LOAD_LOGS/$name.$round.$rep.tsv"; fi

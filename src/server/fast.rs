@@ -3,10 +3,13 @@
 //! a small body in one write. No dispatcher task, no body channel, no per-request timer: the
 //! header-read deadline is one timer per connection, re-armed only when it fires early.
 //!
-//! It takes only simple requests (`http1::request::take_request`); the first request that is not — chunked
-//! or still-arriving bodies, `Expect`, upgrades, HTTP/1.0, anything malformed — hands the
-//! connection, with every byte read so far, to hyper for the rest of its life. So hyper's answers
-//! to everything unusual are unchanged, and the fast path never has to stream a request body.
+//! It takes only simple requests (`http1::request::take_request`) with a body of at most
+//! `MAX_FAST_BODY`, waiting for a body that comes in several reads (head and body written apart,
+//! a body in several segments) up to `header_read_timeout_ms` after its head; the first request
+//! that is not simple — chunked, a body slower than that, `Expect`, upgrades, HTTP/1.0, anything
+//! malformed — hands the connection, with every byte read so far, to hyper for the rest of its
+//! life. So hyper's answers to everything unusual are unchanged, and the fast path never has to
+//! stream a request body.
 //!
 //! Same rules as hyper's connection: the head must arrive within `header_read_timeout_ms` of
 //! waiting for it (else the connection closes), `Connection: close` is honoured, and on shutdown
@@ -58,8 +61,6 @@ enum Read {
     Eof,
     Timeout,
     Stop,
-    /// Nothing readable now (a read that does not wait).
-    NotReady,
     Failed(io::Error),
 }
 
@@ -100,6 +101,8 @@ where
     async move {
         loop {
             let mut deadline = Instant::now() + settings.header_read_timeout;
+            // Set once the head is in and its (small) body is not all here yet.
+            let mut body_deadline: Option<Instant> = None;
             let (head, body, close) = loop {
                 if !s.buf.is_empty() {
                     // The parse result is not held across the read below (224 bytes that
@@ -111,18 +114,18 @@ where
                         Take::Body(total) => Some(total),
                         Take::Other => return Ended::Handoff(s.buf.split().freeze()),
                     };
-                    // The rest of the body may already be readable (a body larger than one read):
-                    // take what is there without waiting, then look again.
+                    // The rest of the body is still on its way: a client that writes head and
+                    // body apart (Python's requests does), or a body in several segments. Wait
+                    // for it here, room for all of it reserved once, for up to
+                    // `header_read_timeout` from when the head was in; a body slower than that
+                    // goes to hyper, which streams it.
                     if let Some(total) = more {
-                        if s.read_ready(io, total).await {
-                            continue;
-                        }
-                        return Ended::Handoff(s.buf.split().freeze());
+                        s.buf.reserve(total.saturating_sub(s.buf.len()));
+                        body_deadline.get_or_insert_with(|| Instant::now() + settings.header_read_timeout);
                     }
                 }
-                match s.read(io, Some(deadline)).await {
-                    // `NotReady` only comes from reads that do not wait.
-                    Read::Data | Read::NotReady => {}
+                match s.read(io, body_deadline.unwrap_or(deadline)).await {
+                    Read::Data => {}
                     // Shutting down mid-head: finish this request, then close.
                     Read::Stop if !s.buf.is_empty() => {}
                     // Shutting down while the connection waits for its next request: the client
@@ -131,6 +134,9 @@ where
                     // idle-close-on-response).
                     Read::Stop => deadline = deadline.min(Instant::now() + STOP_LINGER),
                     Read::Eof => return finish(io).await,
+                    Read::Timeout if body_deadline.is_some() => {
+                        return Ended::Handoff(s.buf.split().freeze());
+                    }
                     Read::Timeout => {
                         if !s.stop_rx.is_cancelled() {
                             tracing::debug!(remote = %info.remote, "request head not received within header_read_timeout_ms; closing");
@@ -175,10 +181,10 @@ async fn finish<I: AsyncWrite + Unpin>(io: &mut I) -> Ended {
 }
 
 impl Session {
-    /// Read more into the buffer, waiting until `deadline` (`None`: only what is readable now).
+    /// Read more into the buffer, waiting until `deadline`.
     /// A connection's first read uses a small stack buffer, so a connection that never sends a
     /// request holds no read buffer.
-    async fn read<I: AsyncRead + Unpin>(&mut self, io: &mut I, deadline: Option<Instant>) -> Read {
+    async fn read<I: AsyncRead + Unpin>(&mut self, io: &mut I, deadline: Instant) -> Read {
         if self.buf.capacity() == 0 {
             let mut first = [0u8; 64];
             let mut rb = ReadBuf::new(&mut first);
@@ -203,19 +209,6 @@ impl Session {
         let read =
             |cx: &mut Context<'_>| tokio_util::io::poll_read_buf(Pin::new(&mut *io), cx, buf);
         wait(read, &mut self.timer, &mut self.stop, deadline).await
-    }
-
-    /// Read what is readable now, without waiting, until the buffer holds `total` bytes.
-    /// Whether it does.
-    async fn read_ready<I: AsyncRead + Unpin>(&mut self, io: &mut I, total: usize) -> bool {
-        self.buf.reserve(total.saturating_sub(self.buf.len()));
-        while self.buf.len() < total {
-            // Nothing more yet, end of stream or an error: hyper takes over.
-            if !matches!(self.read(io, None).await, Read::Data) {
-                return false;
-            }
-        }
-        true
     }
 
     /// Write the response: head and a small body in one write, else the head then each frame.
@@ -330,14 +323,14 @@ async fn next_frame<I: AsyncRead + Unpin>(
     .await
 }
 
-/// Wait for bytes, the header-read deadline, or shutdown — whichever comes first. Without a
-/// deadline, do not wait (a pending read leaves a registered waker: at worst one spurious wake).
+/// Wait for bytes, the deadline (the head's, or the rest of a body's), or shutdown — whichever
+/// comes first.
 /// `read` polls one read and returns how many bytes it added (0: end of stream).
 async fn wait(
     mut read: impl FnMut(&mut Context<'_>) -> Poll<io::Result<usize>>,
     timer: &mut Pin<Box<Sleep>>,
     stop: &mut Option<StopFuture>,
-    deadline: Option<Instant>,
+    deadline: Instant,
 ) -> Read {
     poll_fn(|cx| {
         match read(cx) {
@@ -346,9 +339,6 @@ async fn wait(
             Poll::Ready(Err(e)) => return Poll::Ready(Read::Failed(e)),
             Poll::Pending => {}
         }
-        let Some(deadline) = deadline else {
-            return Poll::Ready(Read::NotReady);
-        };
         if let Some(f) = stop.as_mut()
             && f.as_mut().poll(cx).is_ready()
         {

@@ -363,6 +363,7 @@ impl Conn {
                     self.serve_h2(&mut io, info, &in_flight).await;
                 }
                 fast::Ended::Handoff(unread) => {
+                    self.server.metrics.http1_general.inc();
                     Box::pin(self.serve_hyper(io, unread, info, in_flight)).await;
                 }
             }
