@@ -37,8 +37,10 @@ use tokio_util::sync::CancellationToken;
 const READ_ROOM: usize = 4096;
 /// Response bodies of known length up to this size go out in the same write as the head.
 const INLINE_BODY: u64 = 64 * 1024;
-/// Request bodies up to this size are taken by the fast path (when already read).
+/// Request bodies up to this size are taken by the fast path.
 pub const MAX_FAST_BODY: u64 = 64 * 1024;
+/// Room reserved at once for the rest of a body still arriving.
+const BODY_AHEAD: usize = 16 * 1024;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -116,11 +118,12 @@ where
                     };
                     // The rest of the body is still on its way: a client that writes head and
                     // body apart (Python's requests does), or a body in several segments. Wait
-                    // for it here, room for all of it reserved once, for up to
-                    // `header_read_timeout` from when the head was in; a body slower than that
-                    // goes to hyper, which streams it.
+                    // for it here for up to `header_read_timeout` from when the head was in; a
+                    // body slower than that goes to hyper, which streams it. Room is reserved
+                    // for at most BODY_AHEAD more than has arrived (a head announcing 64 KiB that
+                    // never come must not hold 64 KiB); past that the buffer grows as bytes do.
                     if let Some(total) = more {
-                        s.buf.reserve(total.saturating_sub(s.buf.len()));
+                        s.buf.reserve(total.saturating_sub(s.buf.len()).min(BODY_AHEAD));
                         body_deadline.get_or_insert_with(|| Instant::now() + settings.header_read_timeout);
                     }
                 }
