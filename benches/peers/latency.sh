@@ -7,7 +7,7 @@
 # "Added" is a target's p50/p99 (from h2load's per-request log) minus the same load sent straight
 # to the backend in the same round.
 #
-#   [PROTOS="h1 h2 burst"] benches/peers/latency.sh [ROUNDS=3] [SECONDS=10] [TARGETS="nginx haproxy scoregate"]
+#   [PROTOS="h1 h2 burst h1-t16"] benches/peers/latency.sh [ROUNDS=3] [SECONDS=10] [TARGETS="nginx haproxy scoregate"]
 #
 # PROTOS=burst adds the same rate with all 16 connections on one clock (benches/handshakes.rs
 # `burst-tls`): the same bursts of 16 for every target, where h2load's depend on the target's

@@ -12,7 +12,8 @@
 # full TLS 1.3 handshakes (ECDSA P-256 and RSA-2048) and resumed ones (benches/handshakes.rs, a
 # new connection per request, 32 at a time), latency at a fixed 2,000 req/s of scoring POSTs over
 # 8 keep-alive connections, HTTP/1.1 and HTTP/2, minus the same load sent directly to the backend,
-# and the same POSTs from h2load on 16 connections x 125 req/s (bursty; totals; HTTP/1.1 also with
+# and the same POSTs from h2load on 16 connections x 125 req/s (bursty, the bursts h2load's own:
+# see h2load_rate in common.sh; again with a thread per connection; totals; HTTP/1.1 also with
 # scoregate at Azure ML's default `replica_max_concurrent_requests = 1`, where the requests of a
 # burst wait in its queue for the one replica slot; the other rows lift the limit, as nginx and
 # haproxy have none) (LAT_ROUNDS=3 rounds per repetition, in turn: each target, haproxy with `busy-polling`,
