@@ -177,8 +177,8 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # h2load_rate OUT_JSONL REP ROUND NAME URL [h2load options...]: the scoring POST at a fixed
 # 2,000 req/s (16 keep-alive connections x 125 req/s, h2load --rps: open loop), h2load on core 1;
 # p50/p99 from h2load's per-request log (after a 0.5 s warm-up: a new connection's first
-# requests are several times slower at every target), and the median burst a request came in. One JSON line to
-# OUT_JSONL and stdout. Needs W, KEY, SECS.
+# requests are several times slower at every target), and the median burst a request came in.
+# One JSON line to OUT_JSONL and stdout. Needs W, KEY, SECS.
 # Bursts: h2load's --rps timer fires every 10 ms (its floor; 1 or 2 requests a tick at 125/s) and
 # is armed with libev's cached loop time of the iteration that completed the connection's
 # handshake (ev_timer_again), so connections whose handshakes end in one loop iteration share one
@@ -204,8 +204,8 @@ for line in open(sys.argv[4]):
         bad += f[1] != "200"
         lat.append(int(f[2]))
         starts.append(int(f[0]))
-# Burst sizes: requests sent within 500 µs of a burst's first (each connection is on its own
-# clock set by its handshake's end, so how many share a moment depends on the target).
+# Burst sizes: requests sent within 500 µs of a burst's first (how many connections share a
+# clock depends on the target: see above).
 starts.sort()
 bursts, first = [], None
 for t in starts:

@@ -103,10 +103,12 @@ where
     async move {
         loop {
             let mut deadline = Instant::now() + settings.header_read_timeout;
-            // Set once the head is in and its (small) body is not all here yet.
-            let mut body_deadline: Option<Instant> = None;
+            // Once the head is in and its (small) body is not all here yet: the bytes the
+            // request needs, and until when they may take. The head is parsed again only once
+            // they are all in.
+            let mut rest: Option<(usize, Instant)> = None;
             let (head, body, close) = loop {
-                if !s.buf.is_empty() {
+                if !s.buf.is_empty() && rest.is_none_or(|(total, _)| s.buf.len() >= total) {
                     // The parse result is not held across the read below (224 bytes that
                     // every idle connection's future would keep room for).
                     let more = match take_request(&mut s.buf, settings.max_head, settings.max_body)
@@ -124,10 +126,10 @@ where
                     // never come must not hold 64 KiB); past that the buffer grows as bytes do.
                     if let Some(total) = more {
                         s.buf.reserve(total.saturating_sub(s.buf.len()).min(BODY_AHEAD));
-                        body_deadline.get_or_insert_with(|| Instant::now() + settings.header_read_timeout);
+                        rest = Some((total, Instant::now() + settings.header_read_timeout));
                     }
                 }
-                match s.read(io, body_deadline.unwrap_or(deadline)).await {
+                match s.read(io, rest.map_or(deadline, |(_, t)| t)).await {
                     Read::Data => {}
                     // Shutting down mid-head: finish this request, then close.
                     Read::Stop if !s.buf.is_empty() => {}
@@ -137,7 +139,7 @@ where
                     // idle-close-on-response).
                     Read::Stop => deadline = deadline.min(Instant::now() + STOP_LINGER),
                     Read::Eof => return finish(io).await,
-                    Read::Timeout if body_deadline.is_some() => {
+                    Read::Timeout if rest.is_some() => {
                         return Ended::Handoff(s.buf.split().freeze());
                     }
                     Read::Timeout => {
