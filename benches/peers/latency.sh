@@ -7,11 +7,13 @@
 # "Added" is a target's p50/p99 (from h2load's per-request log) minus the same load sent straight
 # to the backend in the same round.
 #
-#   [PROTOS="h1 h2 burst h1-t16"] benches/peers/latency.sh [ROUNDS=3] [SECONDS=10] [TARGETS="nginx haproxy scoregate"]
+#   [PROTOS="h1 h2 burst h1-t16 h1-stagger"] benches/peers/latency.sh [ROUNDS=3] [SECONDS=10] [TARGETS="nginx haproxy scoregate"]
 #
 # PROTOS=burst adds the same rate with all 16 connections on one clock (benches/handshakes.rs
 # `burst-tls`): the same bursts of 16 for every target, where h2load's depend on the target's
-# handshake speed. REPLICA_LIMIT=1 runs scoregate at Azure ML's default limit (see common.sh).
+# handshake speed. PROTOS=h1-stagger: the issue's one h2load thread with the connections opened
+# 1 ms apart, so no two share a clock (bursts of 1-2 for every target; see h2load_rate).
+# REPLICA_LIMIT=1 runs scoregate at Azure ML's default limit (see common.sh).
 #
 # Prints one JSON line per run and a summary (medians over the rounds, ratios to the better peer).
 set -euo pipefail
@@ -61,11 +63,13 @@ for round in $(seq 1 "$ROUNDS"); do
     case " ${PROTOS:-h1 h2} " in *" h1 "*) run "$round" "$t" "$url" --h1 ;; esac
     case " ${PROTOS:-h1 h2} " in *" h2 "*) run "$round" "$t-h2" "$url" ;; esac
     case " ${PROTOS:-h1 h2} " in *" h1-t16 "*) H2LOAD_THREADS=16 run "$round" "$t-t16" "$url" --h1 ;; esac
+    case " ${PROTOS:-h1 h2} " in *" h1-stagger "*) H2LOAD_STAGGER=1 run "$round" "$t-stg" "$url" --h1 ;; esac
     case " ${PROTOS:-h1 h2} " in *" burst "*) burst "$round" "$t-burst" "127.0.0.1:$port" burst-tls ;; esac
     stop_target
   done
   run "$round" direct "http://127.0.0.1:$BACKEND$URL_PATH" --h1
   case " ${PROTOS:-h1 h2} " in *" h1-t16 "*) H2LOAD_THREADS=16 run "$round" direct-t16 "http://127.0.0.1:$BACKEND$URL_PATH" --h1 ;; esac
+  case " ${PROTOS:-h1 h2} " in *" h1-stagger "*) H2LOAD_STAGGER=1 run "$round" direct-stg "http://127.0.0.1:$BACKEND$URL_PATH" --h1 ;; esac
   case " ${PROTOS:-h1 h2} " in *" burst "*) burst "$round" direct-burst "127.0.0.1:$BACKEND" burst-plain ;; esac
 done
 
@@ -73,11 +77,13 @@ python3 - "$RESULTS" "${TARGETS[@]}" <<'PY'
 import json, statistics, sys
 rows = [json.loads(l) for l in open(sys.argv[1])]
 targets = sys.argv[2:]
-baselines = {s: {r["round"]: r for r in rows if r["target"] == "direct" + s} for s in ("", "-burst", "-t16")}
+baselines = {s: {r["round"]: r for r in rows if r["target"] == "direct" + s}
+             for s in ("", "-burst", "-t16", "-stg")}
 print(f"direct p50 {statistics.median(r['lat_p50_us'] for r in baselines[''].values()):.0f} µs, "
       f"p99 {statistics.median(r['lat_p99_us'] for r in baselines[''].values()):.0f} µs")
 for proto, suffix in (("HTTP/1.1", ""), ("HTTP/2", "-h2"), ("aligned bursts of 16, HTTP/1.1", "-burst"),
-                      ("h2load -t 16 (a clock per connection), HTTP/1.1", "-t16")):
+                      ("h2load -t 16 (a clock per connection), HTTP/1.1", "-t16"),
+                      ("h2load, connections opened 1 ms apart, HTTP/1.1", "-stg")):
     direct = baselines[suffix if suffix in baselines else ""]
     bursts = ", ".join(f"{t} {statistics.median(r['burst_p50'] for r in rows if r['target'] == t + suffix):.0f}"
                        for t in targets + ["direct"]

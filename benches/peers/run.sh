@@ -13,7 +13,8 @@
 # new connection per request, 32 at a time), latency at a fixed 2,000 req/s of scoring POSTs over
 # 8 keep-alive connections, HTTP/1.1 and HTTP/2, minus the same load sent directly to the backend,
 # and the same POSTs from h2load on 16 connections x 125 req/s (bursty, the bursts h2load's own:
-# see h2load_rate in common.sh; again with a thread per connection; totals; HTTP/1.1 also with
+# see h2load_rate in common.sh; again with a thread per connection and with one thread whose
+# connections open 1 ms apart, both giving every target the same bursts; totals; HTTP/1.1 also with
 # scoregate at Azure ML's default `replica_max_concurrent_requests = 1`, where the requests of a
 # burst wait in its queue for the one replica slot; the other rows lift the limit, as nginx and
 # haproxy have none) (LAT_ROUNDS=3 rounds per repetition, in turn: each target, haproxy with `busy-polling`,
@@ -172,13 +173,18 @@ PY
         h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-h2" "https://127.0.0.1:$port$URL_PATH"
         # The same with a thread (an event loop) per connection: each connection on its own clock,
         # the same bursts for every TLS target (see h2load_rate in common.sh).
-        H2LOAD_THREADS=16 h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-t16" "https://127.0.0.1:$port$URL_PATH" --h1 ;;
+        H2LOAD_THREADS=16 h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-t16" "https://127.0.0.1:$port$URL_PATH" --h1
+        # The one h2load thread with the connections opened 1 ms apart: no two share a
+        # clock, so every target gets the same small bursts (see h2load_rate).
+        H2LOAD_STAGGER=1 h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-stg" "https://127.0.0.1:$port$URL_PATH" --h1
+        H2LOAD_STAGGER=1 h2load_rate "$OUT/results.jsonl" "$rep" "$round" "$t-h2l-stg-h2" "https://127.0.0.1:$port$URL_PATH" ;;
       esac
       stop_target
     done
     latency direct "127.0.0.1:$BACKEND" rate-plain ""
     h2load_rate "$OUT/results.jsonl" "$rep" "$round" direct-h2l "http://127.0.0.1:$BACKEND$URL_PATH" --h1
     H2LOAD_THREADS=16 h2load_rate "$OUT/results.jsonl" "$rep" "$round" direct-h2l-t16 "http://127.0.0.1:$BACKEND$URL_PATH" --h1
+    H2LOAD_STAGGER=1 h2load_rate "$OUT/results.jsonl" "$rep" "$round" direct-h2l-stg "http://127.0.0.1:$BACKEND$URL_PATH" --h1
   done
 done
 
@@ -209,20 +215,24 @@ for r in rows:
     # h2load's bursts: totals (the direct baseline pays the same bursts on one core and can be
     # slower than a proxied run, so "added" would be negative).
     for variant, prefix in (("-h2l", "h2l_"), ("-h2l-h2", "h2l_h2_"), ("-limit1-h2l", "limit1_h2l_"),
-                            ("-h2l-t16", "h2lt_")):
+                            ("-h2l-t16", "h2lt_"), ("-h2l-stg", "h2ls_"), ("-h2l-stg-h2", "h2ls_h2_")):
         mine = lat(r["rep"], r["target"] + variant)
         for k in ("lat_p50_us", "lat_p99_us", "burst_p50"):
             v = [x[k] for x in mine if k in x]
             if v:
                 r[prefix + k] = statistics.median(v)
-    # With a thread per connection the bursts are the same for every target (and for the direct
-    # baseline), so "added" means what it says again.
-    mine = lat(r["rep"], r["target"] + "-h2l-t16")
-    for k in ("lat_p50_us", "lat_p99_us"):
-        base = {d["round"]: d[k] for d in lat(r["rep"], "direct-h2l-t16")}
-        added = [max(x[k] - base[x["round"]], 1) for x in mine if x["round"] in base]
-        if added:
-            r["h2lt_added_" + k] = statistics.median(added)
+    # With a thread per connection, or the connections opened apart, the bursts are the same for
+    # every target (and for the direct baseline, HTTP/1.1 for both protocols: the backend has no
+    # HTTP/2), so "added" means what it says again.
+    for variant, direct, prefix in (("-h2l-t16", "direct-h2l-t16", "h2lt_"),
+                                    ("-h2l-stg", "direct-h2l-stg", "h2ls_"),
+                                    ("-h2l-stg-h2", "direct-h2l-stg", "h2ls_h2_")):
+        mine = lat(r["rep"], r["target"] + variant)
+        for k in ("lat_p50_us", "lat_p99_us"):
+            base = {d["round"]: d[k] for d in lat(r["rep"], direct)}
+            added = [max(x[k] - base[x["round"]], 1) for x in mine if x["round"] in base]
+            if added:
+                r[prefix + "added_" + k] = statistics.median(added)
 metrics = [  # key, label, higher is better, format
     ("keepalive_rps", "keep-alive TLS HTTP/1.1 req/s (wrk -c64)", True, "{:,.0f}"),
     ("h2_rps", "HTTP/2 req/s (h2load -c16 -m10)", True, "{:,.0f}"),
@@ -243,6 +253,15 @@ metrics = [  # key, label, higher is better, format
     ("h2lt_added_lat_p50_us", "h2load, a thread per connection, HTTP/1.1, p50 added (µs)", False, "{:,.0f}"),
     ("h2lt_added_lat_p99_us", "h2load, a thread per connection, HTTP/1.1, p99 added (µs)", False, "{:,.0f}"),
     ("h2lt_burst_p50", "h2load, a thread per connection: requests per burst, median", None, "{:,.0f}"),
+    ("h2ls_added_lat_p50_us", "h2load, connections opened 1 ms apart, HTTP/1.1, p50 added (µs)", False, "{:,.0f}"),
+    ("h2ls_added_lat_p99_us", "h2load, connections opened 1 ms apart, HTTP/1.1, p99 added (µs)", False, "{:,.0f}"),
+    ("h2ls_h2_added_lat_p50_us", "h2load, connections opened 1 ms apart, HTTP/2, p50 added (µs)", False, "{:,.0f}"),
+    ("h2ls_h2_added_lat_p99_us", "h2load, connections opened 1 ms apart, HTTP/2, p99 added (µs)", False, "{:,.0f}"),
+    ("h2ls_lat_p50_us", "h2load, connections opened 1 ms apart, HTTP/1.1, p50 total (µs)", False, "{:,.0f}"),
+    ("h2ls_lat_p99_us", "h2load, connections opened 1 ms apart, HTTP/1.1, p99 total (µs)", False, "{:,.0f}"),
+    ("h2ls_h2_lat_p50_us", "h2load, connections opened 1 ms apart, HTTP/2, p50 total (µs)", False, "{:,.0f}"),
+    ("h2ls_h2_lat_p99_us", "h2load, connections opened 1 ms apart, HTTP/2, p99 total (µs)", False, "{:,.0f}"),
+    ("h2ls_burst_p50", "h2load, connections opened 1 ms apart: requests per burst, median", None, "{:,.0f}"),
     ("limit1_h2l_lat_p50_us", "the same, HTTP/1.1, p50 total, scoregate at Azure ML's default replica limit of 1 (µs)", False, "{:,.0f}"),
     ("limit1_h2l_lat_p99_us", "the same, HTTP/1.1, p99 total, scoregate at Azure ML's default replica limit of 1 (µs)", False, "{:,.0f}"),
     ("cpu_pct", "proxy CPU at 2,000 req/s (% of its core)", False, "{:,.0f}"),
