@@ -319,7 +319,8 @@ if direct_h2l:
               "iteration share one clock for the whole run — a target that finishes the 16 "
               "handshakes before h2load looks gets one burst of 15-16, a slower one two to four "
               "smaller ones. The rows with a thread per connection (`h2load -t 16`) give every "
-              "connection its own clock: the same bursts for every TLS target."]
+              "connection its own clock: the same bursts for every TLS target; so do the rows "
+              "with the connections opened 1 ms apart (one thread, `-r 1 --rate-period 1ms`)."]
 direct = [r for r in lat_rows if r["target"] == "direct"]
 if direct:
     lines += ["", "Direct to the backend at 2,000 req/s (the baseline): p50 "
