@@ -189,7 +189,7 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 # every TLS target. H2LOAD_STAGGER=1 keeps the one thread but opens the connections 1 ms
 # apart (`-r 1 --rate-period 1ms`, which needs `-n` instead of `-D`: 2,000 x (SECS + 0.5)
 # requests, the first 0.5 s left out here), so each handshake ends in an iteration of its own:
-# bursts of 1-2 for every target, as from independent clients.
+# bursts of 3-4 within 500 µs for every target (measured), as from independent clients.
 h2load_rate() {
   local out=$1 rep=$2 round=$3 name=$4 url=$5 span skip=0
   shift 5

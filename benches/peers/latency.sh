@@ -12,7 +12,7 @@
 # PROTOS=burst adds the same rate with all 16 connections on one clock (benches/handshakes.rs
 # `burst-tls`): the same bursts of 16 for every target, where h2load's depend on the target's
 # handshake speed. PROTOS=h1-stagger: the one h2load thread with the connections opened
-# 1 ms apart, so no two share a clock (bursts of 1-2 for every target; see h2load_rate).
+# 1 ms apart, so no two share a clock (bursts of 3-4 for every target; see h2load_rate).
 # REPLICA_LIMIT=1 runs scoregate at Azure ML's default limit (see common.sh).
 #
 # Prints one JSON line per run and a summary (medians over the rounds, ratios to the better peer).
