@@ -94,3 +94,6 @@ internal!(
 
 pub use app::{App, run};
 pub use server::{BoundAddrs, Listeners, ServerError};
+/// How the gateways of a group split each replica's limit: slots of a replica per member, the
+/// same arithmetic on every gateway (tools and tests that reason about a group's slots use it).
+pub use upstream::shares::owners;

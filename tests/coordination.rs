@@ -8,6 +8,8 @@
 //! - a request on the peer port without a valid proof is refused;
 //! - the gateway owning the slot is killed: its share returns to the others within the Lease
 //!   duration (measured), and no request reaches the model twice;
+//! - a slot in transit (a member joined and took it, the view not settled yet) leaves the
+//!   other slot serving: hand-overs go to the member whose slot did not move;
 //! - the autoscaler's leader sums the members' load: three gateways each carrying a third of a
 //!   load recommend what one carrying all of it does, and only the leader patches the scale.
 #![cfg(feature = "peer-tests")]
@@ -114,8 +116,10 @@ struct Setup<'a> {
     tb: &'a Testbed,
     key_file: &'a std::path::Path,
     group: &'a str,
-    model: SocketAddr,
+    /// The version's replicas.
+    models: &'a [SocketAddr],
     limit: u32,
+    lease_ms: u64,
     wait_ms: u64,
     /// Extra TOML after the version (autoscale).
     extra: &'a str,
@@ -134,14 +138,14 @@ peer = "127.0.0.1:0"
 kubeconfig = {kc:?}
 lease_namespace = "default"
 lease_name = "{group}-autoscaler"
-lease_duration_ms = {LEASE_MS}
+lease_duration_ms = {lease}
 identity = "{identity}"
 autoscale_refresh_ms = 200
 
 [coordination]
 group = "{group}"
 peer_key_file = {key:?}
-lease_duration_ms = {LEASE_MS}
+lease_duration_ms = {lease}
 
 [[services]]
 name = "iris"
@@ -151,7 +155,7 @@ max_request_wait_time = {wait}
 
 [[services.versions]]
 name = "blue"
-replicas = ["{model}"]
+replicas = {models:?}
 {extra}
 "#,
             kc = self.tb.kubeconfig.display().to_string(),
@@ -159,7 +163,12 @@ replicas = ["{model}"]
             group = self.group,
             limit = self.limit,
             wait = self.wait_ms,
-            model = self.model,
+            models = self
+                .models
+                .iter()
+                .map(|m| m.to_string())
+                .collect::<Vec<_>>(),
+            lease = self.lease_ms,
             extra = self.extra,
         )
     }
@@ -308,11 +317,13 @@ async fn three_gateways_hold_the_replica_limit_together() {
     let key = key_file(dir.path());
     for (limit, clients) in [(1u32, 6usize), (4, 12)] {
         let model = Model::start(MODEL_TIME).await;
+        let models = [model.backend.addr];
         let setup = |group: &'static str| Setup {
             tb: &tb,
             key_file: &key,
             group,
-            model: model.backend.addr,
+            models: &models,
+            lease_ms: LEASE_MS,
             limit,
             wait_ms: 1000,
             extra: "",
@@ -478,7 +489,8 @@ async fn a_killed_gateways_share_returns_within_the_lease() {
         tb: &tb,
         key_file: &key,
         group: "kill",
-        model: model.backend.addr,
+        models: &[model.backend.addr],
+        lease_ms: LEASE_MS,
         limit: 1,
         wait_ms: 1000,
         extra: "",
@@ -626,7 +638,8 @@ async fn the_autoscaler_leader_sums_the_members_load() {
             tb: &tb,
             key_file: &key,
             group,
-            model: model.backend.addr,
+            models: &[model.backend.addr],
+            lease_ms: LEASE_MS,
             limit: 4,
             wait_ms: 10_000,
             extra: &extra,
@@ -691,7 +704,8 @@ async fn without_the_api_server_each_gateway_falls_back_to_a_safe_share() {
         tb: &tb,
         key_file: &key,
         group: "outage",
-        model: model.backend.addr,
+        models: &[model.backend.addr],
+        lease_ms: LEASE_MS,
         limit: 4,
         wait_ms: 1000,
         extra: "",
@@ -742,7 +756,8 @@ async fn members_joining_and_leaving_under_load_fail_no_request() {
         tb: &tb,
         key_file: &key,
         group: "roll",
-        model: model.backend.addr,
+        models: &[model.backend.addr],
+        lease_ms: LEASE_MS,
         limit: 1,
         wait_ms: 500,
         extra: "",
@@ -785,4 +800,143 @@ async fn members_joining_and_leaving_under_load_fail_no_request() {
     }
     assert!(tally.codes.is_empty(), "{:?}", tally.codes);
     model.assert_within(1);
+}
+
+/// Member ids `[a, b, s, n]` such that of the replicas `m1`, `m2` (limit 1), `a` owns `m1` and
+/// `b` owns `m2` among `[a, b, s]`, and once `n` joins, `n` owns `m1` and `b` still owns `m2`.
+fn transit_layout(group: &str, m1: SocketAddr, m2: SocketAddr) -> [String; 4] {
+    let owner = |r: SocketAddr, ids: &[String]| {
+        let c = scoregate::owners(r, 1, ids);
+        ids[c.iter().position(|n| *n == 1).expect("one owner")].clone()
+    };
+    for i in 0..10_000 {
+        let ids: [String; 4] = ["a", "b", "s", "n"].map(|x| format!("{group}-{x}{i}"));
+        let three = ids[..3].to_vec();
+        let four = ids.to_vec();
+        if owner(m1, &three) == ids[0]
+            && owner(m2, &three) == ids[1]
+            && owner(m1, &four) == ids[3]
+            && owner(m2, &four) == ids[1]
+        {
+            return ids;
+        }
+    }
+    panic!("no layout among 10,000 names");
+}
+
+/// A member joins and takes one of two slots while the view cannot settle (a third member is
+/// stopped, its Lease still live): the moved slot is usable by nobody until then, and the
+/// gateway that gave it up hands every request to the member whose slot did not move, not to
+/// the new owner, where it would wait out its deadline. Every request is answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_slot_in_transit_leaves_the_other_serving() {
+    let _serial = SERIAL.lock().await;
+    let tb = Testbed::start();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let key = key_file(dir.path());
+    let (m1, m2) = (
+        Model::start(Duration::from_millis(2)).await,
+        Model::start(Duration::from_millis(2)).await,
+    );
+    let models = [m1.backend.addr, m2.backend.addr];
+    // Long enough that the stopped member stays live for the whole run below.
+    let lease_ms = 12_000;
+    let setup = Setup {
+        tb: &tb,
+        key_file: &key,
+        group: "transit",
+        models: &models,
+        limit: 1,
+        wait_ms: 500,
+        lease_ms,
+        extra: "",
+    };
+    let [a, b, s, n] = transit_layout("transit", models[0], models[1]);
+    let start = |id: &str| {
+        ServeProcess::start(
+            &setup.toml(id),
+            "scoregate=info,scoregate::coordination=debug",
+            &[],
+        )
+    };
+    let (ga, gb, gs) = (start(&a), start(&b), start(&s));
+    for g in [&ga, &gb, &gs] {
+        wait_series(g, "scoregate_coordination_members", 3).await;
+        wait_series(g, r#"scoregate_coordination_state{state="coordinated"}"#, 1).await;
+    }
+    // The gateways' own arithmetic agrees with the layout: a and b own a slot each, s none.
+    let owned = [
+        share(&metrics(&ga).await),
+        share(&metrics(&gb).await),
+        share(&metrics(&gs).await),
+    ];
+    assert_eq!(owned, [1, 1, 0], "slots of a, b, s");
+    let stopped = Instant::now();
+    gs.signal("STOP");
+    let gn = start(&n);
+    wait_series(&ga, "scoregate_coordination_members", 4).await;
+    wait_series(
+        &ga,
+        "scoregate_coordination_share_slots{service=\"iris\",version=\"blue\"}",
+        0,
+    )
+    .await;
+    let urls = score_urls(std::slice::from_ref(&ga));
+    let tally = load(&urls, 8, Duration::from_secs(3), "t").await;
+    let ma = metrics(&ga).await;
+    let (mb, mn) = (metrics(&gb).await, metrics(&gn).await);
+    let still_live = stopped.elapsed() < Duration::from_millis(lease_ms * 2 / 3);
+    gs.signal("CONT");
+    println!(
+        "slot in transit for the whole run: {} ok, {:?}; handed by a: {:?}, received by b: {:?}, by n: {:?}",
+        tally.ok,
+        tally.codes,
+        series_value(
+            &ma,
+            r#"scoregate_coordination_handed_over_total{direction="sent",service="iris"}"#
+        ),
+        series_value(
+            &mb,
+            r#"scoregate_coordination_handed_over_total{direction="received",service="iris"}"#
+        ),
+        series_value(
+            &mn,
+            r#"scoregate_coordination_handed_over_total{direction="received",service="iris"}"#
+        ),
+    );
+    // The run was inside the transit: the stopped member's Lease was live throughout, no
+    // gateway settled the four-member view and a kept no slot of its own.
+    assert!(still_live, "the stopped member's Lease may have lapsed");
+    assert_eq!(
+        series_value(&ma, r#"scoregate_coordination_state{state="settling"}"#),
+        Some(1),
+        "a's view is not settled"
+    );
+    assert_eq!(share(&ma), 0);
+    assert_eq!(
+        share(&mn),
+        0,
+        "n cannot use its slot before the view settles"
+    );
+    assert!(tally.codes.is_empty(), "failed: {:?}", tally.codes);
+    assert!(tally.ok > 100, "{} answered", tally.ok);
+    let received_b = series_value(
+        &mb,
+        r#"scoregate_coordination_handed_over_total{direction="received",service="iris"}"#,
+    )
+    .unwrap_or(0);
+    assert!(
+        received_b >= tally.ok,
+        "every request went to b ({received_b} of {})",
+        tally.ok
+    );
+    assert!(
+        m1.ids
+            .lock()
+            .expect("ids")
+            .keys()
+            .all(|id| !id.starts_with("t-"))
+    );
+    m1.assert_within(1);
+    m2.assert_within(1);
 }

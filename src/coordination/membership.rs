@@ -57,6 +57,8 @@ struct Loop {
     /// The member ids of the current view (sorted) and whether it is settled.
     view: Vec<String>,
     settled: bool,
+    /// The members of the last view this gateway settled on.
+    last_settled: Arc<[String]>,
     /// What the Lease said at the last successful write, and when that write started.
     said: Option<Said>,
     written: Option<Instant>,
@@ -92,6 +94,7 @@ pub async fn run(
         routes,
         seen: HashMap::new(),
         settled: false,
+        last_settled: Arc::from([]),
         said: None,
         written: None,
         fallback: false,
@@ -295,6 +298,7 @@ impl Loop {
                 .all(|(_, s)| s.view == id && s.released == id);
             if others_released {
                 self.settled = true;
+                self.last_settled = self.view.clone().into();
                 self.store_view();
                 let slots = self.local_slots();
                 tracing::info!(members = self.view.len(), view = %id, slots, "gateway group settled");
@@ -386,6 +390,7 @@ impl Loop {
             ids,
             peers,
             others_load,
+            before: (!self.settled && !self.fallback).then(|| self.last_settled.clone()),
         });
     }
 

@@ -43,6 +43,32 @@ pub struct Members {
     pub peers: Vec<Option<SocketAddr>>,
     /// The other members' busy and queued requests, by (service, version), summed.
     pub others_load: HashMap<(String, String), (u32, u32)>,
+    /// While the view is not settled here: the members of the last view it settled on. A slot
+    /// that changes hands is usable by nobody until the view settles (the new owner raises only
+    /// then), so hand-overs prefer the slots a member holds in both views.
+    pub before: Option<Arc<[String]>>,
+}
+
+/// Each member's slots of `set`'s replicas in the view `ids`. With `stable` and the last
+/// settled view `before`, only the slots a member holds in both (a slot in transit counts for
+/// nobody).
+fn slot_weights(set: &ReplicaSet, ids: &[String], before: Option<&[String]>, stable: bool) -> Vec<u32> {
+    let limit = set.replica_limit();
+    let mut weights = vec![0u32; ids.len()];
+    for r in set.replicas().iter() {
+        let now = owners(r.addr, limit, ids);
+        let then = before.filter(|_| stable).map(|b| (b, owners(r.addr, limit, b)));
+        for (i, (w, c)) in weights.iter_mut().zip(now).enumerate() {
+            *w += match &then {
+                None => c,
+                Some((b, o)) => b
+                    .iter()
+                    .position(|m| *m == ids[i])
+                    .map_or(0, |j| c.min(o[j])),
+            };
+        }
+    }
+    weights
 }
 
 /// This gateway's part in the group: its view of the members, its shares, the hop to the others.
@@ -158,23 +184,24 @@ impl Coordinator {
         if n < 2 {
             return None;
         }
-        let limit = set.replica_limit();
-        let mut weights = vec![0u32; n];
-        for r in set.replicas().iter() {
-            for (w, c) in weights
-                .iter_mut()
-                .zip(owners(r.addr, limit, &members.ids))
-            {
-                *w += c;
+        let usable = |stable: bool| {
+            let mut weights = slot_weights(set, &members.ids, members.before.as_deref(), stable);
+            weights[members.me] = 0;
+            for (w, p) in weights.iter_mut().zip(members.peers.iter()) {
+                if p.is_none() || *p == avoid {
+                    *w = 0;
+                }
             }
+            weights
+        };
+        // The slots usable now first; when every one is in transit, their new owners (who
+        // take them first once the view settles).
+        let mut weights = usable(true);
+        let mut total: u32 = weights.iter().sum();
+        if total == 0 {
+            weights = usable(false);
+            total = weights.iter().sum();
         }
-        weights[members.me] = 0;
-        for (w, p) in weights.iter_mut().zip(members.peers.iter()) {
-            if p.is_none() || *p == avoid {
-                *w = 0;
-            }
-        }
-        let total: u32 = weights.iter().sum();
         if total == 0 {
             return None;
         }
@@ -246,5 +273,58 @@ impl Coordinator {
                 task.abort();
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(names: &[&str]) -> Vec<String> {
+        names.iter().map(|n| n.to_string()).collect()
+    }
+
+    #[test]
+    fn slots_in_transit_weigh_nothing_until_the_view_settles() {
+        let addrs: Vec<SocketAddr> = (0..200u16)
+            .map(|i| SocketAddr::from(([10, 0, 0, 1], 5000 + i)))
+            .collect();
+        let settings = ServiceSettings {
+            replica_max_concurrent_requests: 1,
+            ..ServiceSettings::default()
+        };
+        let set = ReplicaSet::new(
+            &addrs,
+            crate::config::Protocol::Http1,
+            &settings,
+            &Shares::whole(),
+        );
+        let before = ids(&["gw-a", "gw-b", "gw-c"]);
+        let now = ids(&["gw-a", "gw-b", "gw-c", "gw-d"]);
+        let all = slot_weights(&set, &now, Some(&before), false);
+        assert_eq!(all, slot_weights(&set, &now, None, true), "the new owners");
+        assert_eq!(all.iter().sum::<u32>(), 200);
+        let stable = slot_weights(&set, &now, Some(&before), true);
+        // The joining member has no usable slot; every other keeps exactly the replicas it owned
+        // before and still owns.
+        assert_eq!(stable[3], 0);
+        let moved = addrs
+            .iter()
+            .filter(|a| owners(**a, 1, &now)[3] == 1)
+            .count() as u32;
+        assert!((25..=75).contains(&moved), "{moved} of 200 moved");
+        assert_eq!(stable.iter().sum::<u32>(), 200 - moved);
+        for i in 0..3 {
+            assert_eq!(stable[i], all[i], "member {i} lost nothing but to gw-d");
+        }
+        // A member that left: its slots are in transit, the others' stay.
+        let after_leave = ids(&["gw-a", "gw-c"]);
+        let stable = slot_weights(&set, &after_leave, Some(&before), true);
+        let kept: u32 = addrs
+            .iter()
+            .map(|a| owners(*a, 1, &before))
+            .map(|o| o[0] + o[2])
+            .sum();
+        assert_eq!(stable.iter().sum::<u32>(), kept);
     }
 }
