@@ -52,12 +52,19 @@ pub struct Members {
 /// Each member's slots of `set`'s replicas in the view `ids`. With `stable` and the last
 /// settled view `before`, only the slots a member holds in both (a slot in transit counts for
 /// nobody).
-fn slot_weights(set: &ReplicaSet, ids: &[String], before: Option<&[String]>, stable: bool) -> Vec<u32> {
+fn slot_weights(
+    set: &ReplicaSet,
+    ids: &[String],
+    before: Option<&[String]>,
+    stable: bool,
+) -> Vec<u32> {
     let limit = set.replica_limit();
     let mut weights = vec![0u32; ids.len()];
     for r in set.replicas().iter() {
         let now = owners(r.addr, limit, ids);
-        let then = before.filter(|_| stable).map(|b| (b, owners(r.addr, limit, b)));
+        let then = before
+            .filter(|_| stable)
+            .map(|b| (b, owners(r.addr, limit, b)));
         for (i, (w, c)) in weights.iter_mut().zip(now).enumerate() {
             *w += match &then {
                 None => c,
