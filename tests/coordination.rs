@@ -647,12 +647,19 @@ async fn a_slot_in_transit_leaves_the_other_serving() {
         "every request went to b ({received_b} of {})",
         tally.ok
     );
+    let received_n = series_value(
+        &mn,
+        r#"scoregate_coordination_handed_over_total{direction="received",service="iris"}"#,
+    )
+    .unwrap_or(0);
+    assert_eq!(received_n, 0, "nothing was handed to the slot's new owner");
     assert!(
         m1.ids
             .lock()
             .expect("ids")
             .keys()
-            .all(|id| !id.starts_with("t-"))
+            .all(|id| !id.starts_with("t-")),
+        "the moved slot's replica got no request during the transit"
     );
     m1.assert_within(1);
     m2.assert_within(1);

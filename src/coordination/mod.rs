@@ -49,29 +49,21 @@ pub struct Members {
     pub before: Option<Arc<[String]>>,
 }
 
-/// Each member's slots of `set`'s replicas in the view `ids`. With `stable` and the last
-/// settled view `before`, only the slots a member holds in both (a slot in transit counts for
-/// nobody).
-fn slot_weights(
-    set: &ReplicaSet,
-    ids: &[String],
-    before: Option<&[String]>,
-    stable: bool,
-) -> Vec<u32> {
+/// Each member's slots of `set`'s replicas in the view `ids`; with `before` (the last settled
+/// view), only the slots a member holds in both (a slot in transit counts for nobody).
+fn slot_weights(set: &ReplicaSet, ids: &[String], before: Option<&[String]>) -> Vec<u32> {
     let limit = set.replica_limit();
+    // Each member's place in `before`, looked up once.
+    let then: Option<Vec<Option<usize>>> =
+        before.map(|b| ids.iter().map(|m| b.iter().position(|x| x == m)).collect());
     let mut weights = vec![0u32; ids.len()];
     for r in set.replicas().iter() {
         let now = owners(r.addr, limit, ids);
-        let then = before
-            .filter(|_| stable)
-            .map(|b| (b, owners(r.addr, limit, b)));
+        let old = before.map(|b| owners(r.addr, limit, b));
         for (i, (w, c)) in weights.iter_mut().zip(now).enumerate() {
-            *w += match &then {
-                None => c,
-                Some((b, o)) => b
-                    .iter()
-                    .position(|m| *m == ids[i])
-                    .map_or(0, |j| c.min(o[j])),
+            *w += match (&then, &old) {
+                (Some(then), Some(old)) => then[i].map_or(0, |j| c.min(old[j])),
+                _ => c,
             };
         }
     }
@@ -191,8 +183,8 @@ impl Coordinator {
         if n < 2 {
             return None;
         }
-        let usable = |stable: bool| {
-            let mut weights = slot_weights(set, &members.ids, members.before.as_deref(), stable);
+        let usable = |before: Option<&[String]>| {
+            let mut weights = slot_weights(set, &members.ids, before);
             weights[members.me] = 0;
             for (w, p) in weights.iter_mut().zip(members.peers.iter()) {
                 if p.is_none() || *p == avoid {
@@ -203,10 +195,10 @@ impl Coordinator {
         };
         // The slots usable now first; when every one is in transit, their new owners (who
         // take them first once the view settles).
-        let mut weights = usable(true);
+        let mut weights = usable(members.before.as_deref());
         let mut total: u32 = weights.iter().sum();
-        if total == 0 {
-            weights = usable(false);
+        if total == 0 && members.before.is_some() {
+            weights = usable(None);
             total = weights.iter().sum();
         }
         if total == 0 {
@@ -308,10 +300,9 @@ mod tests {
         );
         let before = ids(&["gw-a", "gw-b", "gw-c"]);
         let now = ids(&["gw-a", "gw-b", "gw-c", "gw-d"]);
-        let all = slot_weights(&set, &now, Some(&before), false);
-        assert_eq!(all, slot_weights(&set, &now, None, true), "the new owners");
+        let all = slot_weights(&set, &now, None);
         assert_eq!(all.iter().sum::<u32>(), 200);
-        let stable = slot_weights(&set, &now, Some(&before), true);
+        let stable = slot_weights(&set, &now, Some(&before));
         // The joining member has no usable slot; every other keeps exactly the replicas it owned
         // before and still owns.
         assert_eq!(stable[3], 0);
@@ -326,7 +317,7 @@ mod tests {
         }
         // A member that left: its slots are in transit, the others' stay.
         let after_leave = ids(&["gw-a", "gw-c"]);
-        let stable = slot_weights(&set, &after_leave, Some(&before), true);
+        let stable = slot_weights(&set, &after_leave, Some(&before));
         let kept: u32 = addrs
             .iter()
             .map(|a| owners(*a, 1, &before))
