@@ -1,6 +1,9 @@
 //! Every bad certificate candidate is refused with its own message while the old certificate
-//! keeps serving; a good one then rotates in. Candidates arrive the way operators deliver them:
-//! by rewriting the watched PEM files.
+//! keeps serving; a good one then rotates in. Candidates arrive the way Kubernetes delivers a
+//! Secret volume (the kubelet's atomic writer): both files of a candidate are written into a new
+//! directory and the `..data` symlink swapped to it, so the gateway never sees half a pair and
+//! each refusal is this candidate's own (two separate file writes can be judged in between on a
+//! loaded machine, and that half pair is refused for its mismatch instead).
 #![cfg(feature = "peer-tests")]
 
 mod common;
@@ -16,6 +19,38 @@ struct Bad {
     cert: String,
     key: String,
     message: &'static str,
+}
+
+/// A Secret volume as the kubelet lays it out: `cert.pem -> ..data/cert.pem`,
+/// `..data -> ..N/`, a new `..N` per candidate published by one `rename` of the symlink.
+struct SecretVolume {
+    dir: std::path::PathBuf,
+    version: usize,
+}
+
+impl SecretVolume {
+    fn new(dir: &std::path::Path, cert: &str, key: &str) -> Self {
+        let mut v = SecretVolume {
+            dir: dir.to_path_buf(),
+            version: 0,
+        };
+        v.publish(cert, key);
+        for name in ["cert.pem", "key.pem"] {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).expect("link");
+        }
+        v
+    }
+
+    fn publish(&mut self, cert: &str, key: &str) {
+        self.version += 1;
+        let data = self.dir.join(format!("..{}", self.version));
+        std::fs::create_dir(&data).expect("version dir");
+        std::fs::write(data.join("cert.pem"), cert).expect("cert");
+        std::fs::write(data.join("key.pem"), key).expect("key");
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(format!("..{}", self.version), &tmp).expect("symlink");
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
+    }
 }
 
 fn openssl(args: &[&str]) {
@@ -45,8 +80,7 @@ async fn bad_candidates_are_refused_and_the_old_certificate_keeps_serving() {
     let dir = tempfile::tempdir().expect("tempdir");
     let p = |n: &str| dir.path().join(n);
     let (cert, key) = (p("cert.pem"), p("key.pem"));
-    write_atomic(&cert, chain(&good.cert_pem).as_bytes());
-    write_atomic(&key, good.key_pem.as_bytes());
+    let mut volume = SecretVolume::new(dir.path(), &chain(&good.cert_pem), &good.key_pem);
     std::fs::write(p("root.pem"), &root.ca_pem).expect("root");
 
     let mut expired = leaf_params(&names).expect("params");
@@ -212,8 +246,7 @@ ca = {root:?}
         )
     };
     for (judged, case) in cases.iter().enumerate() {
-        write_atomic(&key, case.key.as_bytes());
-        write_atomic(&cert, case.cert.as_bytes());
+        volume.publish(&case.cert, &case.key);
         let t = Instant::now();
         // Wait until this candidate has been judged (the rejected counter moves), then read why.
         while rejected_count().await.is_none_or(|n| n <= judged as u64) {
@@ -270,8 +303,7 @@ ca = {root:?}
     );
 
     // A good candidate then rotates in.
-    write_atomic(&key, next.key_pem.as_bytes());
-    write_atomic(&cert, chain(&next.cert_pem).as_bytes());
+    volume.publish(&chain(&next.cert_pem), &next.key_pem);
     let want = pem_fingerprint(&next.cert_pem);
     let t = Instant::now();
     while served_fingerprint(&root.ca_pem, &probe)
