@@ -20,7 +20,10 @@
 # then medians and per-repetition ratios (to the better peer and to each peer), each burst's first
 # answer and turnaround, p50/p99/p99.9 over every repetition's requests pooled (the steadier
 # reading of a p99), and how many of each target's slowest bursts the host's slow moments explain.
-# A BASE of HEAD runs the same build twice: their spread is the method's own noise.
+# A BASE of HEAD runs the same build twice: their spread is the method's own noise (BASE=same: the
+# binary just built, in a second process, without building a worktree).
+# MIX_JSON=FILE also writes the figures as one JSON object (per target: each repetition's p50/p99
+# total and the pooled p50/p99/p99.9; errors), which run.sh puts in the peer table.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
 REPS="${1:-10}"
@@ -41,7 +44,10 @@ case "$HS" in /*) ;; *) HS="$ROOT/$HS" ;; esac
 
 cleanup_extra() { cleanup_base; }
 bench_workdir
-if [ -n "$BASE" ]; then
+if [ "$BASE" = same ]; then # the same binary in a second process: the method's own noise
+  SCOREGATE_BASE_BIN="$ROOT/target/release/scoregate"
+  TARGETS+=(scoregate-base)
+elif [ -n "$BASE" ]; then
   build_base "$BASE"
   TARGETS+=(scoregate-base)
 fi
@@ -74,7 +80,7 @@ for rep in $(seq 1 "$REPS"); do
   BURST_MIX_LATENCIES="$W/lat" taskset -c 1 "$HS" "$(spec_rotated "$rep")" "$SECS" 16 burst-mix "$URL_PATH" "$KEY" 2000 | sed "s/^{/{\"rep\":$rep,/"
 done | tee "$W/rows"
 
-python3 - "$W/rows" "$W/names" "$PROTO" "$W/lat" <<'PY'
+python3 - "$W/rows" "$W/names" "$PROTO" "$W/lat" "${MIX_JSON:-}" <<'PY'
 import json, statistics as st, sys
 names = dict(l.split() for l in open(sys.argv[2]))
 rows = [json.loads(l) for l in open(sys.argv[1])]
@@ -146,6 +152,15 @@ for p, label in ((0.5, "p50"), (0.99, "p99"), (0.999, "p99.9")):
         b = q(pooled["scoregate-base"], p)
         line += f"; scoregate / scoregate-base: total {q(pooled['scoregate'], p) / b:.3f}"
     print(line)
+
+if len(sys.argv) > 5 and sys.argv[5]:
+    with open(sys.argv[5], "w") as f:
+        json.dump({"proto": sys.argv[3], "errors": errors, "reps": len(reps),
+                   "targets": {t: {"p50_us": [get(t, "p50_us")[i] for i in reps],
+                                   "p99_us": [get(t, "p99_us")[i] for i in reps],
+                                   "pooled": {label: q(v, p) for p, label in
+                                              ((0.5, "p50_us"), (0.99, "p99_us"), (0.999, "p999_us"))}}
+                               for t, v in pooled.items()}}, f)
 
 # Whose slow moments: each target's slowest 1% of bursts (turnaround), and how many of them came
 # within a period of a slow burst (over twice its median) of another target: shared, the host's.

@@ -22,6 +22,10 @@
 # with each process's CPU during the load and idle after it), RSS per idle TLS connection (1,000
 # held open, after the handshake and after one POST), syscalls per proxied request (strace -c -f
 # on the serving process, 20,000 requests).
+# Then the same scoring POSTs interleaved (mix.sh, MIX_REPS=10 repetitions of 5 s, HTTP/1.1 and
+# HTTP/2, with a second scoregate process of the same build as the method's own noise; MIX_REPS=0
+# skips it): every target's aligned bursts of 16 at 2,000 req/s in one period, so the host's
+# moments fall on all of them alike — the latency rows whose ratio one run can be trusted with.
 # Every process it starts is stopped by PID; every loop is bounded.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/../.." && pwd)"
@@ -188,6 +192,16 @@ PY
   done
 done
 
+# The interleaved latency rows (see mix.sh): a process of their own, after every target above
+# has stopped.
+rm -f "$OUT/mix-h1.json" "$OUT/mix-h2.json"
+if [ "${MIX_REPS:-10}" -gt 0 ]; then
+  for proto in h1 h2; do
+    PROTO=$proto MIX_JSON="$OUT/mix-$proto.json" "$ROOT/benches/peers/mix.sh" "${MIX_REPS:-10}" 5 \
+      "haproxy nginx scoregate" same >"$W/mix-$proto.txt" 2>&1 || { cat "$W/mix-$proto.txt" >&2; exit 1; }
+  done
+fi
+
 python3 - "$OUT" <<'PY'
 import json, statistics, sys, datetime, platform, os
 out = sys.argv[1]
@@ -303,9 +317,50 @@ for k, name, higher, fmt in metrics:
     r = ratios(k, higher)
     cells.append(f"{statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f})" if r else "—")
     lines.append(f"| {name} | " + " | ".join(cells) + " |")
+# The interleaved rows: every target's bursts in one period (mix.sh). Per repetition, "added" is
+# a target's figure minus the direct one of the same repetition; pooled, over every request of
+# every repetition. "scoregate again" is a second process of the same build: the method's noise.
+mix_lines = []
+for proto, label in (("h1", "HTTP/1.1"), ("h2", "HTTP/2")):
+    try:
+        m = json.load(open(f"{out}/mix-{proto}.json"))
+    except FileNotFoundError:
+        continue
+    T = m["targets"]
+    d = T["direct"]
+    def added(t, k):
+        return [max(v - b, 1) for v, b in zip(T[t][k], d[k])]
+    def cell(v, fmt="{:,.0f}"):
+        return f"{fmt.format(statistics.median(v))} ({fmt.format(min(v))}–{fmt.format(max(v))})"
+    for k, what in (("p50_us", "p50"), ("p99_us", "p99")):
+        A = {t: added(t, k) for t in ("nginx", "haproxy", "scoregate", "scoregate-base")}
+        best = [min(a, b) for a, b in zip(A["nginx"], A["haproxy"])]
+        r = [s / b for s, b in zip(A["scoregate"], best)]
+        again = [s / b for s, b in zip(A["scoregate-base"], best)]
+        mix_lines.append(f"| interleaved, {label}: latency added at 2,000 req/s, {what} (µs) | "
+                         + " | ".join(cell(A[t]) for t in ("nginx", "haproxy", "scoregate"))
+                         + f" | {statistics.median(r):.2f}× ({min(r):.2f}–{max(r):.2f}); "
+                         f"scoregate again {statistics.median(again):.2f}× |")
+    for k, what in (("p50_us", "p50"), ("p99_us", "p99"), ("p999_us", "p99.9")):
+        P = {t: T[t]["pooled"][k] - d["pooled"][k] for t in T}
+        best = min(P["nginx"], P["haproxy"])
+        ratio = f"{P['scoregate'] / best:.2f}×; scoregate again {P['scoregate-base'] / best:.2f}×" if best > 0 else "—"
+        mix_lines.append(f"| interleaved, {label}: latency added, {what} over every request pooled (µs) | "
+                         + " | ".join(f"{P[t]:,}" for t in ("nginx", "haproxy", "scoregate"))
+                         + f" | {ratio} |")
+# After the other latency rows.
+at = next(i for i, l in enumerate(lines) if l.startswith("| proxy CPU at 2,000"))
+lines[at:at] = mix_lines
 lines += ["", "Busy-polling rows: haproxy with `busy-polling` (nginx has no such option) and scoregate with "
           f"`[runtime] busy_poll_us = {os.environ.get('BUSY_POLL_US', '1000')}`, the same latency load; CPU "
           "is the serving process's, during the load and in the idle second after it."]
+if mix_lines:
+    lines += ["", "Interleaved rows (`benches/peers/mix.sh`): issue 24's scoring POSTs at 2,000 req/s per target "
+              "(16 keep-alive connections, aligned bursts of 16) to every target at once, their bursts "
+              "offset within one 8 ms period so each meets the host's moments alike, the direct baseline "
+              "one of the targets; per repetition (5 s each, the targets' order rotated) and over every "
+              "request pooled. \"scoregate again\" is a second scoregate process of the same binary in the "
+              "same run, against the same better peer: how far the method itself moves a ratio."]
 direct_h2l = [r for r in lat_rows if r["target"] == "direct-h2l"]
 if direct_h2l:
     lines += ["", "h2load rows: the load of the independent run of issue 24 (h2load --rps 125 on 16 "
@@ -330,7 +385,9 @@ share = {t: statistics.median([r["resumed_share"] for r in rows if r["target"] =
          for t in ("nginx", "haproxy", "scoregate")}
 lines += ["", "Share of connections actually resumed in the resumed run: " +
           ", ".join(f"{t} {v:.0%}" for t, v in share.items()) + "."]
-errors = sum(r.get("keepalive_errors", 0) + r.get("h2_failed", 0) + r.get("h2_non2xx", 0) + r.get("hs_errors", 0)
+errors = sum(json.load(open(f"{out}/mix-{p}.json"))["errors"] for p in ("h1", "h2")
+             if os.path.exists(f"{out}/mix-{p}.json"))
+errors += sum(r.get("keepalive_errors", 0) + r.get("h2_failed", 0) + r.get("h2_non2xx", 0) + r.get("hs_errors", 0)
              + r.get("non200", 0) for r in rows + lat_rows)
 lines += ["", f"Errors in all runs: {errors}."]
 open(f"{out}/results.md", "w").write("\n".join(lines) + "\n")
