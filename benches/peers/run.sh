@@ -358,7 +358,7 @@ if mix_lines:
     lines += ["", "Interleaved rows (`benches/peers/mix.sh`): issue 24's scoring POSTs at 2,000 req/s per target "
               "(16 keep-alive connections, aligned bursts of 16) to every target at once, their bursts "
               "offset within one 8 ms period so each meets the host's moments alike, the direct baseline "
-              "one of the targets; per repetition (5 s each, the targets' order rotated) and over every "
+              "one of the targets; per repetition (5 s each, the targets' order in the period drawn afresh) and over every "
               "request pooled. \"scoregate again\" is a second scoregate process of the same binary in the "
               "same run, against the same better peer: how far the method itself moves a ratio."]
 direct_h2l = [r for r in lat_rows if r["target"] == "direct-h2l"]
